@@ -1,0 +1,38 @@
+"""amp-hf: prune the MLP hidden neurons of Hugging Face vision transformers and text encoders (AMP, DGMR),
+and ship the result as ordinary `from_pretrained`-loadable checkpoints.
+
+Importing the package registers the pruned ``amp_*`` model types with transformers' Auto classes.
+"""
+
+__version__ = "0.1.0"
+
+from . import models  # noqa: F401  (registers the amp_* types with the Auto classes)
+from .accounting import compare_stats, count_flops, count_parameters, model_stats
+from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
+from .families import ADAPTERS, FamilyAdapter, UnsupportedModelError, get_adapter, supported_models
+from .plan import PlanError, PrunePlan, top_indices
+from .slicing import keep_all_plan, slice_model, slice_state_dict
+
+__all__ = [
+    "ADAPTERS",
+    "CheckpointError",
+    "FamilyAdapter",
+    "PlanError",
+    "PrunePlan",
+    "UnsupportedModelError",
+    "__version__",
+    "atomic_directory",
+    "compare_stats",
+    "count_flops",
+    "count_parameters",
+    "get_adapter",
+    "is_pruned_checkpoint",
+    "keep_all_plan",
+    "load_pruned",
+    "model_stats",
+    "save_pruned",
+    "slice_model",
+    "slice_state_dict",
+    "supported_models",
+    "top_indices",
+]

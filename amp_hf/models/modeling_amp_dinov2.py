@@ -1,0 +1,37 @@
+"""DINOv2 (plain MLP or SwiGLU) with per-layer MLP widths (amp-hf pruned-checkpoint format).
+
+The stock config has no ``intermediate_size`` (widths derive from the integer ``mlp_ratio``), so this config
+adds one: the hidden width of the MLP, or of the gated unit for SwiGLU. Saved beside pruned checkpoints:
+imports only transformers and its sibling ``amp_layer_widths``.
+"""
+
+from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model
+
+from .amp_layer_widths import PerLayerMLPWidthsMixin
+
+
+def dinov2_mlp_width(hidden_size: int, mlp_ratio: float, use_swiglu_ffn: bool) -> int:
+    """The width the stock Dinov2MLP / Dinov2SwiGLUFFN build (SwiGLU: 2/3, rounded up to a multiple of 8)."""
+    width = int(hidden_size * mlp_ratio)
+    return (int(width * 2 / 3) + 7) // 8 * 8 if use_swiglu_ffn else width
+
+
+class AmpDinov2Config(Dinov2Config):
+    model_type = "amp_dinov2"
+    intermediate_size: int | None = None
+    amp_pruning: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.intermediate_size is None:
+            self.intermediate_size = dinov2_mlp_width(self.hidden_size, self.mlp_ratio, self.use_swiglu_ffn)
+        super().__post_init__(**kwargs)
+
+
+class AmpDinov2Model(PerLayerMLPWidthsMixin, Dinov2Model):
+    config_class = AmpDinov2Config
+    _amp_layers_path = "encoder.layer"
+
+
+class AmpDinov2ForImageClassification(PerLayerMLPWidthsMixin, Dinov2ForImageClassification):
+    config_class = AmpDinov2Config
+    _amp_layers_path = "dinov2.encoder.layer"
