@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from . import models  # noqa: F401  (registers the amp_* types with the Auto classes)
 from .accounting import compare_stats, count_flops, count_parameters, model_stats
 from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
+from .loading import load_model, resolve_model_path
 from .families import ADAPTERS, FamilyAdapter, UnsupportedModelError, get_adapter, supported_models
 from .plan import PlanError, PrunePlan, top_indices
 from .slicing import keep_all_plan, slice_model, slice_state_dict
@@ -28,8 +29,10 @@ __all__ = [
     "get_adapter",
     "is_pruned_checkpoint",
     "keep_all_plan",
+    "load_model",
     "load_pruned",
     "model_stats",
+    "resolve_model_path",
     "save_pruned",
     "slice_model",
     "slice_state_dict",
