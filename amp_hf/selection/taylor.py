@@ -118,7 +118,7 @@ def taylor_scores(model, loader, criterion, accelerator=None, max_batches: int |
             ordered = [activations[i] for i in range(len(widths))]
             grads = torch.autograd.grad(loss, ordered)
             for index, (a, g) in enumerate(zip(ordered, grads)):
-                contribution = (a.double() * g.double()).flatten(1, -2).sum(dim=1)  # Σ over tokens -> [B, H]
+                contribution = (a.detach().double() * g.double()).flatten(1, -2).sum(dim=1)  # Σ over tokens -> [B, H]
                 abs_sum[index] += contribution.abs().sum(dim=0)
                 signed_sum[index] += contribution.sum(dim=0)
             count += local
