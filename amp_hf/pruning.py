@@ -20,6 +20,7 @@ from . import __version__
 from .accounting import compare_stats, model_stats
 from .checkpoint import atomic_directory, write_pruned
 from .config_utils import ConfigError
+from .distributed import make_accelerator
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
 from .families import get_adapter
 from .loading import load_model, resolve_model_path
@@ -85,10 +86,7 @@ class PruneConfig:
 
 
 def _accelerator():
-    from accelerate import Accelerator
-
-    # split_batches: data.batch_size is the *global* batch, so scores and ΔE do not depend on process count
-    return Accelerator(split_batches=True, cpu=not torch.cuda.is_available())
+    return make_accelerator(split_batches=True)
 
 
 def _loader(data: DataConfig, processor, adapter, model, accelerator, shuffle: bool):

@@ -34,7 +34,7 @@ def accelerate_launch(args: list[str], cwd: Path, num_processes: int = 2, timeou
                       extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes N -m amp_hf ...`` on CPU (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--multi_gpu",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                 "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "-m", "amp_hf"]
     return subprocess.run(launcher + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -158,7 +158,7 @@ def test_search_is_deterministic():
 
 def test_budget_mode_lands_within_two_percent():
     model = build("vit")
-    batches = image_batches(model)
+    batches = image_batches(model, count=1)
     criterion = entropy_criterion()
     scores = taylor_scores(model, batches, criterion).abs
     cost = tower_cost(model, "params")
