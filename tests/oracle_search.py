@@ -1,0 +1,40 @@
+"""The straightforward AMP search, kept as the oracle the fast search must match (tests and benchmark).
+
+Every candidate is a freshly sliced model (``amp_hf.slice_model``) run end to end on every batch: no caching,
+no module swapping — only the method's definition (methods.md §1.5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import amp_hf
+from amp_hf.selection import round_width
+
+
+def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=1):
+    adapter = amp_hf.get_adapter(model)
+    full = adapter.widths(model)
+    order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
+
+    def entropy(widths):
+        plan = amp_hf.PrunePlan(full, [order[i][:w].tolist() for i, w in enumerate(widths)])
+        pruned = amp_hf.slice_model(model, plan)
+        with torch.no_grad():
+            return float(torch.stack([criterion(pruned, adapter, b).double() for b in batches]).mean())
+
+    widths = list(full)
+    reference = entropy(widths)
+    for layer in range(len(full) - 1, -1, -1):
+        lo, hi, best, best_value = 0, full[layer], full[layer], None
+        for _ in range(steps):
+            width = round_width((lo + hi) // 2, full[layer], round_to)
+            value = entropy(widths[:layer] + [width] + widths[layer + 1:])
+            if value - reference <= delta_e:
+                hi, best, best_value = width, width, value
+            else:
+                lo = width
+        widths[layer] = best
+        if best_value is not None:
+            reference = best_value
+    return widths
