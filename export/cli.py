@@ -1,0 +1,98 @@
+"""``amp-hf export`` and ``amp-hf bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ExportError
+from .options import DTYPES, ORT_FUSIONS, QUANTIZATIONS, TARGETS, ExportOptions
+
+
+def register(subparsers) -> None:
+    export = subparsers.add_parser(
+        "export",
+        help="export a checkpoint (pruned or not) to validated ONNX / a TensorRT-ready graph",
+        description="Export CHECKPOINT to ONNX in OUT_DIR: dynamic batch, static image size, named inputs and "
+        "outputs (CLIP/SigLIP: vision_model.onnx + text_model.onnx), validated against PyTorch; the results "
+        "and settings go to OUT_DIR/amp_export.json.",
+    )
+    export.add_argument("checkpoint", help="checkpoint folder (config.json + weights), pruned or stock")
+    export.add_argument("out_dir", help="output folder (written atomically)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for --target tensorrt)")
+    export.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="fp16: float16 graph, LayerNorm/Softmax kept float32 (tensorrt: fp16 engine flag)")
+    export.add_argument("--ort-fusions", choices=ORT_FUSIONS,
+                        help="fuse attention/LayerNorm/GELU into ONNX Runtime ops for this provider")
+    export.add_argument("--quantize", choices=QUANTIZATIONS, help="int8 weights, activations quantized at run time")
+    export.add_argument("--target", choices=TARGETS, default="onnx",
+                        help="tensorrt: opset 17, batch the only dynamic axis, simplified, op allow-list checked, "
+                        "trtexec.sh and ORT TensorRT-EP options written beside the graph")
+    export.add_argument("--sequence-length", type=int,
+                        help="fixed text length of --target tensorrt text graphs (default: the model's maximum)")
+    export.add_argument("--trt-batch", type=_batch_profile, default=(1, 8, 32), metavar="MIN,OPT,MAX",
+                        help="TensorRT batch profile (default: 1,8,32)")
+    export.add_argument("--external-data", action="store_true",
+                        help="always store weights in <graph>.onnx.data (default: only above 1 GiB)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    export.set_defaults(func=_run_export)
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark pruned vs unpruned ONNX (ONNX Runtime CPU) and PyTorch eager on a ViT-B/16-shaped model",
+        description="Latency/throughput of an unpruned and a ~40%%-MLP-pruned ViT-B/16-shaped model (random "
+        "weights) on ONNX Runtime CPU and PyTorch eager, beside the FLOPs-ideal speed-up. Writes OUT.json and "
+        "OUT.md.",
+    )
+    bench.add_argument("--config", help="YAML file with BenchConfig fields")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="override config fields, e.g. repeats=3 batch_sizes=[1,8] out=docs/bench_export")
+    bench.set_defaults(func=_run_bench)
+
+
+def _batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX (three integers), got {text!r}")
+    return values
+
+
+def _run_export(args) -> int:
+    from .exporter import export_checkpoint
+
+    options = ExportOptions(
+        opset=args.opset,
+        dtype=args.dtype,
+        ort_fusions=args.ort_fusions,
+        quantize=args.quantize,
+        target=args.target,
+        external_data=True if args.external_data else None,
+        sequence_length=args.sequence_length,
+        tensorrt_batch=args.trt_batch,
+    )
+    try:
+        result = export_checkpoint(args.checkpoint, args.out_dir, options, overwrite=args.overwrite)
+    except ExportError as error:
+        print(f"amp-hf export: error: {error}", file=sys.stderr)
+        return 1
+    for name, graph in result.metadata["graphs"].items():
+        diffs = ", ".join(f"{output} {report['max_abs_diff']:.2g}" for output, report in graph["validation"]["outputs"].items())
+        print(f"{result.path / graph['file']}: validated on {graph['validation']['providers'][0]} (max abs diff: {diffs})")
+    if result.metadata["tensorrt"]:
+        print(f"TensorRT: build with {result.path / 'trtexec.sh'}; ORT TensorRT-EP options in "
+              f"{result.path / 'ort_tensorrt_options.json'}")  # fmt: skip
+    return 0
+
+
+def _run_bench(args) -> int:
+    from amp_hf.config_utils import load_config
+
+    from .bench import BenchConfig, run_benchmark
+
+    config = load_config(BenchConfig, args.config, args.overrides)
+    report = run_benchmark(config)
+    print(report["markdown"])
+    return 0

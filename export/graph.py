@@ -1,0 +1,158 @@
+"""Trace one graph of a model to ONNX with transformers' own exporter, and save it.
+
+``transformers.exporters.OnnxExporter`` (torch.export + torch.onnx, with transformers' tracing patches, ONNX
+Runtime fusions and quantizers) exports every supported family, pruned or not. Here it is given a static
+H×W (the model's native size, so no position-embedding interpolation is traced), a dynamic batch axis (and a
+dynamic sequence axis for text, except under the TensorRT profile), and the options' opset, fusions and
+quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import onnx_ir as ir
+import torch
+from torch import nn
+from torch.export import Dim
+from transformers.exporters import OnnxConfig, OnnxExporter, OnnxRuntimeDynamicConfig, OnnxRuntimeQuantizer
+
+from .errors import ExportError
+from .options import ExportOptions
+from .patches import export_patches
+from .specs import TRACE_BATCH_SIZE, GraphModule, GraphSpec, dummy_inputs, max_sequence_length
+
+logger = logging.getLogger(__name__)
+
+BATCH_AXIS = "batch_size"
+SEQUENCE_AXIS = "sequence_length"
+EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go beside the graph (protobuf stops at 2 GiB)
+
+
+def dynamic_axes(spec: GraphSpec, options: ExportOptions) -> dict[str, dict[int, str]]:
+    """Per input, the axes left dynamic: the batch; and the sequence of text unless TensorRT-bound."""
+    axes = {name: {0: BATCH_AXIS} for name in spec.inputs}
+    if spec.modality == "text" and options.target != "tensorrt":
+        for name in spec.inputs:
+            axes[name][1] = SEQUENCE_AXIS
+    return axes
+
+
+def trace_sequence_length(model: nn.Module, spec: GraphSpec, options: ExportOptions) -> int | None:
+    """The text length a graph is traced at: fixed for TensorRT, any short length when dynamic."""
+    if spec.modality != "text":
+        return None
+    if options.target == "tensorrt":
+        return options.sequence_length or max_sequence_length(model)
+    return None
+
+
+def export_graph(model: nn.Module, spec: GraphSpec, options: ExportOptions) -> onnx.ModelProto:
+    """Trace ``spec``'s graph of ``model`` (eval mode, float32) to an ONNX model with named dynamic axes."""
+    module = GraphModule(model, spec).eval()
+    axes = dynamic_axes(spec, options)
+    sequence_length = trace_sequence_length(model, spec, options)
+    inputs = dummy_inputs(model, spec, TRACE_BATCH_SIZE, sequence_length)
+    dims = {BATCH_AXIS: Dim(BATCH_AXIS, min=1)}
+    if spec.modality == "text":  # >= 2 tokens (special tokens at both ends), at most the position table
+        dims[SEQUENCE_AXIS] = Dim(SEQUENCE_AXIS, min=2, max=max_sequence_length(model))
+    config = OnnxConfig(
+        dynamic_shapes={name: {axis: dims[axis_name] for axis, axis_name in input_axes.items()}
+                        for name, input_axes in axes.items()},  # fmt: skip
+        opset_version=options.resolved_opset,
+        ort_fusions=options.ort_fusions,
+        quantizer=_quantizer(options),
+    )
+    try:
+        with _quiet_exporter(), export_patches(), torch.no_grad():
+            program = OnnxExporter().export(module, inputs, config).program
+    except Exception as error:  # torch.export / torch.onnx raise many types; all mean "this model did not trace"
+        raise ExportError(f"tracing {spec.name} of {type(model).__name__} failed: {error}") from error
+    _name_dynamic_axes(program, axes)
+    proto = ir.to_proto(program)
+    _drop_initializer_value_info(proto)
+    return proto
+
+
+def _drop_initializer_value_info(model: onnx.ModelProto) -> None:
+    """Initializers carry their own type and shape; a second, stale copy in ``value_info`` (the fusions leave
+    some) fails strict shape inference."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    kept = [info for info in model.graph.value_info if info.name not in initializers]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Keep torch.onnx's progress prints and the optimizers' per-initializer logs out of the user's terminal
+    (they stay available at debug level)."""
+    levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        logger.debug(printed.getvalue())
+
+
+_NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+def _quantizer(options: ExportOptions) -> OnnxRuntimeQuantizer | None:
+    if options.quantize != "int8-dynamic":
+        return None
+    # Per-channel int8 weights keep the narrow rows/columns of pruned MLPs accurate; activations are
+    # quantized per batch at run time (no calibration data needed).
+    return OnnxRuntimeQuantizer(OnnxRuntimeDynamicConfig(per_channel=True))
+
+
+def _name_dynamic_axes(model: ir.Model, axes: dict[str, dict[int, str]]) -> None:
+    """Replace torch.export's symbols (``s43``) by the axis names users see (``batch_size``), graph-wide."""
+    renames: dict[str, str] = {}
+    for value in model.graph.inputs:
+        for axis, axis_name in axes.get(value.name, {}).items():
+            dim = value.shape[axis] if value.shape is not None else None
+            if isinstance(dim, ir.SymbolicDim) and dim.value is not None:
+                renames[dim.value] = axis_name
+    values = [*model.graph.inputs, *model.graph.outputs]
+    values += [output for node in model.graph.all_nodes() for output in node.outputs]
+    for value in values:
+        if value.shape is None:
+            continue
+        dims = [ir.SymbolicDim(renames[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in renames else d
+                for d in value.shape]  # fmt: skip
+        value.shape = ir.Shape(dims)
+
+
+def save_graph(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> str | None:
+    """Write ``model`` to ``path``; the weights go to ``<name>.data`` beside it when asked or when large.
+
+    Returns the external data file name, or None.
+    """
+    weight_bytes = sum(_tensor_bytes(tensor) for tensor in model.graph.initializer)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_BYTES
+    location = f"{path.name}.data" if external_data else None
+    # Small tensors (shape constants) stay inline, where shape inference can read them.
+    onnx.save_model(model, str(path), save_as_external_data=bool(external_data), all_tensors_to_one_file=True,
+                    location=location, size_threshold=1024)  # fmt: skip
+    return location
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize

@@ -1,0 +1,117 @@
+"""Validation of a saved graph, separate from exporting it: ONNX checker, strict full shape inference, the
+structure the spec promises, then ONNX Runtime against PyTorch on fresh inputs at a dtype-appropriate
+tolerance. Any failure raises ``ValidationError`` naming the max abs difference of every output.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .errors import ValidationError
+from .runtime import create_session
+from .specs import TRACE_BATCH_SIZE, GraphModule, GraphSpec, dummy_inputs
+
+VALIDATION_BATCH_SIZE = TRACE_BATCH_SIZE + 1  # differs from the traced batch: proves the batch axis is dynamic
+VALIDATION_SEED = 1234  # differs from the tracing seed: fresh inputs
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|onnx - torch| <= atol + rtol * |torch|`` elementwise; with ``relative_to_range`` atol is a fraction of
+    the output's max magnitude (quantization error scales with the activation range)."""
+
+    atol: float
+    rtol: float
+    relative_to_range: bool = False
+
+    def atol_for(self, reference: np.ndarray) -> float:
+        scale = float(np.abs(reference).max()) if self.relative_to_range and reference.size else 1.0
+        return self.atol * scale
+
+
+# Keyed by ExportOptions.tolerance_key.
+TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
+    "fp16": Tolerance(atol=2e-2, rtol=2e-2),
+    "int8-dynamic": Tolerance(atol=0.1, rtol=0.1, relative_to_range=True),
+}
+
+
+def check_structure(path: Path, spec: GraphSpec, expected_outputs: list[str]) -> dict:
+    """ONNX checker (full) and strict shape inference on the saved file, plus the spec's I/O contract."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        with tempfile.TemporaryDirectory() as scratch:  # infer_shapes_path handles >2 GB graphs, in files only
+            inferred_path = Path(scratch) / "inferred.onnx"
+            onnx.shape_inference.infer_shapes_path(str(path), str(inferred_path), strict_mode=True, data_prop=True)
+            inferred = onnx.load(str(inferred_path), load_external_data=False)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise ValidationError(f"{path.name} fails the ONNX checker / shape inference: {error}") from error
+    inputs = [value.name for value in inferred.graph.input]
+    outputs = [value.name for value in inferred.graph.output]
+    if inputs != list(spec.inputs) or outputs != expected_outputs:
+        raise ValidationError(
+            f"{path.name} has inputs {inputs} and outputs {outputs}; expected {list(spec.inputs)} -> {expected_outputs}"
+        )
+    unshaped = [value.name for value in inferred.graph.output if not value.type.tensor_type.shape.dim]
+    if unshaped:
+        raise ValidationError(f"{path.name}: shape inference left outputs {unshaped} without a shape")
+    op_types = sorted({node.op_type for node in inferred.graph.node})
+    if spec.modality == "image" and "Resize" in op_types:
+        raise ValidationError(
+            f"{path.name} resizes inside the graph (position-embedding interpolation was traced); images must be "
+            "exported at the model's native size"
+        )
+    return {"onnx_checker": "passed", "shape_inference": "passed", "inferred_values": len(inferred.graph.value_info)}
+
+
+def compare_with_pytorch(
+    path: Path,
+    model: nn.Module,
+    spec: GraphSpec,
+    tolerance: Tolerance,
+    sequence_length: int | None = None,
+    providers: list[str] | None = None,
+) -> dict:
+    """Run the graph in ONNX Runtime and ``model`` in PyTorch (float32) on fresh inputs; raise on mismatch."""
+    if sequence_length is None and spec.modality == "text":
+        sequence_length = 11  # any length the graph was not traced at: proves the sequence axis is dynamic
+    inputs = dummy_inputs(model, spec, VALIDATION_BATCH_SIZE, sequence_length, seed=VALIDATION_SEED)
+    session = create_session(path, providers or ["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    onnx_outputs = dict(zip(names, session.run(names, {name: tensor.numpy() for name, tensor in inputs.items()})))
+    with torch.no_grad():
+        torch_outputs = GraphModule(model, spec).eval()(**inputs)
+    report, failures = {}, []
+    for name in names:
+        reference = torch_outputs[name].float().numpy()
+        actual = onnx_outputs[name].astype(np.float32)
+        atol = tolerance.atol_for(reference)
+        difference = np.abs(actual - reference) if actual.shape == reference.shape else None
+        if difference is None:
+            failures.append(f"{name}: shape {actual.shape} != PyTorch {reference.shape}")
+            continue
+        max_diff = float(difference.max()) if difference.size else 0.0
+        passed = bool(np.all(difference <= atol + tolerance.rtol * np.abs(reference)))
+        report[name] = {"max_abs_diff": max_diff, "atol": atol, "rtol": tolerance.rtol, "passed": passed}
+        if not passed:
+            failures.append(f"{name}: max abs diff {max_diff:.3g} (atol {atol:.3g}, rtol {tolerance.rtol:g})")
+    if failures:
+        every = ", ".join(f"{n}={r['max_abs_diff']:.3g}" for n, r in report.items())
+        raise ValidationError(
+            f"{path.name}: ONNX Runtime disagrees with PyTorch: {'; '.join(failures)} (max abs diff per output: "
+            f"{every})"
+        )
+    return {
+        "outputs": report,
+        "inputs": {name: list(tensor.shape) for name, tensor in inputs.items()},
+        "providers": session.get_providers(),
+        "tolerance": asdict(tolerance),
+    }
