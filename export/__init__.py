@@ -6,7 +6,12 @@ ONNX Runtime.
 >>> ExportRunner("pruned-vit-onnx").embed(images=[image])
 """
 
-from .errors import ExportError, ExportOptionError, TensorRTBlockerError, ValidationError
+from .errors import (
+    ExportError,
+    ExportOptionError,
+    TensorRTBlockerError,
+    ValidationError,
+)
 from .exporter import ExportResult, export_checkpoint, export_model
 from .loading import load_checkpoint
 from .options import ExportOptions

@@ -15,9 +15,9 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -62,9 +62,13 @@ def build_models(config: BenchConfig) -> dict[str, torch.nn.Module]:
     """``unpruned``, ``pruned`` (uneven widths) and ``pruned_aligned`` ViTModels with random weights."""
     torch.manual_seed(config.seed)
     vit_config = ViTConfig(
-        hidden_size=config.hidden_size, num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        intermediate_size=config.intermediate_size, image_size=config.image_size, patch_size=config.patch_size,
-    )  # fmt: skip
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+    )
     base = ViTModel(vit_config).eval()  # with its pooler: amp_hf.slice_model rebuilds ViTModel with one
     widths = uneven_widths(config)
     aligned = [max(config.align, round(w / config.align) * config.align) for w in widths]
@@ -124,8 +128,15 @@ def run_benchmark(config: BenchConfig) -> dict:
                 )
                 runners = _runners(models, graphs.get(graph_kind), pixels, threads)
                 latency = _median_ms(runners, config.warmup, config.repeats)
-                rows.append({"runtime": runtime, "threads": threads, "batch": batch, "latency_ms": latency,
-                             "throughput_per_s": {n: 1000 * batch / ms for n, ms in latency.items()}})  # fmt: skip
+                rows.append(
+                    {
+                        "runtime": runtime,
+                        "threads": threads,
+                        "batch": batch,
+                        "latency_ms": latency,
+                        "throughput_per_s": {n: 1000 * batch / ms for n, ms in latency.items()},
+                    }
+                )
                 progress.update()
         progress.close()
     report = _report(config, flops, widths, rows)
@@ -178,8 +189,11 @@ def _report(config: BenchConfig, flops: dict, widths: dict, rows: list[dict]) ->
         row["vs_pytorch_eager"] = {name: eager[row["batch"]][name] / ms for name, ms in row["latency_ms"].items()}
     report = {
         "config": asdict(config),
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version()},  # fmt: skip
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
         "flops_per_image": flops,
         "mlp_widths": widths,
         "ideal_speedup": ideal,
@@ -195,18 +209,22 @@ def _markdown(report: dict) -> str:
     lines = [
         "# ONNX export speed: pruned vs unpruned",
         "",
-        f"ViT-B/16-shaped `ViTModel` (hidden {config['hidden_size']}, {config['num_layers']} layers, MLP "
-        f"{config['intermediate_size']}, {config['image_size']}px), random weights; pruned = "
-        f"{config['prune_fraction']:.0%} of MLP neurons removed. Median of {config['repeats']} interleaved runs "
-        f"after {config['warmup']} warm-up runs, in ms.",
+        (
+            f"`ViTModel` (hidden {config['hidden_size']}, {config['num_layers']} layers, MLP "
+            f"{config['intermediate_size']}, {config['image_size']}px, patch {config['patch_size']}), random weights; "
+            f"pruned = {config['prune_fraction']:.0%} of MLP neurons removed. Median of {config['repeats']} "
+            f"interleaved runs after {config['warmup']} warm-up run(s), in ms."
+        ),
         "",
-        f"- GFLOPs per image: " + ", ".join(f"{name} {value / 1e9:.2f}" for name, value in flops.items()),
-        f"- FLOPs-ideal speed-up: " + ", ".join(f"{name} {value:.3f}x" for name, value in ideal.items()),
+        "- GFLOPs per image: " + ", ".join(f"{name} {value / 1e9:.2f}" for name, value in flops.items()),
+        "- FLOPs-ideal speed-up: " + ", ".join(f"{name} {value:.3f}x" for name, value in ideal.items()),
         f"- pruned widths (uneven): {report['mlp_widths']['pruned']}",
         f"- pruned widths (aligned to {config['align']}): {report['mlp_widths']['pruned_aligned']}",
         "",
-        "| runtime | threads | batch | unpruned ms | pruned ms | speed-up (x ideal) | aligned ms | speed-up (x ideal) "
-        "| unpruned vs eager |",
+        (
+            "| runtime | threads | batch | unpruned ms | pruned ms | speed-up (x ideal) | aligned ms "
+            "| speed-up (x ideal) | unpruned vs eager |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
@@ -218,8 +236,10 @@ def _markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "speed-up = unpruned / pruned latency on the same runtime; (x ideal) = speed-up / FLOPs-ideal speed-up "
-        "(goal >= 0.9); vs eager = PyTorch eager latency / this runtime's latency (goal >= 1.1 for ONNX Runtime).",
+        (
+            "speed-up = unpruned / pruned latency on the same runtime; (x ideal) = speed-up / FLOPs-ideal speed-up "
+            "(goal >= 0.9); vs eager = PyTorch eager latency / this runtime's latency (goal >= 1.1 for ONNX Runtime)."
+        ),
         "",
     ]
     return "\n".join(lines)

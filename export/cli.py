@@ -20,20 +20,46 @@ def register(subparsers) -> None:
     export.add_argument("checkpoint", help="checkpoint folder (config.json + weights), pruned or stock")
     export.add_argument("out_dir", help="output folder (written atomically)")
     export.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for --target tensorrt)")
-    export.add_argument("--dtype", choices=DTYPES, default="fp32",
-                        help="fp16: float16 graph, LayerNorm/Softmax kept float32 (tensorrt: fp16 engine flag)")
-    export.add_argument("--ort-fusions", choices=ORT_FUSIONS,
-                        help="fuse attention/LayerNorm/GELU into ONNX Runtime ops for this provider")
-    export.add_argument("--quantize", choices=QUANTIZATIONS, help="int8 weights, activations quantized at run time")
-    export.add_argument("--target", choices=TARGETS, default="onnx",
-                        help="tensorrt: opset 17, batch the only dynamic axis, simplified, op allow-list checked, "
-                        "trtexec.sh and ORT TensorRT-EP options written beside the graph")
-    export.add_argument("--sequence-length", type=int,
-                        help="fixed text length of --target tensorrt text graphs (default: the model's maximum)")
-    export.add_argument("--trt-batch", type=_batch_profile, default=(1, 8, 32), metavar="MIN,OPT,MAX",
-                        help="TensorRT batch profile (default: 1,8,32)")
-    export.add_argument("--external-data", action="store_true",
-                        help="always store weights in <graph>.onnx.data (default: only above 1 GiB)")
+    export.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="fp16: float16 graph, LayerNorm/Softmax kept float32 (tensorrt: fp16 engine flag)",
+    )
+    export.add_argument(
+        "--ort-fusions",
+        choices=ORT_FUSIONS,
+        help="fuse attention/LayerNorm/GELU into ONNX Runtime ops for this provider",
+    )
+    export.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="int8 weights, activations quantized at run time",
+    )
+    export.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="onnx",
+        help="tensorrt: opset 17, batch the only dynamic axis, simplified, op allow-list checked, "
+        "trtexec.sh and ORT TensorRT-EP options written beside the graph",
+    )
+    export.add_argument(
+        "--sequence-length",
+        type=int,
+        help="fixed text length of --target tensorrt text graphs (default: the model's maximum)",
+    )
+    export.add_argument(
+        "--trt-batch",
+        type=_batch_profile,
+        default=(1, 8, 32),
+        metavar="MIN,OPT,MAX",
+        help="TensorRT batch profile (default: 1,8,32)",
+    )
+    export.add_argument(
+        "--external-data",
+        action="store_true",
+        help="always store weights in <graph>.onnx.data (default: only above 1 GiB)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     export.set_defaults(func=_run_export)
 
@@ -45,8 +71,12 @@ def register(subparsers) -> None:
         "OUT.md.",
     )
     bench.add_argument("--config", help="YAML file with BenchConfig fields")
-    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="override config fields, e.g. repeats=3 batch_sizes=[1,8] out=docs/bench_export")
+    bench.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. repeats=3 batch_sizes=[1,8] out=docs/bench_export",
+    )
     bench.set_defaults(func=_run_bench)
 
 
@@ -78,12 +108,18 @@ def _run_export(args) -> int:
     except ExportError as error:
         print(f"amp-hf export: error: {error}", file=sys.stderr)
         return 1
-    for name, graph in result.metadata["graphs"].items():
-        diffs = ", ".join(f"{output} {report['max_abs_diff']:.2g}" for output, report in graph["validation"]["outputs"].items())
-        print(f"{result.path / graph['file']}: validated on {graph['validation']['providers'][0]} (max abs diff: {diffs})")
+    for graph in result.metadata["graphs"].values():
+        diffs = ", ".join(
+            f"{output} {report['max_abs_diff']:.2g}" for output, report in graph["validation"]["outputs"].items()
+        )
+        print(
+            f"{result.path / graph['file']}: validated on {graph['validation']['providers'][0]} (max abs diff: {diffs})"
+        )
     if result.metadata["tensorrt"]:
-        print(f"TensorRT: build with {result.path / 'trtexec.sh'}; ORT TensorRT-EP options in "
-              f"{result.path / 'ort_tensorrt_options.json'}")  # fmt: skip
+        print(
+            f"TensorRT: build with {result.path / 'trtexec.sh'}; ORT TensorRT-EP options in "
+            f"{result.path / 'ort_tensorrt_options.json'}"
+        )
     return 0
 
 

@@ -25,15 +25,21 @@ from transformers import PreTrainedModel
 from amp_hf import __version__, atomic_directory, get_adapter
 from amp_hf.data import default_image_processor
 
+from . import tensorrt
 from .errors import TensorRTBlockerError
 from .graph import BATCH_AXIS, export_graph, save_graph, trace_sequence_length
 from .loading import load_checkpoint
 from .options import ExportOptions
 from .precision import to_float16
 from .runtime import METADATA_FILE
-from .specs import ArchitectureSpec, GraphSpec, architecture_spec, max_sequence_length, vision_config
+from .specs import (
+    ArchitectureSpec,
+    GraphSpec,
+    architecture_spec,
+    max_sequence_length,
+    vision_config,
+)
 from .validation import TOLERANCES, check_structure, compare_with_pytorch
-from . import tensorrt
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +99,12 @@ def export_model(
         model.config.save_pretrained(staging)
         metadata = _metadata(model, architecture, spec, options, graphs, profiles, preprocessing, source)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("exported %s to %s (%s)", architecture, out_dir, ", ".join(g["file"] for g in graphs.values()))
+    logger.info(
+        "exported %s to %s (%s)",
+        architecture,
+        out_dir,
+        ", ".join(g["file"] for g in graphs.values()),
+    )
     return ExportResult(Path(out_dir), metadata)
 
 
@@ -108,7 +119,13 @@ def _eval_mode(model: nn.Module):
 
 
 def _export_one(model: nn.Module, spec: GraphSpec, options: ExportOptions, directory: Path) -> tuple[dict, dict | None]:
-    logger.info("exporting %s (%s, opset %d, %s)", spec.filename, options.target, options.resolved_opset, options.dtype)
+    logger.info(
+        "exporting %s (%s, opset %d, %s)",
+        spec.filename,
+        options.target,
+        options.resolved_opset,
+        options.dtype,
+    )
     proto = export_graph(model, spec, options)
     if options.graph_dtype == "fp16":
         proto = to_float16(proto)
@@ -118,9 +135,8 @@ def _export_one(model: nn.Module, spec: GraphSpec, options: ExportOptions, direc
         profile = _tensorrt_profile(proto, spec, options)
     path = directory / spec.filename
     external = save_graph(proto, path, options.external_data)
-    expected_outputs = [value.name for value in proto.graph.output]
     logger.info("validating %s", spec.filename)
-    checks = check_structure(path, spec, expected_outputs)
+    checks = check_structure(path, spec)
     sequence_length = trace_sequence_length(model, spec, options)
     comparison = compare_with_pytorch(path, model, spec, TOLERANCES[options.tolerance_key], sequence_length)
     graph = onnx.load(str(path), load_external_data=False)
@@ -130,7 +146,9 @@ def _export_one(model: nn.Module, spec: GraphSpec, options: ExportOptions, direc
         "modality": spec.modality,
         "inputs": _io(graph.graph.input),
         "outputs": _io(graph.graph.output),
-        "embedding": None if spec.embedding is None else {"output": spec.embedding.output, "pooling": spec.embedding.pooling},
+        "embedding": None
+        if spec.embedding is None
+        else {"output": spec.embedding.output, "pooling": spec.embedding.pooling},
         "op_counts": _op_counts(graph),
         "validation": {**checks, **comparison},
     }
@@ -163,7 +181,10 @@ def _io(values) -> dict:
     return {
         value.name: {
             "dtype": onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name,
-            "shape": [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in value.type.tensor_type.shape.dim],
+            "shape": [
+                dim.dim_value if dim.HasField("dim_value") else dim.dim_param
+                for dim in value.type.tensor_type.shape.dim
+            ],
         }
         for value in values
     }
@@ -200,9 +221,17 @@ def _write_preprocessing(model, spec: ArchitectureSpec, directory: Path, source,
 # The files AutoImageProcessor / AutoTokenizer / AutoProcessor read from a checkpoint folder.
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-)  # fmt: skip
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+)
 
 
 def _copy_processor_files(source: Path, directory: Path) -> None:
@@ -211,8 +240,16 @@ def _copy_processor_files(source: Path, directory: Path) -> None:
             shutil.copy2(source / name, directory / name)
 
 
-def _metadata(model, architecture: str, spec: ArchitectureSpec, options: ExportOptions, graphs: dict,
-              profiles: dict, preprocessing: dict, source) -> dict:  # fmt: skip
+def _metadata(
+    model,
+    architecture: str,
+    spec: ArchitectureSpec,
+    options: ExportOptions,
+    graphs: dict,
+    profiles: dict,
+    preprocessing: dict,
+    source,
+) -> dict:
     adapter = get_adapter(model)
     return {
         "format_version": METADATA_VERSION,

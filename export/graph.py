@@ -12,20 +12,31 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 import onnx_ir as ir
 import torch
 from torch import nn
 from torch.export import Dim
-from transformers.exporters import OnnxConfig, OnnxExporter, OnnxRuntimeDynamicConfig, OnnxRuntimeQuantizer
+from transformers.exporters import (
+    OnnxConfig,
+    OnnxExporter,
+    OnnxRuntimeDynamicConfig,
+    OnnxRuntimeQuantizer,
+)
 
 from .errors import ExportError
 from .options import ExportOptions
 from .patches import export_patches
-from .specs import TRACE_BATCH_SIZE, GraphModule, GraphSpec, dummy_inputs, max_sequence_length
+from .specs import (
+    TRACE_BATCH_SIZE,
+    GraphModule,
+    GraphSpec,
+    dummy_inputs,
+    max_sequence_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +73,9 @@ def export_graph(model: nn.Module, spec: GraphSpec, options: ExportOptions) -> o
     if spec.modality == "text":  # >= 2 tokens (special tokens at both ends), at most the position table
         dims[SEQUENCE_AXIS] = Dim(SEQUENCE_AXIS, min=2, max=max_sequence_length(model))
     config = OnnxConfig(
-        dynamic_shapes={name: {axis: dims[axis_name] for axis, axis_name in input_axes.items()}
-                        for name, input_axes in axes.items()},  # fmt: skip
+        dynamic_shapes={
+            name: {axis: dims[axis_name] for axis, axis_name in input_axes.items()} for name, input_axes in axes.items()
+        },
         opset_version=options.resolved_opset,
         ort_fusions=options.ort_fusions,
         quantizer=_quantizer(options),
@@ -129,8 +141,10 @@ def _name_dynamic_axes(model: ir.Model, axes: dict[str, dict[int, str]]) -> None
     for value in values:
         if value.shape is None:
             continue
-        dims = [ir.SymbolicDim(renames[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in renames else d
-                for d in value.shape]  # fmt: skip
+        dims = [
+            ir.SymbolicDim(renames[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in renames else d
+            for d in value.shape
+        ]
         value.shape = ir.Shape(dims)
 
 
@@ -144,8 +158,14 @@ def save_graph(model: onnx.ModelProto, path: Path, external_data: bool | None = 
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
     location = f"{path.name}.data" if external_data else None
     # Small tensors (shape constants) stay inline, where shape inference can read them.
-    onnx.save_model(model, str(path), save_as_external_data=bool(external_data), all_tensors_to_one_file=True,
-                    location=location, size_threshold=1024)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=bool(external_data),
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
     return location
 
 

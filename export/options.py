@@ -10,7 +10,10 @@ DTYPES = ("fp32", "fp16")
 ORT_FUSIONS = ("cpu", "cuda")
 QUANTIZATIONS = ("int8-dynamic",)
 TARGETS = ("onnx", "tensorrt")
-DEFAULT_OPSET = {"onnx": 18, "tensorrt": 17}  # 17: first opset with LayerNormalization, parsed by TensorRT >= 8.6
+DEFAULT_OPSET = {
+    "onnx": 18,
+    "tensorrt": 17,
+}  # 17: first opset with LayerNormalization, parsed by TensorRT >= 8.6
 MIN_OPSET = 17  # LayerNormalization stays one op from here on
 
 
@@ -52,7 +55,9 @@ class ExportOptions:
             raise ExportOptionError("--sequence-length fixes text length for --target tensorrt only")
         batch = tuple(self.tensorrt_batch)
         if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
-            raise ExportOptionError(f"TensorRT batch profile must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX; got {batch}")
+            raise ExportOptionError(
+                f"TensorRT batch profile must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX; got {batch}"
+            )
 
     def _check_tensorrt(self) -> None:
         if self.ort_fusions:

@@ -6,7 +6,7 @@ Each patch is undone on exit, so the model behaves exactly as before once the ex
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from transformers import masking_utils
 

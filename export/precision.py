@@ -30,7 +30,9 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     converted = OnnxModel(model)
     # Symbolic shape inference types ONNX Runtime's fused ops too; redundant casts are removed afterwards.
     converted.convert_float_to_float16(
-        use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=sorted({*DEFAULT_OP_BLOCK_LIST, *FP32_OPS})
+        use_symbolic_shape_infer=True,
+        keep_io_types=True,
+        op_block_list=sorted({*DEFAULT_OP_BLOCK_LIST, *FP32_OPS}),
     )
     _drop_duplicate_nodes(converted.model.graph)
     converted.topological_sort()  # the converter appends the input casts after their consumers
@@ -50,8 +52,13 @@ def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
     seen: set[tuple] = set()
     kept = []
     for node in graph.node:
-        key = (node.domain, node.op_type, tuple(node.input), tuple(node.output),
-               tuple(attribute.SerializeToString() for attribute in node.attribute))  # fmt: skip
+        key = (
+            node.domain,
+            node.op_type,
+            tuple(node.input),
+            tuple(node.output),
+            tuple(attribute.SerializeToString() for attribute in node.attribute),
+        )
         if key not in seen:
             seen.add(key)
             kept.append(node)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -20,7 +20,11 @@ from .errors import ExportOptionError
 
 logger = logging.getLogger(__name__)
 
-PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDER_PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 METADATA_FILE = "amp_export.json"
 TENSORRT_OPTIONS_FILE = "ort_tensorrt_options.json"
@@ -78,11 +82,18 @@ class ExportRunner:
         self.folder = Path(folder)
         metadata_path = self.folder / METADATA_FILE
         if not metadata_path.is_file():
-            raise FileNotFoundError(f"{self.folder} is not an amp-hf export ({METADATA_FILE} missing): run `amp-hf export`")
+            raise FileNotFoundError(
+                f"{self.folder} is not an amp-hf export ({METADATA_FILE} missing): run `amp-hf export`"
+            )
         self.metadata = json.loads(metadata_path.read_text())
         chosen = select_providers(providers)
         self.sessions = {
-            name: create_session(self.folder / graph["file"], chosen, self._provider_options(name), threads)
+            name: create_session(
+                self.folder / graph["file"],
+                chosen,
+                self._provider_options(name),
+                threads,
+            )
             for name, graph in self.metadata["graphs"].items()
         }
         self.providers = {name: session.get_providers() for name, session in self.sessions.items()}
@@ -96,8 +107,12 @@ class ExportRunner:
     def _provider_options(self, graph: str) -> dict[str, dict]:
         options: dict[str, dict] = {"CUDAExecutionProvider": {"device_id": 0}}
         cache = str(self.folder / "trt_engine_cache")
-        tensorrt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                    "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}  # fmt: skip
+        tensorrt = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+        }
         profile_file = self.folder / TENSORRT_OPTIONS_FILE
         if profile_file.is_file():  # a --target tensorrt export: its batch profile and precision
             profile = json.loads(profile_file.read_text())[graph]

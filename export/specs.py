@@ -8,8 +8,9 @@ which cannot be installed next to transformers 5. Every supported model class ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -53,7 +54,12 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    task: Literal["feature-extraction", "image-classification", "text-classification", "zero-shot-image-classification"]
+    task: Literal[
+        "feature-extraction",
+        "image-classification",
+        "text-classification",
+        "zero-shot-image-classification",
+    ]
     graphs: tuple[GraphSpec, ...]
     zero_shot: Literal["softmax", "sigmoid"] | None = None  # CLIP: softmax over labels; SigLIP: per-label sigmoid
 
@@ -98,12 +104,18 @@ def _clip_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
 
 def _siglip_vision(model: nn.Module, pixel_values: torch.Tensor) -> dict:
     vision = model.vision_model(pixel_values=pixel_values)  # pooler_output = the attention-pooling head
-    return {"last_hidden_state": vision.last_hidden_state, "image_embeds": vision.pooler_output}
+    return {
+        "last_hidden_state": vision.last_hidden_state,
+        "image_embeds": vision.pooler_output,
+    }
 
 
 def _siglip_text(model: nn.Module, input_ids: torch.Tensor) -> dict:
     text = model.text_model(input_ids=input_ids)  # SigLIP is trained on max_length padding, without a mask
-    return {"last_hidden_state": text.last_hidden_state, "text_embeds": text.pooler_output}
+    return {
+        "last_hidden_state": text.last_hidden_state,
+        "text_embeds": text.pooler_output,
+    }
 
 
 # -- the table -------------------------------------------------------------------------------------------
@@ -135,35 +147,76 @@ SPECS: dict[str, ArchitectureSpec] = {
     "AmpCLIPVisionModel": _image_backbone(_POOLED),
     "AmpCLIPVisionModelWithProjection": ArchitectureSpec(
         "feature-extraction",
-        (GraphSpec("model", "image", _PIXELS, ("image_embeds", "last_hidden_state"), _whole_model,
-                   Embedding("image_embeds")),),
-    ),  # fmt: skip
+        (
+            GraphSpec(
+                "model",
+                "image",
+                _PIXELS,
+                ("image_embeds", "last_hidden_state"),
+                _whole_model,
+                Embedding("image_embeds"),
+            ),
+        ),
+    ),
     "AmpSiglipVisionModel": _image_backbone(_POOLED),
     "AmpCLIPModel": ArchitectureSpec(
         "zero-shot-image-classification",
         (
-            GraphSpec("vision_model", "image", _PIXELS, (*_HIDDEN_AND_POOLED, "image_embeds"), _clip_vision,
-                      Embedding("image_embeds")),
-            GraphSpec("text_model", "text", _TOKENS, (*_HIDDEN_AND_POOLED, "text_embeds"), _clip_text,
-                      Embedding("text_embeds")),
+            GraphSpec(
+                "vision_model",
+                "image",
+                _PIXELS,
+                (*_HIDDEN_AND_POOLED, "image_embeds"),
+                _clip_vision,
+                Embedding("image_embeds"),
+            ),
+            GraphSpec(
+                "text_model",
+                "text",
+                _TOKENS,
+                (*_HIDDEN_AND_POOLED, "text_embeds"),
+                _clip_text,
+                Embedding("text_embeds"),
+            ),
         ),
         zero_shot="softmax",
-    ),  # fmt: skip
+    ),
     "AmpSiglipModel": ArchitectureSpec(
         "zero-shot-image-classification",
         (
-            GraphSpec("vision_model", "image", _PIXELS, ("last_hidden_state", "image_embeds"), _siglip_vision,
-                      Embedding("image_embeds")),
-            GraphSpec("text_model", "text", ("input_ids",), ("last_hidden_state", "text_embeds"), _siglip_text,
-                      Embedding("text_embeds"), text_padding="max_length"),
+            GraphSpec(
+                "vision_model",
+                "image",
+                _PIXELS,
+                ("last_hidden_state", "image_embeds"),
+                _siglip_vision,
+                Embedding("image_embeds"),
+            ),
+            GraphSpec(
+                "text_model",
+                "text",
+                ("input_ids",),
+                ("last_hidden_state", "text_embeds"),
+                _siglip_text,
+                Embedding("text_embeds"),
+                text_padding="max_length",
+            ),
         ),
         zero_shot="sigmoid",
-    ),  # fmt: skip
+    ),
     "AmpBertModel": ArchitectureSpec(
         "feature-extraction",
-        (GraphSpec("model", "text", _TOKENS, _HIDDEN_AND_POOLED, _whole_model,
-                   Embedding("last_hidden_state", "masked_mean")),),
-    ),  # fmt: skip
+        (
+            GraphSpec(
+                "model",
+                "text",
+                _TOKENS,
+                _HIDDEN_AND_POOLED,
+                _whole_model,
+                Embedding("last_hidden_state", "masked_mean"),
+            ),
+        ),
+    ),
     "AmpBertForSequenceClassification": _classifier("text", "text-classification"),
 }
 
@@ -200,7 +253,11 @@ def max_sequence_length(model: nn.Module) -> int:
 
 
 def dummy_inputs(
-    model: nn.Module, spec: GraphSpec, batch_size: int, sequence_length: int | None = None, seed: int = 0
+    model: nn.Module,
+    spec: GraphSpec,
+    batch_size: int,
+    sequence_length: int | None = None,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Seeded inputs of ``spec``'s graph: normalised-image-like pixels, or token ids with some padding."""
     generator = torch.Generator().manual_seed(seed)

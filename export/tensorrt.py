@@ -138,7 +138,11 @@ def ort_tensorrt_options(shapes: dict, fp16: bool) -> dict:
 
 def write_build_files(directory: Path, profiles: dict[str, dict]) -> None:
     """``trtexec.sh`` (one build line per graph) beside the graphs; the settings also go to the metadata."""
-    lines = ["#!/usr/bin/env bash", "# Build a TensorRT engine per graph (run from this folder).", "set -euo pipefail"]
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Build a TensorRT engine per graph (run from this folder).",
+        "set -euo pipefail",
+    ]
     lines += [profile["trtexec"] for profile in profiles.values()]
     script = directory / "trtexec.sh"
     script.write_text("\n".join(lines) + "\n")

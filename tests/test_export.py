@@ -17,13 +17,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tiny_models
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
 import amp_hf
-import tiny_models
 from amp_hf.data import default_image_processor
 from amp_hf.models import MODEL_CLASSES
 from export import (
@@ -34,8 +34,9 @@ from export import (
     ValidationError,
     export_checkpoint,
     load_checkpoint,
+    tensorrt,
+    validation,
 )
-from export import tensorrt, validation
 from export.specs import architecture_spec, image_shape
 
 slow = pytest.mark.slow
@@ -43,7 +44,13 @@ slow = pytest.mark.slow
 # the remaining variants share their export code with one of these.
 DEFAULT_FAMILIES = {"vit", "clip", "siglip", "dinov2_swiglu_cls", "bert"}
 FAMILIES = [name if name in DEFAULT_FAMILIES else pytest.param(name, marks=slow) for name in tiny_models.TINY_FAMILIES]
-WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", *"a photo of cat dog car tree the is an".split()]
+WORDS = [
+    "[PAD]",
+    "[BOS]",
+    "[EOS]",
+    "[UNK]",
+    *["a", "photo", "of", "cat", "dog", "car", "tree", "the", "is", "an"],
+]
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -53,8 +60,13 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     """A real fast tokenizer over a handful of words (ids below every tiny config's vocab size)."""
     tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", bos_token="[BOS]",
-                                   eos_token="[EOS]", unk_token="[UNK]")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+    )
 
 
 def uneven_plan(model, seed: int = 0) -> amp_hf.PrunePlan:
@@ -150,7 +162,10 @@ def test_family_exports_and_matches_pytorch(name, exported):
         assert [v.name for v in proto.graph.input] == list(graph_spec.inputs)
         dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.input}
         if graph_spec.modality == "image":
-            assert dims["pixel_values"] == ["batch_size", *image_shape(model)]  # static H×W, dynamic batch
+            assert dims["pixel_values"] == [
+                "batch_size",
+                *image_shape(model),
+            ]  # static H×W, dynamic batch
             assert "Resize" not in entry["op_counts"]  # no position-embedding interpolation
         else:
             assert all(shape == ["batch_size", "sequence_length"] for shape in dims.values())
@@ -158,7 +173,12 @@ def test_family_exports_and_matches_pytorch(name, exported):
         assert all(report["passed"] for report in entry["validation"]["outputs"].values())
 
         # Independent re-check: batch 5, text length 7 (traced at 2 / 16, validated at 3 / 11).
-        inputs = fresh_inputs(model, graph_spec.modality, 5, with_mask="attention_mask" in graph_spec.inputs)
+        inputs = fresh_inputs(
+            model,
+            graph_spec.modality,
+            5,
+            with_mask="attention_mask" in graph_spec.inputs,
+        )
         onnx_out = ort_outputs(path, inputs)
         with torch.no_grad():
             torch_out = graph_spec.forward(model, **inputs)
@@ -214,16 +234,22 @@ def _layer_norms_compute_in_fp32(proto: onnx.ModelProto) -> bool:
     return bool(norms) and all(types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in norms)
 
 
-def test_ort_fusions_produce_fused_ops_that_validate(tmp_path):
+def test_cli_export_with_ort_fusions_produces_fused_ops_that_validate(tmp_path, capsys):
     checkpoint = save_tiny_checkpoint("vit", tmp_path / "checkpoint")
-    result = export_checkpoint(checkpoint, tmp_path / "onnx", ExportOptions(ort_fusions="cpu"))
-    ops = result.metadata["graphs"]["model"]["op_counts"]
+    out = tmp_path / "onnx"
+    assert _cli("export", str(checkpoint), str(out), "--ort-fusions", "cpu") == 0
+    assert f"{out / 'model.onnx'}: validated on CPUExecutionProvider" in capsys.readouterr().out
+    ops = json.loads((out / "amp_export.json").read_text())["graphs"]["model"]["op_counts"]
     assert ops["com.microsoft.Attention"] == 3 and ops["com.microsoft.SkipLayerNormalization"] >= 3
     model = load_checkpoint(checkpoint)
     inputs = fresh_inputs(model, "image", 4)
     with torch.no_grad():
         reference = model(**inputs).last_hidden_state.numpy()
-    np.testing.assert_allclose(ort_outputs(result.graph_files[0], inputs)["last_hidden_state"], reference, atol=1e-4)
+    np.testing.assert_allclose(
+        ort_outputs(out / "model.onnx", inputs)["last_hidden_state"],
+        reference,
+        atol=1e-4,
+    )
 
 
 # -- TensorRT profile -----------------------------------------------------------------------------------------
@@ -233,15 +259,25 @@ def test_tensorrt_profile_is_static_but_for_batch_and_on_the_allow_list(tmp_path
     pytest.importorskip("onnxslim", reason="--target tensorrt needs onnxslim (pip install onnxslim)")
     checkpoint = save_tiny_checkpoint("clip", tmp_path / "checkpoint")
     out = tmp_path / "trt"
-    result = export_checkpoint(checkpoint, out, ExportOptions(target="tensorrt", dtype="fp16", tensorrt_batch=(1, 4, 16)))
-    allowed = set(json.loads((Path(tensorrt.__file__).parent / "data" / "tensorrt_onnx_ops.json").read_text())["supported_ops"])
+    result = export_checkpoint(
+        checkpoint,
+        out,
+        ExportOptions(target="tensorrt", dtype="fp16", tensorrt_batch=(1, 4, 16)),
+    )
+    allowed = set(
+        json.loads((Path(tensorrt.__file__).parent / "data" / "tensorrt_onnx_ops.json").read_text())["supported_ops"]
+    )
     model = load_checkpoint(checkpoint)
     text_length = model.config.text_config.max_position_embeddings
     for name, entry in result.metadata["graphs"].items():
         proto = onnx.load(str(out / entry["file"]))
         assert proto.opset_import[0].version == 17
-        dynamic = {(v.name, axis, d.dim_param) for v in (*proto.graph.input, *proto.graph.output)
-                   for axis, d in enumerate(v.type.tensor_type.shape.dim) if not d.HasField("dim_value")}  # fmt: skip
+        dynamic = {
+            (v.name, axis, d.dim_param)
+            for v in (*proto.graph.input, *proto.graph.output)
+            for axis, d in enumerate(v.type.tensor_type.shape.dim)
+            if not d.HasField("dim_value")
+        }
         assert {axis for _, axis, _ in dynamic} == {0} and {p for _, _, p in dynamic} == {"batch_size"}
         assert {n.op_type for n in proto.graph.node} <= allowed and all(n.domain == "" for n in proto.graph.node)
         assert all(t.data_type != onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)  # fp16: a builder flag
@@ -249,8 +285,10 @@ def test_tensorrt_profile_is_static_but_for_batch_and_on_the_allow_list(tmp_path
         if entry["modality"] == "text":
             assert entry["inputs"]["input_ids"]["shape"] == ["batch_size", text_length]
     script = (out / "trtexec.sh").read_text()
-    assert "trtexec --onnx=vision_model.onnx --minShapes=pixel_values:1x3x32x32 --optShapes=pixel_values:4x3x32x32 " \
-           "--maxShapes=pixel_values:16x3x32x32 --saveEngine=vision_model.plan --fp16" in script
+    assert (
+        "trtexec --onnx=vision_model.onnx --minShapes=pixel_values:1x3x32x32 --optShapes=pixel_values:4x3x32x32 "
+        "--maxShapes=pixel_values:16x3x32x32 --saveEngine=vision_model.plan --fp16" in script
+    )
     assert f"--maxShapes=input_ids:16x{text_length},attention_mask:16x{text_length}" in script
     provider_options = json.loads((out / "ort_tensorrt_options.json").read_text())
     assert provider_options["vision_model"]["trt_profile_opt_shapes"] == "pixel_values:4x3x32x32"
@@ -261,15 +299,21 @@ def test_tensorrt_profile_is_static_but_for_batch_and_on_the_allow_list(tmp_path
     inputs = fresh_inputs(model, "text", 3, length=text_length)
     with torch.no_grad():
         reference = model.get_text_features(**inputs).pooler_output.numpy()
-    np.testing.assert_allclose(ort_outputs(out / "text_model.onnx", inputs)["text_embeds"], reference, atol=1e-4)
+    np.testing.assert_allclose(
+        ort_outputs(out / "text_model.onnx", inputs)["text_embeds"],
+        reference,
+        atol=1e-4,
+    )
 
 
 def test_blocker_report_names_every_problem():
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch_size", "tokens"])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [None, None])
     z = onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["batch_size", "tokens"])
-    nodes = [onnx.helper.make_node("NonZero", ["x"], ["y"]),
-             onnx.helper.make_node("FastGelu", ["x"], ["z"], domain="com.microsoft")]  # fmt: skip
+    nodes = [
+        onnx.helper.make_node("NonZero", ["x"], ["y"]),
+        onnx.helper.make_node("FastGelu", ["x"], ["z"], domain="com.microsoft"),
+    ]
     graph = onnx.helper.make_graph(nodes, "g", [x], [y, z])
     blockers = tensorrt.find_blockers(onnx.helper.make_model(graph))
     text = "\n".join(blockers)
@@ -333,7 +377,11 @@ def test_runner_zero_shot_matches_clip(exported):
     images = _images(2, size=32)
     model = load_checkpoint(checkpoint)
     pixels = default_image_processor(model.config.vision_config)(images=images, return_tensors="pt")["pixel_values"]
-    tokens = word_tokenizer()([f"a photo of a {label}." for label in labels], padding=True, return_tensors="pt")
+    tokens = word_tokenizer()(
+        [f"a photo of a {label}." for label in labels],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         reference = model(pixel_values=pixels, **tokens).logits_per_image.softmax(dim=-1).numpy()
     probabilities = ExportRunner(out).zero_shot(images, labels)
@@ -387,8 +435,13 @@ def test_unsupported_model_is_a_clear_error_from_the_real_cli(tmp_path):
     checkpoint = tmp_path / "mlm"
     BertForMaskedLM(BertConfig(**tiny_models.TEXT)).save_pretrained(checkpoint)
     out = tmp_path / "onnx"
-    result = subprocess.run([sys.executable, "-m", "amp_hf", "export", str(checkpoint), str(out)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "amp_hf", "export", str(checkpoint), str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     assert "amp-hf export: error:" in result.stderr and "BertForMaskedLM" in result.stderr
     assert "Supported architectures:" in result.stderr
@@ -397,8 +450,11 @@ def test_unsupported_model_is_a_clear_error_from_the_real_cli(tmp_path):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--dtype", "fp8"], "invalid choice: 'fp8'"), (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-     (["--target", "tensorrt", "--quantize", "int8-dynamic"], "TensorRT rejects")],  # fmt: skip
+    [
+        (["--dtype", "fp8"], "invalid choice: 'fp8'"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--target", "tensorrt", "--quantize", "int8-dynamic"], "TensorRT rejects"),
+    ],
 )
 def test_unknown_or_conflicting_options_are_clear_errors(args, message, exported, tmp_path, capsys):
     checkpoint, _ = exported("vit")
@@ -413,7 +469,10 @@ def test_validation_mismatch_is_an_error_naming_every_output(exported, tmp_path,
     # A zero tolerance: the float32 graph's rounding differences (~1e-6) must now fail the export.
     monkeypatch.setitem(validation.TOLERANCES, "fp32", validation.Tolerance(atol=0.0, rtol=0.0))
     out = tmp_path / "onnx"
-    with pytest.raises(ValidationError, match=r"max abs diff per output: last_hidden_state=\S+, pooler_output=\S+"):
+    with pytest.raises(
+        ValidationError,
+        match=r"max abs diff per output: last_hidden_state=\S+, pooler_output=\S+",
+    ):
         export_checkpoint(checkpoint, out)
     assert no_partial_output(out)
 
@@ -434,10 +493,26 @@ def test_existing_output_folder_is_kept_unless_overwrite(exported, tmp_path, cap
 @slow
 def test_bench_writes_json_and_markdown(tmp_path):
     out = tmp_path / "bench"
-    code = _cli("bench", "hidden_size=32", "num_layers=2", "num_heads=4", "intermediate_size=128", "image_size=32",
-                "patch_size=8", "align=16", "repeats=1", "warmup=0", "batch_sizes=[1]", f"out={out}")  # fmt: skip
+    code = _cli(
+        "bench",
+        "hidden_size=32",
+        "num_layers=2",
+        "num_heads=4",
+        "intermediate_size=128",
+        "image_size=32",
+        "patch_size=8",
+        "align=16",
+        "repeats=1",
+        "warmup=0",
+        "batch_sizes=[1]",
+        f"out={out}",
+    )
     assert code == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["ideal_speedup"]["pruned"] > 1
-    assert {row["runtime"] for row in report["rows"]} == {"pytorch-eager", "onnxruntime", "onnxruntime-fused"}
+    assert {row["runtime"] for row in report["rows"]} == {
+        "pytorch-eager",
+        "onnxruntime",
+        "onnxruntime-fused",
+    }
     assert "| onnxruntime-fused |" in out.with_suffix(".md").read_text()
