@@ -64,6 +64,8 @@ def cmd_prune(args) -> int:
     report = run_prune(_prune_config(args))
     print(f"{report['method']}: widths {report['original_widths']} -> {report['widths']}")
     print(format_stats_table(report["stats"]))
+    if "reconstruction" in report:
+        print(report["reconstruction"]["summary"])
     print(f"saved {report['output']}  ({report['wall_time_s']} s)")
     return 0
 

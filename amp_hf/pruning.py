@@ -25,6 +25,7 @@ from .data import DataConfig, DataError, load_processor, make_loader, prepare_da
 from .families import get_adapter
 from .loading import load_model, resolve_model_path
 from .plan import PrunePlan
+from .reconstruct import ReconstructConfig, reconstruct
 from .selection import (
     CriterionConfig,
     CriterionEvaluator,
@@ -77,6 +78,7 @@ class PruneConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     search_data: DataConfig | None = None  # fixed evaluation batches for the search (default: scoring data)
     dgmr: DGMRConfig = field(default_factory=DGMRConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)  # least-squares refit (off by default)
     seed: int = 0
     overwrite: bool = False
 
@@ -206,6 +208,21 @@ def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores
     return values
 
 
+def slice_and_reconstruct(config: PruneConfig, model, plan: PrunePlan, amp_pruning: dict, processor,
+                          accelerator) -> tuple[torch.nn.Module, dict | None]:
+    """The pruned model: plainly sliced, or (``reconstruct.enabled``) with refit output projections."""
+    if not config.reconstruct.enabled:
+        return slice_model(model, plan, amp_pruning), None
+    data = config.reconstruct.calibration_data(config.scoring.data)
+    adapter = get_adapter(model)
+    batches = list(_loader(data, processor, adapter, model, accelerator, shuffle=True))
+    criterion = build_criterion(config.criterion)
+    criterion.prepare(model, adapter, processor)
+    pruned, report = reconstruct(model, plan, batches, config.reconstruct, accelerator, criterion, amp_pruning)
+    pruned.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
+    return pruned, {"summary": report.summary(), **report.to_dict()}
+
+
 def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None = None) -> dict:
     """The whole pipeline; returns the report (also written as prune_report.json in the checkpoint)."""
     started = time.time()
@@ -222,7 +239,8 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
 
     scores = scores or compute_scores(config, model, processor, accelerator)
     plan, search_info = allocate(config, model, scores, processor, accelerator)
-    pruned = slice_model(model, plan, provenance(config, model, plan, scores))
+    pruned, reconstruction = slice_and_reconstruct(config, model, plan, provenance(config, model, plan, scores),
+                                                   processor, accelerator)
     before, after = model_stats(model), model_stats(pruned)
     pruned.config.amp_pruning.update(params_before=before["params_tower"], params_after=after["params_tower"],
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])
@@ -239,6 +257,8 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
         "config": asdict(config),
         **search_info,
     }
+    if reconstruction is not None:
+        report["reconstruction"] = reconstruction
     if accelerator.is_main_process:
         with atomic_directory(output, overwrite=config.overwrite) as staging:
             write_pruned(pruned, staging, plan, extras=[processor] if processor is not None else [])

@@ -1,0 +1,393 @@
+"""Training-free recovery: refit every pruned MLP's output projection on calibration activations.
+
+After a PrunePlan is chosen (by any method), each layer's output projection is refit in closed form so the kept
+neurons reproduce the full MLP output on calibration tokens (math in ``refit``). Layers are processed first
+to last, each run alone through the model's own forward (earlier layers skipped, their cached output
+injected — the idea of ``selection.evaluator``), so one pass per layer suffices:
+
+* ``independent``: every layer sees the original network's activations;
+* ``sequential``: every layer sees the activations of the already pruned and refit prefix, so each refit also
+  absorbs what the layers before it changed instead of letting errors compound.
+
+Guard rails: the calibration batches are split into fit and held-out batches; the damping is chosen per layer
+by held-out error, a layer whose held-out error would not drop stays plainly sliced, and if the end-to-end
+criterion (e.g. AMP's entropy) on the held-out batches gets worse than plain slicing, the whole model falls
+back to plain slicing. Gram matrices are all-reduced across ``accelerate`` processes, so N processes give the
+1-process result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import DataConfig, DataError, model_inputs
+from .families import get_adapter
+from .models.amp_layer_widths import find_mlp_linears
+from .plan import PrunePlan
+from .refit import accumulate_gram, new_gram, refit_output_projection
+from .selection import CRITERIA, CriterionConfig, CriterionEvaluator, build_criterion
+from .selection.evaluator import _PassThrough
+from .slicing import slice_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconstructConfig:
+    """The ``reconstruct:`` section of a prune config."""
+
+    enabled: bool = False
+    mode: Literal["sequential", "independent"] = "sequential"
+    damping: float | None = None  # fixed relative ridge λ; None = best of damping_candidates on held-out tokens
+    damping_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    heldout_fraction: float = 0.25  # share of the calibration batches held out (damping choice, fallbacks)
+    data: DataConfig | None = None  # calibration data (default: the scoring data)
+    num_samples: int | None = None  # calibration samples (default: the data config's num_samples)
+    end_to_end_check: bool = True  # plain slicing if the held-out criterion moves further from the original
+
+    def __post_init__(self):
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(
+                f"reconstruct.heldout_fraction must be in (0, 1) (e.g. 0.25); got {self.heldout_fraction}"
+            )
+        if self.damping is not None and self.damping < 0:
+            raise ValueError("reconstruct.damping must be >= 0 (a relative ridge strength, e.g. 0.001)")
+        if not self.damping_candidates or any(d < 0 for d in self.damping_candidates):
+            raise ValueError("reconstruct.damping_candidates must be a non-empty list of values >= 0")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError("reconstruct.num_samples must be >= 1 (or null for the data config's)")
+
+    @property
+    def dampings(self) -> list[float]:
+        return [self.damping] if self.damping is not None else list(self.damping_candidates)
+
+    def calibration_data(self, default: DataConfig) -> DataConfig:
+        """The calibration data: ``data`` (or ``default``) with ``num_samples`` applied."""
+        data = self.data or default
+        return replace(data, num_samples=self.num_samples) if self.num_samples is not None else data
+
+
+@dataclass
+class LayerReport:
+    layer: int
+    width: int
+    original_width: int
+    status: Literal["reconstructed", "sliced"]
+    reason: str | None  # why the layer stays sliced
+    damping: float | None
+    error_sliced: float | None  # held-out output error relative to the full MLP output's energy
+    error_reconstructed: float | None
+    damping_errors: dict[float, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReconstructionReport:
+    mode: str
+    kept: Literal["reconstructed", "sliced"]  # what the returned model holds
+    fallback: str | None  # why the whole model was returned plainly sliced
+    samples_fit: int
+    samples_heldout: int
+    tokens_fit: int
+    tokens_heldout: int
+    criterion: dict  # name and held-out value for the original, sliced and reconstructed model
+    fidelity: dict  # held-out mean cosine of the embedding to the original's: sliced, reconstructed
+    layers: list[LayerReport]
+    wall_time_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        if self.kept == "sliced":
+            return f"reconstruction ({self.mode}): returned plainly sliced ({self.fallback})"
+        refit = sum(r.status == "reconstructed" for r in self.layers)
+        return (f"reconstruction ({self.mode}): {refit}/{len(self.layers)} layers refit; held-out embedding cosine "
+                f"to the original {self.fidelity['sliced']:.4f} (sliced) -> {self.fidelity['reconstructed']:.4f}")
+
+    def provenance(self) -> dict:
+        """The compact summary stored in ``config.amp_pruning["reconstruction"]``."""
+        return {
+            "mode": self.mode,
+            "kept": self.kept,
+            "fallback": self.fallback,
+            "samples": {"fit": self.samples_fit, "heldout": self.samples_heldout},
+            "tokens": {"fit": self.tokens_fit, "heldout": self.tokens_heldout},
+            "layers_reconstructed": [r.layer for r in self.layers if r.status == "reconstructed"],
+            "damping": [r.damping if r.status == "reconstructed" else None for r in self.layers],
+            "layer_fallbacks": {str(r.layer): r.reason for r in self.layers if r.status == "sliced"},
+            "layer_notes": {str(r.layer): r.notes for r in self.layers if r.notes},  # damping raised, ...
+            "heldout_error": {
+                "sliced": [r.error_sliced for r in self.layers],
+                "reconstructed": [r.error_reconstructed if r.status == "reconstructed" else r.error_sliced
+                                  for r in self.layers],
+            },
+            "criterion": self.criterion,
+            "fidelity": self.fidelity,
+        }
+
+
+# -- running one layer through the model's own forward ----------------------------------------------------
+
+
+class _LayerDone(Exception):
+    """Ends the forward pass right after the wanted layer, carrying its output."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = output
+
+
+def _output_linear(layer: nn.Module) -> nn.Linear:
+    return layer.get_submodule(find_mlp_linears(layer)[1])
+
+
+@torch.no_grad()
+def run_layer(model: nn.Module, index: int, batch: dict, hidden: torch.Tensor | None = None,
+              on_projection_input=None) -> torch.Tensor:
+    """Output of layer ``index`` of ``model`` for ``batch``, run through the model's own forward.
+
+    The model builds masks and position inputs as usual; layers before ``index`` are skipped and layer
+    ``index`` is fed ``hidden`` (its input, cached from the previous step; None = the embeddings, only right
+    for layer 0). The pass stops after the layer. ``on_projection_input(h)`` sees the input of its MLP output
+    projection.
+    """
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    layer = layers[index]
+    skipped = [layers[i] for i in range(index)]
+
+    def finish(module, args, output):
+        raise _LayerDone(output[0] if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(finish)]
+    if hidden is not None:
+        handles.append(layer.register_forward_pre_hook(lambda module, args: (hidden, *args[1:])))
+    if on_projection_input is not None:
+        handles.append(_output_linear(layer).register_forward_pre_hook(
+            lambda module, args: on_projection_input(args[0])))
+    for i in range(index):
+        layers[i] = _PassThrough()
+    try:
+        adapter.backbone(model)(**model_inputs(batch))
+    except _LayerDone as done:
+        return done.output
+    finally:
+        for handle in handles:
+            handle.remove()
+        for i, original in enumerate(skipped):
+            layers[i] = original
+    raise RuntimeError(f"layer {index} of {type(model).__name__} did not run in the forward pass")
+
+
+def _token_mask(batch: dict, hidden: torch.Tensor) -> torch.Tensor | None:
+    """Text encoders: the attention mask (padding tokens do not count); images: every token counts."""
+    mask = batch.get("attention_mask")
+    return mask if mask is not None and tuple(mask.shape) == tuple(hidden.shape[:-1]) else None
+
+
+# -- the step ---------------------------------------------------------------------------------------------
+
+
+def reconstruction_is_closer(criterion: dict) -> bool:
+    """The end-to-end rule on held-out criterion values {"original", "sliced", "reconstructed"}.
+
+    The goal is the original model's behaviour, and pruning can move AMP's entropy either way (it often
+    drops), so what counts is the distance to the original's value, not the sign of the change.
+    """
+    original = criterion["original"]
+    return abs(criterion["reconstructed"] - original) <= abs(criterion["sliced"] - original)
+
+
+def split_heldout(batches: Sequence[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Fit batches first, the last ``fraction`` (at least one) held out. Whole batches keep the in-batch
+    criterion meaningful and the split identical for any number of processes."""
+    if len(batches) < 2:
+        raise DataError(
+            f"reconstruction needs at least 2 calibration batches (whole batches are held out) but got "
+            f"{len(batches)}: raise reconstruct.num_samples or lower the data's batch_size"
+        )
+    heldout = min(len(batches) - 1, max(1, round(fraction * len(batches))))
+    return list(batches[:-heldout]), list(batches[-heldout:])
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: nn.Module):
+    """Dropout would make the activations random: run in eval mode and restore the previous modes."""
+    modes = [m.training for m in models]
+    try:
+        yield [m.eval() for m in models]
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+
+
+def _reduce(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.reduce(tensor, reduction="sum")
+    return tensor
+
+
+@torch.no_grad()
+def _embeddings(model, batches) -> list[torch.Tensor]:
+    adapter = get_adapter(model)
+    return [adapter.embed(model, model_inputs(batch)).float() for batch in batches]
+
+
+@torch.no_grad()
+def _heldout_quality(model, criterion, batches, reference: list[torch.Tensor], accelerator) -> tuple[float, float]:
+    """(criterion, mean cosine of the embedding to ``reference``) over the held-out batches of all processes."""
+    value = CriterionEvaluator(model, criterion, batches, accelerator).evaluate()
+    cosine = torch.zeros(2, dtype=torch.float64, device=reference[0].device)
+    for embedding, target in zip(_embeddings(model, batches), reference):
+        cosine += torch.stack([F.cosine_similarity(embedding, target, dim=-1).double().sum(),
+                               torch.tensor(float(len(target)), dtype=torch.float64, device=target.device)])
+    cosine = _reduce(cosine, accelerator)
+    return value, float(cosine[0] / cosine[1])
+
+
+class _Refitter:
+    """Walks the layers first to last, refitting ``pruned``'s output projections in place."""
+
+    def __init__(self, model, pruned, plan: PrunePlan, fit, heldout, config: ReconstructConfig, accelerator):
+        self.model, self.pruned, self.plan, self.config = model, pruned, plan, config
+        self.accelerator = accelerator
+        self.batches = [*fit, *heldout]
+        self.is_fit = [True] * len(fit) + [False] * len(heldout)
+        self.model_layers = get_adapter(model).layers(model)
+        self.pruned_layers = get_adapter(pruned).layers(pruned)
+        self.sliced: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # sliced weights of refit layers
+        self.tokens = (0, 0)
+
+    def grams(self, index: int, inputs: list) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Fit and held-out Gram matrices of layer ``index`` of the original model on ``inputs``, and the
+        original layer's outputs (kept only in independent mode, where they feed the next layer)."""
+        width = self.plan.original_widths[index]
+        device = next(self.model.parameters()).device
+        grams = {True: new_gram(width, device), False: new_gram(width, device)}
+        outputs = []
+        for batch, hidden, is_fit in zip(self.batches, inputs, self.is_fit):
+            def collect(h, batch=batch, gram=grams[is_fit]):
+                accumulate_gram(gram, h, _token_mask(batch, h))
+
+            output = run_layer(self.model, index, batch, hidden, collect)
+            outputs.append(output if self.config.mode == "independent" else None)
+        fit, heldout = (_reduce(grams[k], self.accelerator).cpu() for k in (True, False))
+        return fit, heldout, outputs
+
+    def refit_layer(self, index: int, gram_fit: torch.Tensor, gram_heldout: torch.Tensor) -> LayerReport:
+        original = _output_linear(self.model_layers[index])
+        kept = self.plan.kept[index]
+        result = refit_output_projection(original.weight, original.bias, kept, gram_fit, gram_heldout,
+                                         self.config.dampings)
+        for note in result.notes:
+            logger.warning("reconstruct layer %d: %s", index, note)
+        if result.delta is not None:
+            target = _output_linear(self.pruned_layers[index])
+            self.sliced[index] = (target.weight.detach().clone(),
+                                  None if target.bias is None else target.bias.detach().clone())
+            weight = original.weight.detach().to("cpu", torch.float64)[:, kept] + result.delta[:, : len(kept)]
+            target.weight.copy_(weight.to(target.weight.dtype))
+            if target.bias is not None:
+                bias = original.bias.detach().to("cpu", torch.float64) + result.delta[:, len(kept)]
+                target.bias.copy_(bias.to(target.bias.dtype))
+        return LayerReport(
+            layer=index, width=len(kept), original_width=self.plan.original_widths[index],
+            status="reconstructed" if result.delta is not None else "sliced", reason=result.reason,
+            damping=result.damping, error_sliced=result.error_sliced, error_reconstructed=result.error_refit,
+            damping_errors=result.damping_errors, notes=result.notes,
+        )
+
+    @torch.no_grad()
+    def run(self, progress: bool) -> list[LayerReport]:
+        inputs: list[torch.Tensor | None] = [None] * len(self.batches)  # each batch's input to the current layer
+        reports = []
+        for index in tqdm(range(len(self.plan.kept)), desc=f"reconstruct ({self.config.mode})",
+                          disable=not progress):
+            gram_fit, gram_heldout, outputs = self.grams(index, inputs)
+            if index == 0:
+                self.tokens = (int(gram_fit[-1, -1]), int(gram_heldout[-1, -1]))
+            reports.append(self.refit_layer(index, gram_fit, gram_heldout))
+            if self.config.mode == "sequential":
+                outputs = [run_layer(self.pruned, index, b, h) for b, h in zip(self.batches, inputs)]
+            inputs = outputs
+        return reports
+
+    @torch.no_grad()
+    def restore_sliced(self) -> None:
+        for index, (weight, bias) in self.sliced.items():
+            target = _output_linear(self.pruned_layers[index])
+            target.weight.copy_(weight)
+            if bias is not None:
+                target.bias.copy_(bias)
+
+
+def _criterion_name(criterion) -> str:
+    return next((name for name, cls in CRITERIA.items() if isinstance(criterion, cls)), type(criterion).__name__)
+
+
+def reconstruct(
+    model: nn.Module,
+    plan: PrunePlan,
+    batches: Sequence[dict],
+    config: ReconstructConfig | None = None,
+    accelerator=None,
+    criterion=None,
+    amp_pruning: dict | None = None,
+) -> tuple[nn.Module, ReconstructionReport]:
+    """Slice ``model`` by ``plan`` and refit every pruned layer's output projection; ``model`` is unchanged.
+
+    ``batches``: this process's shards of the calibration batches (model inputs, labels optional); the last
+    ``config.heldout_fraction`` of them are held out. ``criterion``: the end-to-end check (default: AMP's
+    entropy criterion; must be ``prepare``-d). ``amp_pruning``: provenance for the new config (as in
+    ``slice_model``); the reconstruction summary is added under ``"reconstruction"``.
+    Returns the pruned model (reconstructed, or plainly sliced where that measured better) and the report.
+    """
+    started = time.time()
+    config = config or ReconstructConfig(enabled=True)
+    criterion = criterion or build_criterion(CriterionConfig())
+    fit, heldout = split_heldout(batches, config.heldout_fraction)
+    pruned = slice_model(model, plan, amp_pruning)
+    progress = accelerator is None or accelerator.is_local_main_process
+    with _eval_mode(model, pruned):
+        reference = _embeddings(model, heldout)
+        original_value = CriterionEvaluator(model, criterion, heldout, accelerator).evaluate()
+        sliced_value, sliced_cosine = _heldout_quality(pruned, criterion, heldout, reference, accelerator)
+        refitter = _Refitter(model, pruned, plan, fit, heldout, config, accelerator)
+        layers = refitter.run(progress)
+        kept, fallback = "reconstructed", None
+        refit_value, refit_cosine = sliced_value, sliced_cosine
+        if refitter.sliced:
+            refit_value, refit_cosine = _heldout_quality(pruned, criterion, heldout, reference, accelerator)
+        else:
+            kept, fallback = "sliced", "no layer was refit (see the per-layer reasons)"
+        values = {"original": original_value, "sliced": sliced_value, "reconstructed": refit_value}
+        if config.end_to_end_check and not reconstruction_is_closer(values):
+            kept = "sliced"
+            fallback = (f"held-out criterion {refit_value:.6g} is further from the original's {original_value:.6g} "
+                        f"than plain slicing's {sliced_value:.6g}")
+            refitter.restore_sliced()
+            logger.warning("reconstruct: %s; returning the plainly sliced model", fallback)
+    counts = [sum(len(next(iter(model_inputs(b).values()))) for b in part) for part in (fit, heldout)]
+    samples = _reduce(torch.tensor(counts, dtype=torch.float64, device=next(model.parameters()).device), accelerator)
+    report = ReconstructionReport(
+        mode=config.mode, kept=kept, fallback=fallback,
+        samples_fit=int(samples[0]), samples_heldout=int(samples[1]),
+        tokens_fit=refitter.tokens[0], tokens_heldout=refitter.tokens[1],
+        criterion={"name": _criterion_name(criterion), **values},
+        fidelity={"sliced": sliced_cosine, "reconstructed": refit_cosine},
+        layers=layers, wall_time_s=round(time.time() - started, 2),
+    )
+    pruned.config.amp_pruning["reconstruction"] = report.provenance()
+    return pruned, report

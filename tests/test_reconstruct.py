@@ -1,0 +1,314 @@
+"""Least-squares reconstruction: the closed form against a direct ridge solve, guard rails, held-out layer
+error vs plain slicing on tiny models (plain MLP, SwiGLU, BERT with padding), provenance, and 2 processes ==
+1 process through `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import REPO, accelerate_launch
+from safetensors.torch import load_file
+from tiny_models import build, sample_inputs
+from transformers import ViTImageProcessor
+
+import amp_hf
+from amp_hf.cli import main
+from amp_hf.models.amp_layer_widths import find_mlp_linears
+from amp_hf.reconstruct import ReconstructConfig, reconstruct
+from amp_hf.refit import (
+    UNDERDETERMINED_DAMPING,
+    accumulate_gram,
+    new_gram,
+    refit_output_projection,
+)
+from amp_hf.selection import magnitude_scores, plan_from_widths
+
+HALF = 0.5
+RAW = {"enabled": True, "end_to_end_check": False}  # the refit itself, without the whole-model fallback
+
+
+def out_linear(layer):
+    return layer.get_submodule(find_mlp_linears(layer)[1])
+
+
+def batches_for(model, count: int, batch_size: int = 8, first_seed: int = 0) -> list[dict]:
+    image = amp_hf.get_adapter(model).modality == "image"
+    batches = []
+    for seed in range(first_seed, first_seed + count):
+        inputs = sample_inputs(model, batch_size=batch_size, seed=seed)
+        batches.append({"pixel_values": inputs["pixel_values"]} if image else inputs)
+    return batches
+
+
+def magnitude_plan(model, keep: float = HALF):
+    widths = [max(1, int(keep * w)) for w in amp_hf.get_adapter(model).widths(model)]
+    return plan_from_widths(magnitude_scores(model), widths, "magnitude", {})
+
+
+# -- the closed form ----------------------------------------------------------------------------------------
+
+
+def correlated_activations(tokens: int, width: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(width, width, generator=generator, dtype=torch.float64)
+    return torch.relu(torch.randn(tokens, width, generator=generator, dtype=torch.float64) @ mixing)
+
+
+def test_refit_equals_a_direct_ridge_least_squares_solve():
+    width, out, damping = 12, 5, 1e-2
+    kept = [0, 2, 3, 7, 9, 11]
+    dropped = [i for i in range(width) if i not in kept]
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out, width, generator=generator, dtype=torch.float64)
+    bias = torch.randn(out, generator=generator, dtype=torch.float64)
+    fit, heldout = correlated_activations(300, width, 1), correlated_activations(100, width, 2)
+
+    # Streamed in uneven pieces, one of them shaped like a padded text batch with a mask.
+    gram_fit, gram_heldout = new_gram(width), new_gram(width)
+    padded = torch.cat([fit[:40].reshape(4, 10, width), torch.full((4, 3, width), 1e3, dtype=torch.float64)], 1)
+    mask = torch.cat([torch.ones(4, 10), torch.zeros(4, 3)], 1)
+    accumulate_gram(gram_fit, padded, mask)
+    accumulate_gram(gram_fit, fit[40:77])
+    accumulate_gram(gram_fit, fit[77:])
+    accumulate_gram(gram_heldout, heldout)
+    result = refit_output_projection(weight, bias, kept, gram_fit, gram_heldout, [damping])
+
+    # Direct: ridge (toward the sliced weights) as an augmented least-squares problem, numpy's solver.
+    design = np.concatenate([fit[:, kept].numpy(), np.ones((len(fit), 1))], axis=1)
+    target = (fit[:, dropped] @ weight[:, dropped].T).numpy()
+    scale = (fit[:, kept] ** 2).sum(0).mean().item()
+    penalty = np.sqrt(damping * scale) * np.eye(len(kept) + 1)[: len(kept)]  # bias column not damped
+    delta, *_ = np.linalg.lstsq(np.concatenate([design, penalty]), np.concatenate([target, np.zeros((len(kept), out))]),
+                                rcond=None)
+    np.testing.assert_allclose(result.delta.numpy(), delta.T, rtol=1e-8, atol=1e-10)
+
+    full = (heldout @ weight.T + bias).numpy()
+    held_design = np.concatenate([heldout[:, kept].numpy(), np.ones((len(heldout), 1))], axis=1)
+    sliced_output = held_design @ np.concatenate([weight[:, kept].numpy(), bias[:, None].numpy()], axis=1).T
+    energy = (full**2).sum()
+    assert result.error_sliced == pytest.approx(((full - sliced_output) ** 2).sum() / energy, rel=1e-9)
+    assert result.error_refit == pytest.approx(((full - sliced_output - held_design @ delta) ** 2).sum() / energy,
+                                               rel=1e-9)
+    assert result.error_refit < result.error_sliced and result.damping == damping
+
+
+def test_refit_is_left_sliced_when_held_out_tokens_disagree():
+    # Fit tokens: dropped neuron 1 copies kept neuron 0, so the refit moves its weight onto neuron 0. Held-out
+    # tokens: neuron 1 is minus neuron 0, where that correction doubles the error instead.
+    generator = torch.Generator().manual_seed(3)
+    base = torch.rand(200, 3, generator=generator, dtype=torch.float64)
+    fit = torch.stack([base[:, 0], base[:, 0], base[:, 2]], 1)
+    heldout = torch.stack([base[:, 0], -base[:, 0], base[:, 2]], 1)
+    grams = [new_gram(3), new_gram(3)]
+    accumulate_gram(grams[0], fit)
+    accumulate_gram(grams[1], heldout)
+    weight = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    result = refit_output_projection(weight, None, [0, 2], *grams, [1e-6, 1e-3])
+    assert result.delta is None and "not below plain slicing" in result.reason
+    assert result.error_refit > result.error_sliced
+
+
+def test_singular_and_underdetermined_systems_raise_the_damping_never_nans():
+    weight = torch.randn(4, 6, dtype=torch.float64)
+    twin = correlated_activations(50, 6, 4)
+    twin[:, 1] = twin[:, 0]  # two kept neurons always equal: the undamped Gram matrix is singular
+    gram = new_gram(6)
+    accumulate_gram(gram, twin)
+    result = refit_output_projection(weight, None, [0, 1, 2], gram, gram, [0.0])
+    assert any("raised to" in note for note in result.notes)
+    assert result.damping > 0 and torch.isfinite(result.delta).all()
+
+    few = new_gram(6)
+    accumulate_gram(few, correlated_activations(3, 6, 5))  # 3 tokens for 5 unknowns (4 kept + bias)
+    result = refit_output_projection(weight, torch.zeros(4, dtype=torch.float64), [0, 1, 2, 3], few, gram, [1e-4])
+    assert any("3 fit tokens for 5 unknowns" in note for note in result.notes)
+    assert result.damping >= UNDERDETERMINED_DAMPING
+    assert result.delta is None or torch.isfinite(result.delta).all()
+
+    poisoned = gram.clone()
+    poisoned[2, 2] = float("nan")
+    result = refit_output_projection(weight, None, [0, 1], poisoned, gram, [1e-3])
+    assert result.delta is None and result.reason == "non-finite activations"
+
+
+# -- on models ----------------------------------------------------------------------------------------------
+
+
+def test_keeping_every_neuron_returns_the_original_weights():
+    model = build("vit")
+    pruned, report = reconstruct(model, amp_hf.keep_all_plan(model), batches_for(model, 3), ReconstructConfig(**RAW))
+    original = model.state_dict()
+    for name, tensor in pruned.state_dict().items():
+        torch.testing.assert_close(tensor, original[name], rtol=0, atol=1e-6)
+    assert [layer.reason for layer in report.layers] == ["keeps every neuron"] * 3
+    assert report.kept == "sliced"
+
+
+def mlp_outputs(model, batches) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per batch, per layer: (input of the output projection, its output), padding tokens dropped."""
+    adapter = amp_hf.get_adapter(model)
+    records = []
+    for batch in batches:
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def record(module, args, output, captured=captured):
+            captured.append((args[0], output))
+
+        handles = [out_linear(layer).register_forward_hook(record) for layer in adapter.layers(model)]
+        with torch.no_grad():
+            adapter.embed(model, batch)
+        for handle in handles:
+            handle.remove()
+        mask = batch.get("attention_mask")
+        records.append([(h[mask.bool()], y[mask.bool()]) if mask is not None else (h, y) for h, y in captured])
+    return records
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2_swiglu", "bert"])
+def test_refit_layers_beat_plain_slicing_on_new_tokens(family):
+    model = build(family)
+    plan = magnitude_plan(model)
+    pruned, report = reconstruct(model, plan, batches_for(model, 4), ReconstructConfig(mode="independent", **RAW))
+    assert [layer.status for layer in report.layers] == ["reconstructed"] * len(plan.kept)
+
+    # Unseen inputs; each layer's MLP is fed the original network's hidden states (independent mode's target).
+    fresh = batches_for(model, 2, first_seed=100)
+    model_layers, pruned_layers = amp_hf.get_adapter(model).layers(model), amp_hf.get_adapter(pruned).layers(pruned)
+    for index, kept in enumerate(plan.kept):
+        original, refit = out_linear(model_layers[index]), out_linear(pruned_layers[index])
+        sliced_error = refit_error = 0.0
+        for per_layer in mlp_outputs(model, fresh):
+            hidden, full = per_layer[index]
+            with torch.no_grad():
+                sliced = F.linear(hidden[..., kept], original.weight[:, kept], original.bias)
+                sliced_error += float(((full - sliced) ** 2).sum())
+                refit_error += float(((full - refit(hidden[..., kept])) ** 2).sum())
+        assert refit_error < sliced_error, (index, refit_error, sliced_error)
+
+
+def test_sequential_swiglu_brings_the_embedding_back_toward_the_original():
+    model = build("dinov2_swiglu")
+    sliced = amp_hf.slice_model(model, magnitude_plan(model))
+    pruned, report = reconstruct(model, magnitude_plan(model), batches_for(model, 4), ReconstructConfig(**RAW))
+    assert report.mode == "sequential" and report.kept == "reconstructed"
+    batch = batches_for(model, 1, batch_size=16, first_seed=200)[0]
+    adapter = amp_hf.get_adapter(model)
+    with torch.no_grad():
+        reference = adapter.embed(model, batch)
+        cosine = {name: F.cosine_similarity(adapter.embed(m, batch), reference).mean().item()
+                  for name, m in (("sliced", sliced), ("reconstructed", pruned))}
+    assert 1 - cosine["reconstructed"] < 0.9 * (1 - cosine["sliced"]), cosine
+
+
+def test_padding_tokens_do_not_enter_the_fit():
+    model = build("bert")
+    batches = batches_for(model, 3)
+    repadded = [dict(b, input_ids=torch.where(b["attention_mask"].bool(), b["input_ids"], 7)) for b in batches]
+    assert not all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, repadded))
+    plan = magnitude_plan(model)
+    one, _ = reconstruct(model, plan, batches, ReconstructConfig(**RAW))
+    two, _ = reconstruct(model, plan, repadded, ReconstructConfig(**RAW))
+    for name, tensor in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def test_too_few_tokens_warn_and_stay_finite(caplog):
+    model = build("vit")
+    plan = magnitude_plan(model)
+    with caplog.at_level(logging.WARNING, logger="amp_hf.reconstruct"):
+        pruned, report = reconstruct(model, plan, batches_for(model, 2, batch_size=1), ReconstructConfig(**RAW))
+    assert report.tokens_fit == 17  # one 32x32 image in 8x8 patches + CLS, for 33 unknowns per output
+    assert "fit tokens for 33 unknowns: damping raised" in caplog.text
+    assert all(torch.isfinite(t).all() for t in pruned.state_dict().values())
+    assert all(r.damping is None or r.damping >= UNDERDETERMINED_DAMPING for r in report.layers)
+
+
+class LastBias:
+    """A criterion that only sees the last output projection's bias: slicing keeps it, a refit moves it."""
+
+    def __call__(self, model, adapter, batch):
+        return out_linear(adapter.layers(model)[-1]).bias.double().sum()
+
+
+def test_whole_model_falls_back_when_the_criterion_moves_away():
+    model = build("vit")
+    plan = magnitude_plan(model)
+    pruned, report = reconstruct(model, plan, batches_for(model, 4), ReconstructConfig(enabled=True),
+                                 criterion=LastBias())
+    assert report.kept == "sliced" and "further from the original" in report.fallback
+    sliced = amp_hf.slice_model(model, plan).state_dict()
+    for name, tensor in pruned.state_dict().items():
+        torch.testing.assert_close(tensor, sliced[name], rtol=0, atol=0)
+    provenance = pruned.config.amp_pruning["reconstruction"]
+    assert provenance["kept"] == "sliced" and provenance["layers_reconstructed"] == [0, 1, 2]
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+
+
+PRUNE = ["prune", "method=magnitude", "search.allocation=uniform", "search.target_reduction=0.3",
+         "scoring.data.source=digits", "scoring.data.num_samples=64", "scoring.data.batch_size=16",
+         "reconstruct.enabled=true"]
+
+
+@pytest.fixture(scope="module")
+def vit_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stock") / "vit"
+    build("vit").save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_prune_records_reconstruction_provenance(vit_checkpoint, tmp_path, capsys):
+    assert main([*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path}/pruned"]) == 0
+    assert capsys.readouterr().out.count("reconstruction (sequential): ") == 1
+    provenance = json.loads((tmp_path / "pruned" / "config.json").read_text())["amp_pruning"]["reconstruction"]
+    assert provenance["mode"] == "sequential" and provenance["data"] == "digits:train"
+    assert provenance["samples"] == {"fit": 48, "heldout": 16}  # 4 batches of 16, the last one held out
+    assert provenance["tokens"] == {"fit": 48 * 17, "heldout": 16 * 17}
+    assert len(provenance["damping"]) == 3 and provenance["criterion"]["name"] == "entropy"
+    assert set(provenance["criterion"]) == {"name", "original", "sliced", "reconstructed"}
+    report = json.loads((tmp_path / "pruned" / "prune_report.json").read_text())["reconstruction"]
+    assert [layer["layer"] for layer in report["layers"]] == [0, 1, 2]
+    refit = [layer for layer in report["layers"] if layer["status"] == "reconstructed"]
+    assert refit and all(layer["error_reconstructed"] < layer["error_sliced"] for layer in refit)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("reconstruct.heldout_fraction=1.5", "heldout_fraction must be in \\(0, 1\\)"),
+    ("reconstruct.mode=greedy", "reconstruct.mode must be one of"),
+    ("reconstruct.num_samples=16", "at least 2 calibration batches"),
+])
+def test_bad_reconstruct_settings_fail_with_the_fix(vit_checkpoint, tmp_path, capsys, override, message):
+    assert main([*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path / 'never'}", override]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.multiprocess
+def test_two_processes_equal_one_process(vit_checkpoint, tmp_path):
+    # Without the whole-model fallback, so the refit weights themselves are compared (not a plain slice).
+    args = [*PRUNE, f"model={vit_checkpoint}", "reconstruct.end_to_end_check=false"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same summation order as the 1-thread processes of the 2-process run
+    try:
+        assert main([*args, f"output={tmp_path / 'one'}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = accelerate_launch([*args, f"output={tmp_path / 'two'}"], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    provenance = [json.loads((tmp_path / name / "config.json").read_text())["amp_pruning"]["reconstruction"]
+                  for name in ("one", "two")]
+    assert provenance[0]["kept"] == "reconstructed" and provenance[0]["layers_reconstructed"] == [0, 1, 2]
+    for key in ("samples", "tokens", "kept", "damping", "layers_reconstructed"):
+        assert provenance[1][key] == provenance[0][key], key
+    one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-6, atol=1e-7)
