@@ -1,0 +1,315 @@
+"""Push a pruned checkpoint, its model card and plot, and optionally its ONNX graphs to the Hub in one commit.
+
+One commit (``HfApi.create_commit``) because a Hub commit is all-or-nothing: whatever fails — the network,
+the token, the server mid-push — the branch is left exactly as it was, never half-updated.
+``upload_folder`` is not used because with ``hf_xet`` installed it may split an upload into several commits.
+
+Retries: huggingface_hub already retries preupload requests and LFS/Xet transfers (``http_backoff``), but not
+repo creation, repo info, README validation or the commit request itself. Those are retried here, with
+exponential backoff, on transient failures (network errors, 408/429/5xx). The commit is pinned to the branch
+head read before pushing (``parent_commit``), so a retry after a lost answer cannot add a second commit —
+the Hub refuses it and the error says to check the repo. Pull requests are not retried: pinning does not
+stop a duplicate pull request.
+
+Nothing here touches the network until ``push_to_hub`` is called; ``plan_upload`` only reads the local folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+
+import amp_hf
+
+from .card import CARD_FILE, card_files, format_size
+from .facts import ONNX_SUBFOLDER, gather_facts
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_EXCEPTIONS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+STALE_PARENT_STATUS_CODES = frozenset({409, 412})  # the branch moved since we read its head
+
+
+class HubPushError(RuntimeError):
+    """A push that did not happen; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry schedule for transient failures: waits first_wait, 2x, 4x, ... capped at max_wait."""
+
+    attempts: int = 4
+    first_wait: float = 1.0
+    max_wait: float = 8.0
+
+    def wait(self, attempt: int) -> float:
+        return min(self.max_wait, self.first_wait * 2 ** (attempt - 1))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    path_in_repo: str
+    source: Path | bytes  # a local file, or generated content (card, plot)
+
+    @property
+    def size(self) -> int:
+        return len(self.source) if isinstance(self.source, bytes) else self.source.stat().st_size
+
+    @property
+    def origin(self) -> str:
+        return "generated" if isinstance(self.source, bytes) else str(self.source)
+
+
+@dataclass
+class UploadPlan:
+    repo_id: str
+    files: list[UploadFile]
+    commit_message: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def describe(self, revision: str | None = None) -> str:
+        """A listing of every file and its size (what ``--dry-run`` prints)."""
+        branch = revision or constants.DEFAULT_REVISION
+        lines = [
+            f"{len(self.files)} files, {format_size(self.total_bytes)}, to {self.repo_id} (branch {branch}) "
+            f"in one commit: {self.commit_message!r}"
+        ]
+        width = max(len(f.path_in_repo) for f in self.files)
+        for upload in self.files:
+            lines.append(f"  {format_size(upload.size):>10}  {upload.path_in_repo:<{width}}  ({upload.origin})")
+        return "\n".join(lines)
+
+
+@dataclass
+class PushResult:
+    repo_url: str
+    commit_url: str
+    commit_oid: str
+    pull_request_url: str | None
+    created_repo: bool
+
+
+def plan_upload(
+    checkpoint: str | os.PathLike,
+    repo_id: str,
+    *,
+    onnx_dir: str | os.PathLike | None = None,
+    template: str | os.PathLike | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    keep_card: bool = False,
+) -> UploadPlan:
+    """Everything a push would send, read from the local folder (no network).
+
+    The checkpoint folder goes to the repo root (hidden files and ``__pycache__`` excluded), ONNX graphs
+    under ``onnx/``. README.md and width_profile.png are rendered for ``repo_id`` — replacing the folder's
+    copies — unless ``keep_card`` uploads the folder's own (e.g. hand-edited) README.md as it is.
+    """
+    _check_repo_id(repo_id)
+    checkpoint = Path(checkpoint)
+    facts = gather_facts(checkpoint, onnx_dir=onnx_dir, base_model=base_model, license=license)
+    if onnx_dir is not None and (checkpoint / ONNX_SUBFOLDER).exists():
+        raise HubPushError(
+            f"{checkpoint} already has an {ONNX_SUBFOLDER}/ folder and --onnx {onnx_dir} would also go to "
+            f"{ONNX_SUBFOLDER}/: drop --onnx, or move one of them"
+        )
+    generated = {} if keep_card else card_files(facts, repo_id=repo_id, template=template)
+    if keep_card and not (checkpoint / CARD_FILE).is_file():
+        raise HubPushError(f"--keep-card needs {checkpoint / CARD_FILE}: write one with `amp-hf card {checkpoint}`")
+
+    files = [UploadFile(name, content) for name, content in generated.items()]
+    files += [UploadFile(path, source) for path, source in _folder_files(checkpoint) if path not in generated]
+    if onnx_dir is not None:
+        files += [UploadFile(f"{ONNX_SUBFOLDER}/{path}", source) for path, source in _folder_files(Path(onnx_dir))]
+    files.sort(key=lambda f: f.path_in_repo)
+    message = f"Upload {facts.architecture} pruned with amp-hf {amp_hf.__version__}"
+    return UploadPlan(repo_id, files, message)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubPushError(f"{repo_id!r} is not a valid repo id: {error}") from error
+    if "/" not in repo_id:
+        raise HubPushError(f"give the repo id with its namespace, e.g. your-user-name/{repo_id}")
+
+
+def _folder_files(folder: Path) -> list[tuple[str, Path]]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+            continue
+        files.append((relative.as_posix(), path))
+    return files
+
+
+def push_to_hub(
+    plan: UploadPlan,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    backoff: Backoff | None = None,
+) -> PushResult:
+    """Create the repo if needed and send ``plan`` in one commit (or one pull request with ``create_pr``)."""
+    backoff = backoff or DEFAULT_BACKOFF
+    if constants.is_offline_mode():
+        raise HubPushError(
+            "offline mode is on (HF_HUB_OFFLINE=1), so nothing can be pushed: unset HF_HUB_OFFLINE to push, "
+            "or use --dry-run to only list the files"
+        )
+    token = token or get_token()
+    if not token:
+        raise HubPushError(
+            "no Hugging Face token found: run `hf auth login`, set HF_TOKEN, or pass --token "
+            f"(create a token with write access at {constants.ENDPOINT}/settings/tokens)"
+        )
+    api = HfApi(token=token)
+    repo_id, created = plan.repo_id, False
+    try:
+        if _retrying(lambda: _repo_exists(api, repo_id), "reading the repo", backoff):
+            if private:
+                logger.info("%s already exists: --private only applies when creating a repo", repo_id)
+        else:
+            logger.info("Creating %s on %s", repo_id, api.endpoint)
+            _retrying(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "creating the repo", backoff)
+            created = True
+        if revision and not create_pr and not revision.startswith("refs/"):
+            _retrying(
+                lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), "creating the branch", backoff
+            )
+        branch = revision or constants.DEFAULT_REVISION
+        parent = _retrying(lambda: api.repo_info(repo_id, revision=branch).sha, "reading the branch head", backoff)
+
+        operations = [CommitOperationAdd(f.path_in_repo, f.source) for f in plan.files]
+        logger.info("Uploading %d files (%s) to %s@%s in one commit",
+                    len(operations), format_size(plan.total_bytes), repo_id, branch)  # fmt: skip
+        api.preupload_lfs_files(repo_id, operations, revision=revision, create_pr=create_pr, free_memory=False)
+        def commit_once():
+            return api.create_commit(
+                repo_id, operations, commit_message=commit_message or plan.commit_message,
+                commit_description=commit_description, revision=revision, create_pr=create_pr, parent_commit=parent,
+            )  # fmt: skip
+
+        commit = _retrying(commit_once, "committing", backoff if not create_pr else Backoff(attempts=1))
+    except HubPushError:
+        raise
+    except Exception as error:
+        message = explain_failure(error, repo_id=repo_id, endpoint=api.endpoint, branch=revision)
+        if message is None:
+            raise
+        if created:
+            message += f" The repo {repo_id} was created by this run and holds none of the files; a re-run reuses it."
+        raise HubPushError(message) from error
+    return PushResult(
+        repo_url=f"{api.endpoint}/{repo_id}", commit_url=commit.commit_url, commit_oid=commit.oid,
+        pull_request_url=commit.pr_url, created_repo=created,
+    )  # fmt: skip
+
+
+def _repo_exists(api: HfApi, repo_id: str) -> bool:
+    try:
+        api.repo_info(repo_id)
+    except RepositoryNotFoundError:
+        return False
+    return True
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, TRANSIENT_EXCEPTIONS):
+        return True
+    response = getattr(error, "response", None)
+    return isinstance(error, HfHubHTTPError) and response is not None and response.status_code in TRANSIENT_STATUS_CODES
+
+
+def _retrying(call: Callable[[], T], what: str, backoff: Backoff) -> T:
+    for attempt in range(1, backoff.attempts + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == backoff.attempts or not is_transient(error):
+                raise
+            wait = backoff.wait(attempt)
+            logger.warning("%s failed (%s); retrying in %.1f s (attempt %d of %d)", what.capitalize(),
+                           _first_line(error), wait, attempt + 1, backoff.attempts)  # fmt: skip
+            time.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def explain_failure(error: BaseException, *, repo_id: str, endpoint: str, branch: str | None) -> str | None:
+    """A message naming the fix for a failed push, or None for errors that are bugs (re-raised as they are)."""
+    namespace, name = repo_id.split("/", 1)
+    if isinstance(error, OfflineModeIsEnabled):
+        return "offline mode is on (HF_HUB_OFFLINE=1): unset it to push, or use --dry-run to only list the files"
+    if isinstance(error, httpx2.TransportError):
+        return (
+            f"could not reach the Hub at {endpoint} ({type(error).__name__}: {error}); nothing was committed. "
+            "Check your connection, proxy and HF_ENDPOINT, then run the push again."
+        )
+    if isinstance(error, ValueError) and "Invalid metadata in README.md" in str(error):
+        return f"the Hub rejected the card's metadata, nothing was committed: {error}. Fix the template or --license."
+    if not isinstance(error, HfHubHTTPError) or error.response is None:
+        return None
+    status = error.response.status_code
+    server_says = error.server_message or _first_line(error)
+    if status == 401:
+        return (
+            f"the Hub rejected the token (401 Unauthorized: {server_says}); nothing was committed. The token is "
+            f"invalid or expired: create a write token at {endpoint}/settings/tokens, then run `hf auth login`, "
+            "set HF_TOKEN or pass --token."
+        )
+    if status == 403:
+        return (
+            f"this token may not write to {repo_id} (403 Forbidden: {server_says}); nothing was committed. The repo "
+            f"or namespace {namespace!r} belongs to another account, or the token is read-only. Push to a namespace "
+            f"you own (e.g. <your-user-name>/{name}), ask the owner for write access, or open a pull request "
+            "with --create-pr."
+        )
+    if status == 404:
+        return (
+            f"the Hub could not find {repo_id}"
+            f"{f' or its branch {branch!r}' if branch else ''} (404: {server_says}); nothing was committed. Check the "
+            "repo id, and that the token has access to it."
+        )
+    if status in STALE_PARENT_STATUS_CODES:
+        return (
+            f"the branch {branch or constants.DEFAULT_REVISION!r} of {repo_id} changed during the push "
+            f"({status}: {server_says}): an earlier attempt whose answer was lost may have landed, or someone else "
+            f"pushed. Check {endpoint}/{repo_id}/commits/{branch or constants.DEFAULT_REVISION} before pushing again."
+        )
+    if status in TRANSIENT_STATUS_CODES:
+        target = branch or constants.DEFAULT_REVISION
+        return (
+            f"the Hub answered {status} ({server_says}) and retrying did not help, so the push did not complete. "
+            "A Hub commit is all-or-nothing: the branch holds the whole push or none of it "
+            f"(see {endpoint}/{repo_id}/commits/{target}). Try again later."
+        )
+    return f"the Hub refused the push ({status}: {server_says}); nothing was committed."
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
