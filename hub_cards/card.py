@@ -8,7 +8,6 @@ the user's own, which receives the same variables (listed at the top of the ship
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -170,13 +169,13 @@ def write_card(
 
 
 def _replace_file(target: Path, content: bytes) -> None:
-    descriptor, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    # A plain open (not mkstemp, which makes 0600 files) so the card gets the same permissions as its folder.
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
+        staging.write_bytes(content)
         os.replace(staging, target)
     except BaseException:
-        Path(staging).unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
         raise
 
 

@@ -19,7 +19,7 @@ MAX_ANNOTATED_LAYERS = 32  # beyond this, per-bar percentages overlap
 def width_profile_png(widths: list[int], original_widths: list[int] | None = None, title: str | None = None) -> bytes:
     """PNG bytes of a bar chart of ``widths`` per layer, over grey bars of ``original_widths`` when known."""
     layers = list(range(len(widths)))
-    figure = Figure(figsize=(min(16.0, max(6.0, 0.4 * len(widths) + 2.5)), 3.8), dpi=150, layout="constrained")
+    figure = Figure(figsize=(min(12.0, max(6.0, 0.4 * len(widths) + 2.5)), 3.8), dpi=150, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     if original_widths is not None:

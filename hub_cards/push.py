@@ -188,46 +188,53 @@ def push_to_hub(
             f"(create a token with write access at {constants.ENDPOINT}/settings/tokens)"
         )
     api = HfApi(token=token)
-    repo_id, created = plan.repo_id, False
+    created = False
     try:
-        if _retrying(lambda: _repo_exists(api, repo_id), "reading the repo", backoff):
-            if private:
-                logger.info("%s already exists: --private only applies when creating a repo", repo_id)
-        else:
-            logger.info("Creating %s on %s", repo_id, api.endpoint)
-            _retrying(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "creating the repo", backoff)
-            created = True
-        if revision and not create_pr and not revision.startswith("refs/"):
-            _retrying(
-                lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), "creating the branch", backoff
-            )
-        branch = revision or constants.DEFAULT_REVISION
-        parent = _retrying(lambda: api.repo_info(repo_id, revision=branch).sha, "reading the branch head", backoff)
-
+        created = _ensure_repo(api, plan.repo_id, private, backoff)
+        parent = _branch_head(api, plan.repo_id, revision, create_pr, backoff)
         operations = [CommitOperationAdd(f.path_in_repo, f.source) for f in plan.files]
-        logger.info("Uploading %d files (%s) to %s@%s in one commit",
-                    len(operations), format_size(plan.total_bytes), repo_id, branch)  # fmt: skip
-        api.preupload_lfs_files(repo_id, operations, revision=revision, create_pr=create_pr, free_memory=False)
+        logger.info("Uploading %d files (%s) to %s@%s in one commit", len(operations),
+                    format_size(plan.total_bytes), plan.repo_id, revision or constants.DEFAULT_REVISION)  # fmt: skip
+        # Preupload is retried by huggingface_hub itself; the commit (and README validation) by us, below.
+        api.preupload_lfs_files(plan.repo_id, operations, revision=revision, create_pr=create_pr, free_memory=False)
+
         def commit_once():
             return api.create_commit(
-                repo_id, operations, commit_message=commit_message or plan.commit_message,
+                plan.repo_id, operations, commit_message=commit_message or plan.commit_message,
                 commit_description=commit_description, revision=revision, create_pr=create_pr, parent_commit=parent,
             )  # fmt: skip
 
         commit = _retrying(commit_once, "committing", backoff if not create_pr else Backoff(attempts=1))
-    except HubPushError:
-        raise
     except Exception as error:
-        message = explain_failure(error, repo_id=repo_id, endpoint=api.endpoint, branch=revision)
+        message = explain_failure(error, repo_id=plan.repo_id, endpoint=api.endpoint, branch=revision)
         if message is None:
             raise
         if created:
-            message += f" The repo {repo_id} was created by this run and holds none of the files; a re-run reuses it."
+            message += f" This run created {plan.repo_id}; it holds none of the files yet, and a re-run reuses it."
         raise HubPushError(message) from error
     return PushResult(
-        repo_url=f"{api.endpoint}/{repo_id}", commit_url=commit.commit_url, commit_oid=commit.oid,
+        repo_url=f"{api.endpoint}/{plan.repo_id}", commit_url=commit.commit_url, commit_oid=commit.oid,
         pull_request_url=commit.pr_url, created_repo=created,
     )  # fmt: skip
+
+
+def _ensure_repo(api: HfApi, repo_id: str, private: bool | None, backoff: Backoff) -> bool:
+    """Create the repo if it does not exist; True when this call created it."""
+    if _retrying(lambda: _repo_exists(api, repo_id), "reading the repo", backoff):
+        if private:
+            logger.info("%s already exists: --private only applies when creating a repo", repo_id)
+        return False
+    logger.info("Creating %s on %s", repo_id, api.endpoint)
+    _retrying(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "creating the repo", backoff)
+    return True
+
+
+def _branch_head(api: HfApi, repo_id: str, revision: str | None, create_pr: bool, backoff: Backoff) -> str:
+    """The commit the push builds on (its pinned parent), creating the branch from main if missing."""
+    if revision and not create_pr and not revision.startswith("refs/"):
+        _retrying(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), "creating the branch", backoff)
+    branch = revision or constants.DEFAULT_REVISION
+    return _retrying(lambda: api.repo_info(repo_id, revision=branch).sha, "reading the branch head", backoff)
 
 
 def _repo_exists(api: HfApi, repo_id: str) -> bool:

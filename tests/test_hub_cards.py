@@ -278,7 +278,7 @@ def test_failing_commit_is_retried_then_reported_and_the_repo_is_unchanged(prune
     code, _, err = run_cli(capsys, "push", pruned["path"], REPO_ID)
     assert code == 2
     assert "amp-hf push: error: the Hub answered 500" in err and "Try again later" in err
-    assert "was created by this run" in err
+    assert f"This run created {REPO_ID}" in err
     assert hub_client.state.commit_requests == push_module.DEFAULT_BACKOFF.attempts
     assert "retrying" in caplog.text
     repo = hub_client.repo(REPO_ID)
