@@ -112,6 +112,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a mapping; got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads exponents without a dot (1e-5) as strings
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number; got {value!r}")
         return float(value)
