@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import amp_hf
@@ -126,14 +127,19 @@ def build_card(
             template_text = Path(template).read_text(encoding="utf-8")
         except OSError as error:
             raise CardTemplateError(f"cannot read the card template {template}: {error.strerror or error}") from error
+    metadata, variables = card_data(facts, model_name), template_variables(facts, model_name, repo_id)
+    name = template or TEMPLATE_NAME
     try:
-        return ModelCard.from_template(
-            card_data(facts, model_name), template_str=template_text, **template_variables(facts, model_name, repo_id)
-        )
+        return ModelCard.from_template(metadata, template_str=template_text, **variables)
     except jinja2.TemplateError as error:
         where = f" (line {error.lineno})" if getattr(error, "lineno", None) else ""
-        name = template or TEMPLATE_NAME
         raise CardTemplateError(f"the card template {name} failed to render{where}: {error}") from error
+    except (yaml.YAMLError, ValueError) as error:  # raised while ModelCard parses the rendered front matter
+        raise CardTemplateError(
+            f"the card template {name} rendered invalid YAML metadata ({' '.join(str(error).split())}): keep its "
+            "first lines as "
+            "'---', '{{ card_data }}', '---'"
+        ) from error
 
 
 def card_files(

@@ -161,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             if error.error_code:
                 headers["X-Error-Code"] = error.error_code
             self._send(error.status, {"error": error.message}, headers)
+        except (KeyError, TypeError, ValueError) as error:  # a request this double does not understand
+            self._send(400, {"error": f"the Hub test server could not handle {method} {url.path}: {error!r}"})
 
     def _send(self, status: int, payload=None, headers: dict | None = None, body: bytes | None = None) -> None:
         if body is None:

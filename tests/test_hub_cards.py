@@ -210,6 +210,10 @@ def test_card_cli_with_user_template_and_a_broken_one(pruned, tmp_path, capsys):
     code, _, err = run_cli(capsys, "card", checkpoint, "--template", template)
     assert code == 2 and "amp-hf card: error:" in err and str(template) in err and "failed to render" in err
 
+    template.write_text("---\nlicense: [mit\n---\n# no closing bracket above\n")
+    code, _, err = run_cli(capsys, "card", checkpoint, "--template", template)
+    assert code == 2 and "rendered invalid YAML metadata" in err and "{{ card_data }}" in err
+
 
 # -- push: the round trip -------------------------------------------------------------------------------
 
