@@ -1,0 +1,577 @@
+"""``amp-hf eval``: how much of its quality a (pruned) model keeps, measured with the papers' protocols.
+
+Tasks (metrics in ``eval_metrics``):
+  * ``knn``       DINOv2 kNN classification of the criterion embedding (train split = memory bank);
+  * ``zeroshot``  CLIP/SigLIP zero-shot classification with a cached, reusable text classifier;
+  * ``retrieval`` CLIP/SigLIP zero-shot image<->text recall@{1,5,10} (any number of captions per image);
+  * ``top1``      accuracy of a classifier head (ViTForImageClassification, ...);
+  * ``fidelity``  mean cosine to the teacher's embeddings and shared 10-nearest-neighbour fraction.
+
+Every task runs under ``accelerate launch``: each process embeds its shard of the data and features are
+gathered (in dataset order, padding dropped) before the metric is computed on the full set.
+
+Report (``eval_report.json`` beside the checkpoint by default; the model-card generator reads it)::
+
+    {"schema": "amp-hf/eval-report/1", "model": "<checkpoint>", "timestamp": "<ISO 8601, UTC>",
+     "amp_hf_version": "...",
+     "results": [{"task": "knn", "dataset": "digits", "split": "test", "metric": "accuracy",
+                  "value": 0.95, "k": 20, "num_samples": 360, "timestamp": "...", "details": {...}}, ...]}
+
+``k`` appears only where the metric has one (kNN k, recall@k, neighbours); ``details`` holds task
+specifics (temperature, teacher, templates, memory-bank size). Re-running a task replaces its rows and
+keeps the rest, so one report accumulates every evaluation of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
+from .eval_metrics import (
+    KNN_KS,
+    KNN_TEMPERATURE,
+    NEIGHBOURS,
+    RETRIEVAL_KS,
+    knn_accuracy,
+    mean_cosine,
+    neighbour_overlap,
+    retrieval_recall,
+    topk_accuracy,
+    zero_shot_logits,
+)
+from .families import UnsupportedModelError, get_adapter
+from .loading import load_model, resolve_model_path
+from .zero_shot import (
+    DEFAULT_TEMPLATES,
+    cached_text_classifier,
+    has_text_tower,
+    image_features,
+    load_text_classifier,
+    tokenize,
+)
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("knn", "zeroshot", "retrieval", "top1", "fidelity")
+REPORT_FILE = "eval_report.json"
+REPORT_SCHEMA = "amp-hf/eval-report/1"
+CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
+
+
+@dataclass
+class EvalResult:
+    """One measured number: a row of the report."""
+
+    task: str
+    dataset: str
+    split: str
+    metric: str
+    value: float
+    k: int | None = None
+    num_samples: int | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None and value != {}}
+
+    @property
+    def identity(self) -> tuple:
+        return (self.task, self.dataset, self.split, self.metric, self.k)
+
+
+# -- teacher ------------------------------------------------------------------------------------------
+
+
+def default_teacher(model: nn.Module) -> str | None:
+    """The base model recorded in a pruned checkpoint's provenance, when it is available locally."""
+    provenance = getattr(model.config, "amp_pruning", None) or {}
+    base = provenance.get("base_model")
+    try:
+        return base if base and Path(resolve_model_path(base)).is_dir() else None
+    except CheckpointError:  # an embedded alias whose package is not installed
+        return None
+
+
+# -- feature extraction -------------------------------------------------------------------------------
+
+
+def _accelerator(accelerator):
+    if accelerator is not None:
+        return accelerator
+    from accelerate import Accelerator
+
+    # cpu=True on CPU-only machines: that is what makes `accelerate launch --num_processes N` use gloo.
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+@torch.no_grad()
+def _collect(
+    loader: DataLoader, accelerator, forward: Callable[[dict], dict[str, torch.Tensor]], description: str
+) -> dict[str, torch.Tensor]:
+    """Run ``forward`` over this process's shard and gather its outputs from all processes, in order."""
+    loader = accelerator.prepare(loader)
+    collected: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process):
+        outputs = {name: value.contiguous() for name, value in forward(batch).items()}
+        for name, value in accelerator.gather_for_metrics(outputs).items():
+            collected[name].append(value.float().cpu() if value.is_floating_point() else value.cpu())
+    return {name: torch.cat(values) for name, values in collected.items()}
+
+
+def _labelled(dataset, data: DataConfig) -> None:
+    if dataset.label_column is None:
+        raise DataError(
+            f"{data.source!r} split {data.split!r} has no label column: this task needs labels "
+            "(name the column with --label-column)"
+        )
+
+
+def _prepare(model: nn.Module, data: DataConfig, processor):
+    adapter = get_adapter(model)
+    processor = processor if processor is not None else load_processor(model, adapter)
+    return adapter, prepare_dataset(data, processor, adapter, model)
+
+
+def embed_dataset(
+    model: nn.Module, data: DataConfig, processor=None, accelerator=None, description: str = "embedding"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Criterion embeddings (``adapter.embed``) of every sample of ``data``, with labels when present."""
+    accelerator = _accelerator(accelerator)
+    adapter, dataset = _prepare(model, data, processor)
+    model.to(accelerator.device)
+
+    def forward(batch):
+        outputs = {"features": adapter.embed(model, model_inputs(batch))}
+        if "labels" in batch:
+            outputs["labels"] = batch["labels"]
+        return outputs
+
+    gathered = _collect(make_loader(dataset, data.batch_size), accelerator, forward, description)
+    return gathered["features"], gathered.get("labels")
+
+
+# -- tasks --------------------------------------------------------------------------------------------
+
+
+def evaluate_knn(
+    model: nn.Module,
+    data: DataConfig,
+    processor=None,
+    train_split: str = "train",
+    num_train_samples: int | None = None,
+    ks: Sequence[int] = KNN_KS,
+    temperature: float = KNN_TEMPERATURE,
+    accelerator=None,
+) -> list[EvalResult]:
+    """kNN top-1 accuracy per k: ``train_split`` embeddings are the memory bank, ``data.split`` the queries."""
+    bank_data = replace(data, split=train_split, num_samples=num_train_samples)
+    bank, bank_labels = embed_dataset(model, bank_data, processor, accelerator, f"kNN memory bank ({train_split})")
+    queries, query_labels = embed_dataset(model, data, processor, accelerator, f"kNN queries ({data.split})")
+    if bank_labels is None or query_labels is None:
+        raise DataError(f"kNN needs labels in both splits of {data.source!r}: name the column with --label-column")
+    accuracy = knn_accuracy(bank, bank_labels, queries, query_labels, ks, temperature)
+    details = {"temperature": temperature, "train_split": train_split, "num_train_samples": len(bank)}
+    return [
+        EvalResult("knn", data.source, data.split, "accuracy", value, k=k, num_samples=len(queries), details=details)
+        for k, value in accuracy.items()
+    ]
+
+
+def evaluate_top1(model: nn.Module, data: DataConfig, processor=None, accelerator=None) -> list[EvalResult]:
+    """Accuracy of the model's own classifier head (labels must use the model's ``id2label`` ids)."""
+    accelerator = _accelerator(accelerator)
+    _, dataset = _prepare(model, data, processor)
+    _labelled(dataset, data)
+    model.to(accelerator.device)
+
+    def forward(batch):
+        logits = getattr(model(**model_inputs(batch)), "logits", None)
+        if logits is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no classifier head: use --task knn (or zeroshot for CLIP/SigLIP)"
+            )
+        return {"logits": logits, "labels": batch["labels"]}
+
+    gathered = _collect(make_loader(dataset, data.batch_size), accelerator, forward, f"top-1 ({data.split})")
+    if int(gathered["labels"].max()) >= gathered["logits"].shape[1]:
+        raise DataError(
+            f"labels of {data.source!r} exceed the model's {gathered['logits'].shape[1]} classes: evaluate on the "
+            "dataset the head was trained for, or use --task knn"
+        )
+    accuracy = topk_accuracy(gathered["logits"], gathered["labels"], ks=(1,))[1]
+    return [EvalResult("top1", data.source, data.split, "accuracy", accuracy, num_samples=len(gathered["labels"]))]
+
+
+def evaluate_zero_shot(
+    model: nn.Module,
+    data: DataConfig,
+    processor=None,
+    tokenizer=None,
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    text_model: nn.Module | None = None,
+    classifier_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    accelerator=None,
+) -> list[EvalResult]:
+    """CLIP/SigLIP zero-shot top-1/top-5 accuracy.
+
+    The text classifier comes from ``classifier_path`` when given, else from the text tower of
+    ``text_model`` (default: ``model`` itself), cached under ``cache_dir`` and reused on later runs.
+    """
+    accelerator = _accelerator(accelerator)
+    _, dataset = _prepare(model, data, processor)
+    _labelled(dataset, data)
+    if classifier_path is not None:
+        classifier, classnames, templates = load_text_classifier(classifier_path)
+        source = Path(classifier_path).name
+    else:
+        classnames = list(classnames) if classnames is not None else _class_names(dataset, data)
+        text_model = _text_model(model, text_model)
+        tokenizer = tokenizer if tokenizer is not None else _tokenizer(text_model)
+        with accelerator.main_process_first():  # the main process builds and caches; the others read the cache
+            classifier, cache_file = cached_text_classifier(text_model, tokenizer, classnames, templates, cache_dir)
+        source = cache_file.name
+    model.to(accelerator.device)
+
+    def forward(batch):
+        return {"features": image_features(model, batch["pixel_values"]), "labels": batch["labels"]}
+
+    gathered = _collect(make_loader(dataset, data.batch_size), accelerator, forward, f"zero-shot ({data.split})")
+    if int(gathered["labels"].max()) >= len(classnames):
+        raise DataError(f"labels of {data.source!r} exceed the {len(classnames)} class names: pass all class names")
+    accuracy = topk_accuracy(zero_shot_logits(gathered["features"], classifier), gathered["labels"], ks=(1, 5))
+    details = {"num_classes": len(classnames), "num_templates": len(templates), "classifier": source}
+    count = len(gathered["labels"])
+    return [
+        EvalResult("zeroshot", data.source, data.split, f"top{k}", value, num_samples=count, details=details)
+        for k, value in accuracy.items()
+    ]
+
+
+def evaluate_retrieval(
+    model: nn.Module,
+    data: DataConfig,
+    processor=None,
+    tokenizer=None,
+    caption_column: str | None = None,
+    text_model: nn.Module | None = None,
+    ks: Sequence[int] = RETRIEVAL_KS,
+    accelerator=None,
+) -> list[EvalResult]:
+    """Zero-shot image<->text recall@k; each row holds an image and one caption or a list of captions."""
+    accelerator = _accelerator(accelerator)
+    _, dataset = _prepare(model, data, processor)
+    captions, owners = _captions(dataset.dataset, caption_column)
+    text_model = _text_model(model, text_model)
+    tokenizer = tokenizer if tokenizer is not None else _tokenizer(text_model)
+    model.to(accelerator.device)
+    text_model.to(accelerator.device)
+
+    images = _collect(
+        make_loader(dataset, data.batch_size), accelerator,
+        lambda batch: {"features": image_features(model, batch["pixel_values"])}, f"retrieval images ({data.split})",
+    )["features"]  # fmt: skip
+    text_loader = DataLoader(
+        _Captions(captions), batch_size=data.batch_size, collate_fn=lambda rows: tokenize(tokenizer, rows, text_model)
+    )
+    texts = _collect(
+        text_loader, accelerator,
+        lambda batch: {"features": text_model.get_text_features(**batch).pooler_output}, "retrieval captions",
+    )["features"]  # fmt: skip
+    recall = retrieval_recall(images, texts, owners, ks)
+    results = []
+    for direction, per_k in recall.items():
+        count = len(images) if direction == "image_to_text" else len(texts)
+        details = {"num_images": len(images), "num_captions": len(texts)}
+        results += [
+            EvalResult("retrieval", data.source, data.split, f"{direction}_recall", value, k=k, num_samples=count,
+                       details=details)
+            for k, value in per_k.items()
+        ]  # fmt: skip
+    return results
+
+
+def evaluate_fidelity(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: DataConfig,
+    processor=None,
+    k: int = NEIGHBOURS,
+    teacher_name: str | None = None,
+    accelerator=None,
+) -> list[EvalResult]:
+    """How closely the student's embeddings follow the teacher's on the same samples (labels not needed)."""
+    accelerator = _accelerator(accelerator)
+    adapter, dataset = _prepare(model, data, processor)
+    teacher_adapter = get_adapter(teacher)
+    if teacher_adapter.name != adapter.name:
+        raise UnsupportedModelError(
+            f"the teacher is a {teacher_adapter.name} model but the student a {adapter.name} one: "
+            "pass the model the student was pruned from as --teacher"
+        )
+    model.to(accelerator.device)
+    teacher.to(accelerator.device).eval()
+
+    def forward(batch):
+        inputs = model_inputs(batch)
+        return {"student": adapter.embed(model, inputs), "teacher": teacher_adapter.embed(teacher, inputs)}
+
+    gathered = _collect(make_loader(dataset, data.batch_size), accelerator, forward, f"fidelity ({data.split})")
+    student, reference = gathered["student"], gathered["teacher"]
+    overlap, k_used = neighbour_overlap(student, reference, k)
+    details = {"teacher": teacher_name or getattr(teacher, "name_or_path", "") or type(teacher).__name__}
+    count = len(student)
+    return [
+        EvalResult("fidelity", data.source, data.split, "mean_cosine", mean_cosine(student, reference),
+                   num_samples=count, details=details),
+        EvalResult("fidelity", data.source, data.split, "neighbour_overlap", overlap, k=k_used, num_samples=count,
+                   details=details),
+    ]  # fmt: skip
+
+
+def _class_names(dataset, data: DataConfig) -> list[str]:
+    feature = dataset.dataset.features.get(dataset.label_column)
+    names = getattr(feature, "names", None)
+    if not names:
+        raise DataError(
+            f"the label column of {data.source!r} carries no class names: pass them (--classnames FILE, one per line)"
+        )
+    return list(names)
+
+
+def _text_model(model: nn.Module, text_model: nn.Module | None) -> nn.Module:
+    text_model = text_model if text_model is not None else model
+    if not has_text_tower(text_model):
+        raise UnsupportedModelError(
+            f"{type(text_model).__name__} has no text tower: pass the original CLIP/SigLIP model with --text-model "
+            "(pruning leaves its text tower unchanged), or a saved classifier with --classifier"
+        )
+    return text_model.eval()
+
+
+def _tokenizer(text_model: nn.Module):
+    from transformers import AutoTokenizer
+
+    path = getattr(text_model, "name_or_path", "")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as error:
+        name = path or type(text_model).__name__
+        raise DataError(f"no tokenizer found for {name}: save the tokenizer with the model") from error
+
+
+def _captions(rows, caption_column: str | None) -> tuple[list[str], torch.Tensor]:
+    """Flattened captions and, for each, the index of its image."""
+    column = caption_column or next((c for c in CAPTION_COLUMNS if c in rows.column_names), None)
+    if column is None or column not in rows.column_names:
+        raise DataError(
+            f"no caption column in the dataset (columns: {', '.join(rows.column_names)}): name it with --caption-column"
+        )
+    captions, owners = [], []
+    for index, value in enumerate(rows[column]):
+        texts = [value] if isinstance(value, str) else list(value)
+        if not texts:
+            raise DataError(f"row {index} has no caption in column {column!r}")
+        captions += texts
+        owners += [index] * len(texts)
+    return captions, torch.tensor(owners)
+
+
+class _Captions(Dataset):
+    def __init__(self, captions: list[str]):
+        self.captions = captions
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, index):
+        return self.captions[index]
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_report(path: str | os.PathLike) -> dict:
+    """A report written by ``write_report`` (a checkpoint folder means its ``eval_report.json``)."""
+    path = Path(path)
+    path = path / REPORT_FILE if path.is_dir() else path
+    report = json.loads(path.read_text())
+    if report.get("schema") != REPORT_SCHEMA:
+        raise ValueError(f"{path} is not an amp-hf evaluation report (schema {report.get('schema')!r})")
+    return report
+
+
+def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: str) -> Path:
+    """Write (or update) a report atomically: rows of re-run metrics are replaced, other rows kept."""
+    path = Path(path)
+    timestamp = _now()
+    rows = [{**result.to_dict(), "timestamp": timestamp} for result in results]
+    new = {result.identity for result in results}
+    if path.is_file():
+        try:
+            previous = read_report(path)
+        except ValueError:
+            previous = {}  # not ours or corrupt: replaced below
+        if _same_model(previous.get("model"), model):
+            kept = [row for row in previous.get("results", []) if _identity(row) not in new]
+            rows = kept + rows
+    report = {"schema": REPORT_SCHEMA, "model": model, "timestamp": timestamp, "amp_hf_version": __version__,
+              "results": rows}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as file:
+        json.dump(report, file, indent=2)
+    os.replace(staging, path)
+    return path
+
+
+def _same_model(first: str | None, second: str) -> bool:
+    if first is None:
+        return False
+    if Path(first).exists() and Path(second).exists():
+        return Path(first).resolve() == Path(second).resolve()
+    return first == second
+
+
+def _identity(row: dict) -> tuple:
+    return (row.get("task"), row.get("dataset"), row.get("split"), row.get("metric"), row.get("k"))
+
+
+def format_results(results: Sequence[EvalResult]) -> str:
+    lines = [f"{'task':<10} {'dataset':<16} {'split':<6} {'metric':<24} {'k':>4} {'value':>8}"]
+    for r in results:
+        dataset = r.dataset if len(r.dataset) <= 16 else "…" + r.dataset[-15:]
+        lines.append(f"{r.task:<10} {dataset:<16} {r.split:<6} {r.metric:<24} {r.k or '':>4} {r.value:>8.4f}")
+    return "\n".join(lines)
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint: kNN, zero-shot, retrieval, top-1, fidelity to the teacher",
+        description="Evaluate a (pruned) checkpoint and write a JSON report (default: eval_report.json in the "
+        "checkpoint folder, which `amp-hf card` reads). Runs under `accelerate launch` as well.",
+    )
+    parser.add_argument("checkpoint", help="model folder (pruned or stock) or a model id in the local cache")
+    parser.add_argument("--task", nargs="+", choices=TASKS, default=["knn"], help="one or more tasks (default: knn)")
+    parser.add_argument("--data", help="data source: digits, fashion_mnist, fortunes, an image folder, a "
+                        "save_to_disk folder, a data file or a cached dataset name (default: digits for image "
+                        "models, fortunes for text models; retrieval needs one with captions)")  # fmt: skip
+    parser.add_argument("--split", default="test", help="split to evaluate (kNN queries), default: test")
+    parser.add_argument("--train-split", default="train", help="kNN memory-bank split (default: train)")
+    parser.add_argument("--num-samples", type=int, help="evaluate a seeded random subset of this size")
+    parser.add_argument("--num-train-samples", type=int, help="kNN memory-bank subset size (default: whole split)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
+    parser.add_argument("--teacher", help="fidelity: the unpruned model (default: base_model in the provenance)")
+    parser.add_argument("--text-model", help="zeroshot/retrieval: model whose text tower to use (default: the "
+                        "checkpoint itself; needed for vision-only CLIP checkpoints)")  # fmt: skip
+    parser.add_argument("--classnames", help="zeroshot: file with one class name per line, in label order")
+    parser.add_argument("--templates", help="zeroshot: file with one prompt template per line, e.g. 'a photo of a {}.'")
+    parser.add_argument("--classifier", help="zeroshot: a saved text classifier (.safetensors) to use as is")
+    parser.add_argument("--classifier-cache", help="zeroshot: text-classifier cache folder (default: amp-hf cache)")
+    parser.add_argument("--image-column", help="image column (default: image/img/pixel_values)")
+    parser.add_argument("--text-column", help="text column for text encoders (default: text/sentence/content)")
+    parser.add_argument("--label-column", help="label column (default: label/labels)")
+    parser.add_argument("--caption-column", help=f"retrieval caption column (default: {'/'.join(CAPTION_COLUMNS)})")
+    parser.add_argument("--output", help=f"report path (default: <checkpoint>/{REPORT_FILE})")
+    parser.set_defaults(func=run_eval)
+
+
+def _report_path(args) -> Path:
+    if args.output:
+        return Path(args.output)
+    folder = Path(args.checkpoint)
+    if folder.is_dir() and os.access(folder, os.W_OK):
+        return folder / REPORT_FILE
+    from .cli import UsageError
+
+    raise UsageError(f"cannot write {REPORT_FILE} into {args.checkpoint} (not a writable folder): pass --output PATH")
+
+
+def _lines(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def run_eval(args) -> int:
+    from .cli import UsageError
+
+    report_path = _report_path(args)  # fail before any model is loaded
+    if "retrieval" in args.task and not args.data:
+        raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
+    try:
+        templates = _lines(args.templates) or list(DEFAULT_TEMPLATES)
+        if args.classifier:
+            load_text_classifier(args.classifier)  # validate now rather than after the other tasks ran
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+    accelerator = _accelerator(None)
+    model = load_model(args.checkpoint)
+    adapter = get_adapter(model)
+    data = DataConfig(
+        source=args.data or ("fortunes" if adapter.modality == "text" else "digits"),
+        split=args.split,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        image_column=args.image_column,
+        text_column=args.text_column,
+        label_column=args.label_column,
+    )
+    processor = load_processor(resolve_model_path(args.checkpoint), adapter)
+    text_model = load_model(args.text_model) if args.text_model else None
+    results: list[EvalResult] = []
+    for task in args.task:
+        if task == "knn":
+            results += evaluate_knn(model, data, processor, args.train_split, args.num_train_samples,
+                                    accelerator=accelerator)  # fmt: skip
+        elif task == "top1":
+            results += evaluate_top1(model, data, processor, accelerator=accelerator)
+        elif task == "zeroshot":
+            results += evaluate_zero_shot(
+                model, data, processor, classnames=_lines(args.classnames), templates=templates,
+                text_model=text_model, classifier_path=args.classifier, cache_dir=args.classifier_cache,
+                accelerator=accelerator,
+            )  # fmt: skip
+        elif task == "retrieval":
+            results += evaluate_retrieval(model, data, processor, caption_column=args.caption_column,
+                                          text_model=text_model, accelerator=accelerator)  # fmt: skip
+        elif task == "fidelity":
+            teacher_path = args.teacher or default_teacher(model)
+            if teacher_path is None:
+                raise UsageError("fidelity needs the unpruned model: pass --teacher PATH")
+            results += evaluate_fidelity(model, load_model(teacher_path), data, processor,
+                                         teacher_name=teacher_path, accelerator=accelerator)  # fmt: skip
+    if accelerator.is_main_process:
+        write_report(results, report_path, model=str(args.checkpoint))
+        print(format_results(results))
+        print(f"report: {report_path}")
+    accelerator.wait_for_everyone()
+    return 0
