@@ -1,0 +1,46 @@
+"""``amp-hf distill``: run under ``accelerate launch -m amp_hf distill --config ... [KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config_utils import load_config
+from .config import DistillConfig
+from .trainer import run_distillation
+
+EXAMPLES = """examples:
+  amp-hf distill --config configs/distill_minilm.yaml
+  accelerate launch --multi_gpu --num_processes 8 -m amp_hf distill --config configs/distill_clip.yaml \\
+      student=out/clip-pruned output=out/clip-distilled data.source=/data/imagenet/train
+  accelerate launch --config_file configs/accelerate/fsdp.yaml -m amp_hf distill --config ... --resume
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help="recover a pruned model by feature distillation from its unpruned teacher",
+        description="Feature distillation of a pruned checkpoint (student) from the unpruned model (teacher), "
+        "AMP/DGMR recipe. Distribution and mixed precision come from `accelerate launch`.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML config (see configs/distill_*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.base_lr=1e-5")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in the run folder (<output>.run)"
+    )
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    config = load_config(DistillConfig, args.config, args.overrides)
+    output = run_distillation(config, resume=args.resume)
+    if PartialState().is_main_process:
+        if output is None:
+            print(f"stopped after step {config.schedule.stop_after}; continue with --resume")
+        else:
+            print(f"distilled checkpoint written to {output}")
+    return 0
