@@ -74,6 +74,8 @@ def resume_checkpoint(config: DistillConfig, resume: bool) -> Path | None:
         return None
     if not steps:
         raise FileNotFoundError(f"nothing to resume: no checkpoint under {run_dir / CHECKPOINTS}; start without --resume")
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise ConfigError(f"{run_dir / RUN_CONFIG} is missing, so the run cannot be checked before resuming: restore it")
     saved = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
     current = config_fingerprint(config)
     changed = sorted(_differences(saved, current))
