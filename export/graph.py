@@ -27,7 +27,7 @@ from transformers.exporters import (
     OnnxRuntimeQuantizer,
 )
 
-from .errors import ExportError
+from .errors import ExportError, ExportOptionError
 from .options import ExportOptions
 from .patches import export_patches
 from .specs import (
@@ -55,12 +55,13 @@ def dynamic_axes(spec: GraphSpec, options: ExportOptions) -> dict[str, dict[int,
 
 
 def trace_sequence_length(model: nn.Module, spec: GraphSpec, options: ExportOptions) -> int | None:
-    """The text length a graph is traced at: fixed for TensorRT, any short length when dynamic."""
-    if spec.modality != "text":
+    """The fixed text length of a TensorRT-profile text graph; None (trace at a short default) otherwise."""
+    if spec.modality != "text" or options.target != "tensorrt":
         return None
-    if options.target == "tensorrt":
-        return options.sequence_length or max_sequence_length(model)
-    return None
+    longest = max_sequence_length(model)
+    if options.sequence_length is not None and options.sequence_length > longest:
+        raise ExportOptionError(f"--sequence-length {options.sequence_length} exceeds the model's maximum {longest}")
+    return options.sequence_length or longest
 
 
 def export_graph(model: nn.Module, spec: GraphSpec, options: ExportOptions) -> onnx.ModelProto:
