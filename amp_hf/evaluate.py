@@ -71,6 +71,7 @@ TASKS = ("knn", "zeroshot", "retrieval", "top1", "fidelity")
 REPORT_FILE = "eval_report.json"
 REPORT_SCHEMA = "amp-hf/eval-report/1"
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
+CLASSIFIER_SUFFIXES = ("ForImageClassification", "ForSequenceClassification")  # models with a top-1 head
 
 
 @dataclass
@@ -194,18 +195,14 @@ def evaluate_knn(
 
 def evaluate_top1(model: nn.Module, data: DataConfig, processor=None, accelerator=None) -> list[EvalResult]:
     """Accuracy of the model's own classifier head (labels must use the model's ``id2label`` ids)."""
+    _check_tasks(["top1"], model)
     accelerator = _accelerator(accelerator)
     _, dataset = _prepare(model, data, processor)
     _labelled(dataset, data)
     model.to(accelerator.device)
 
     def forward(batch):
-        logits = getattr(model(**model_inputs(batch)), "logits", None)
-        if logits is None:
-            raise UnsupportedModelError(
-                f"{type(model).__name__} has no classifier head: use --task knn (or zeroshot for CLIP/SigLIP)"
-            )
-        return {"logits": logits, "labels": batch["labels"]}
+        return {"logits": model(**model_inputs(batch)).logits, "labels": batch["labels"]}
 
     gathered = _collect(make_loader(dataset, data.batch_size), accelerator, forward, f"top-1 ({data.split})")
     if int(gathered["labels"].max()) >= gathered["logits"].shape[1]:
@@ -343,6 +340,19 @@ def evaluate_fidelity(
         EvalResult("fidelity", data.source, data.split, "neighbour_overlap", overlap, k=k_used, num_samples=count,
                    details=details),
     ]  # fmt: skip
+
+
+def _check_tasks(tasks: Sequence[str], model: nn.Module, text_model: nn.Module | None = None,
+                 has_classifier: bool = False) -> None:  # fmt: skip
+    """Fail before any data is embedded when a task cannot run on this model."""
+    name = type(model).__name__
+    if "top1" in tasks and not name.endswith(CLASSIFIER_SUFFIXES):
+        raise UnsupportedModelError(f"{name} has no classifier head: use --task knn (or zeroshot for CLIP/SigLIP)")
+    image_text = [task for task in tasks if task in ("zeroshot", "retrieval")]
+    if image_text and get_adapter(model).name not in ("clip", "siglip"):
+        raise UnsupportedModelError(f"{'/'.join(image_text)} needs a CLIP or SigLIP model, not {name}: use --task knn")
+    if "retrieval" in tasks or ("zeroshot" in tasks and not has_classifier):
+        _text_model(model, text_model)  # raises without a text tower, naming --text-model / --classifier
 
 
 def _class_names(dataset, data: DataConfig) -> list[str]:
@@ -547,6 +557,7 @@ def run_eval(args) -> int:
     )
     processor = load_processor(resolve_model_path(args.checkpoint), adapter)
     text_model = load_model(args.text_model) if args.text_model else None
+    _check_tasks(args.task, model, text_model, has_classifier=bool(args.classifier))
     results: list[EvalResult] = []
     for task in args.task:
         if task == "knn":

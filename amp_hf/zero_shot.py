@@ -124,13 +124,16 @@ def save_text_classifier(
 
 def load_text_classifier(path: str | os.PathLike) -> tuple[torch.Tensor, list[str], list[str]]:
     """``(classifier, classnames, templates)`` from a file written by ``save_text_classifier``."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text classifier {path} does not exist: build one with a model that has a text tower")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a safetensors file ({error}): pass a classifier amp-hf saved") from error
     if "classnames" not in metadata:
         raise ValueError(f"{path} is not an amp-hf text classifier (no class names in its metadata)")
     classifier = load_file(str(path))[CLASSIFIER_TENSOR]

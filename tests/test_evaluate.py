@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import tiny_models
-from amp_hf import PrunePlan, get_adapter, slice_model
+from amp_hf import PrunePlan, UnsupportedModelError, get_adapter, slice_model
 from amp_hf.data import DataConfig
 from amp_hf.eval_metrics import (
     knn_accuracy,
@@ -271,6 +271,24 @@ def test_text_classifier_cache_is_shared_by_pruned_models(clip_setup, tmp_path, 
     assert [r.value for r in from_file] == [r.value for r in from_tower]
 
 
+def test_vision_only_checkpoint_borrows_the_text_tower(clip_setup, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    clip = clip_setup["model"]
+    config = CLIPVisionConfig(**{**clip.config.vision_config.to_dict(), "projection_dim": clip.config.projection_dim})
+    vision = CLIPVisionModelWithProjection(config).eval()
+    vision_prefixes = ("vision_model.", "visual_projection.")
+    vision.load_state_dict({k: v for k, v in clip.state_dict().items() if k.startswith(vision_prefixes)})
+    data = DataConfig(source=str(clip_setup["data_dir"]), split="test", batch_size=8)
+    options = dict(processor=clip_setup["processor"], tokenizer=clip_setup["tokenizer"], templates=TEMPLATES[:2],
+                   cache_dir=tmp_path)  # fmt: skip
+    borrowed = evaluate_zero_shot(vision, data, text_model=clip, **options)
+    own = evaluate_zero_shot(clip, data, **options)
+    assert [(r.metric, r.value) for r in borrowed] == [(r.metric, r.value) for r in own]
+    with pytest.raises(UnsupportedModelError, match="--text-model"):
+        evaluate_zero_shot(vision, data, **options)
+
+
 def test_retrieval_matches_recall_from_clip_logits(clip_setup):
     captions = [c for row in clip_setup["captions"] for c in row]
     owners = [i for i, row in enumerate(clip_setup["captions"]) for _ in row]
@@ -361,8 +379,14 @@ def test_cli_writes_report_beside_the_checkpoint(digits_vit, tmp_path, capsys):
     assert "knn" in capsys.readouterr().out
 
 
-def test_cli_errors_name_the_fix(digits_vit, tmp_path, capsys):
+def test_cli_errors_name_the_fix(digits_vit, clip_setup, tmp_path, capsys):
     checkpoint = str(digits_vit)
+    # Tasks the model cannot run fail before anything is embedded.
+    assert _cli(["eval", checkpoint, "--task", "knn", "zeroshot", "--output", str(tmp_path / "r.json")]) == 2
+    assert "needs a CLIP or SigLIP model" in capsys.readouterr().err
+    clip_dir = str(clip_setup["data_dir"].parent / "model")
+    assert _cli(["eval", clip_dir, "--task", "knn", "top1", "--output", str(tmp_path / "r.json")]) == 2
+    assert "no classifier head" in capsys.readouterr().err
     assert _cli(["eval", checkpoint, "--task", "fidelity", "--output", str(tmp_path / "r.json")]) == 2
     assert "--teacher" in capsys.readouterr().err
     assert _cli(["eval", checkpoint, "--task", "retrieval", "--output", str(tmp_path / "r.json")]) == 2
