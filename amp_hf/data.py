@@ -180,7 +180,10 @@ def load_processor(model_or_path, adapter=None):
     """The model's own image processor / tokenizer; for checkpoints without one, a default from config."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
+    from .loading import resolve_model_path
+
     path = model_or_path if isinstance(model_or_path, (str, Path)) else getattr(model_or_path, "name_or_path", "")
+    path = resolve_model_path(str(path)) if path else path
     modality = adapter.modality if adapter is not None else None
     if path and Path(path).is_dir():
         loader = AutoTokenizer if modality == "text" else AutoImageProcessor

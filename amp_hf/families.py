@@ -121,7 +121,8 @@ class FamilyAdapter:
         return self.pool(backbone(**batch), batch)
 
     def dummy_inputs(self, model: nn.Module, batch_size: int = 1) -> dict:
-        """Inputs at the model's native size (images: config image size; text: 128 tokens)."""
+        """Inputs at the model's native size (images: config image size; text: 128 tokens, or fewer if the
+        model's position table is shorter)."""
         config = self.backbone(model).config
         device = next(model.parameters()).device
         if self.modality == "image":
@@ -131,7 +132,8 @@ class FamilyAdapter:
             return {
                 "pixel_values": torch.zeros(batch_size, config.num_channels, height, width, device=device, dtype=dtype)
             }
-        ids = torch.ones(batch_size, TEXT_SEQUENCE_LENGTH, dtype=torch.long, device=device)
+        length = min(TEXT_SEQUENCE_LENGTH, getattr(config, "max_position_embeddings", TEXT_SEQUENCE_LENGTH))
+        ids = torch.ones(batch_size, length, dtype=torch.long, device=device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     # -- pruned config -----------------------------------------------------------------------------

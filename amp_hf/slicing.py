@@ -59,8 +59,10 @@ def slice_model(model: PreTrainedModel, plan: PrunePlan, amp_pruning: dict | Non
     state_dict = slice_state_dict(model.state_dict(), mlp_tensor_names(model), plan.kept)
 
     parameter = next(model.parameters())
+    # Models built without their pooler (ViTModel / BertModel(add_pooling_layer=False)) stay without it.
+    kwargs = {"add_pooling_layer": False} if getattr(model, "pooler", ...) is None else {}
     with no_init_weights():  # every tensor is overwritten below: skip the random init
-        pruned = adapter.amp_class(model)(config)
+        pruned = adapter.amp_class(model)(config, **kwargs)
     pruned.to(device=parameter.device, dtype=parameter.dtype)
     missing, unexpected = pruned.load_state_dict(state_dict, strict=False)
     # Buffers outside the state dict (non-persistent) are rebuilt by the constructor; anything else is a bug.

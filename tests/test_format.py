@@ -192,6 +192,20 @@ def test_plan_for_another_model_is_refused():
         amp_hf.slice_model(model, amp_hf.PrunePlan([32, 32, 32], [[0], [0], [0]]))
 
 
+def test_models_built_without_their_pooler_slice_without_it():
+    from tiny_models import _vit
+    from transformers import ViTModel
+
+    model = ViTModel(_vit(), add_pooling_layer=False).eval()
+    pruned = amp_hf.slice_model(model, uneven_plan(model))
+    assert pruned.pooler is None
+
+
+def test_text_accounting_respects_a_short_position_table():
+    model = build("bert")  # max_position_embeddings=64 < the default 128 accounting tokens
+    assert amp_hf.model_stats(model)["flops_tower"] > 0
+
+
 def test_unsupported_model_lists_the_supported_families():
     from transformers import GPT2Config, GPT2Model
 

@@ -151,6 +151,13 @@ def test_uniform_and_global_allocations_meet_the_budget():
     assert abs(cost.reduction(widths) - 0.2) < 0.01
     with pytest.raises(ValueError, match="lower it"):
         uniform_widths(cost, 0.99)
+    with pytest.raises(ValueError, match="target_metric=mlp_params"):
+        global_widths(scores, cost, 0.99)  # a target the MLPs cannot reach is an error, not width 1 everywhere
+    mlp = tower_cost(model, "mlp_params")
+    half = [w // 2 for w in mlp.full_widths]
+    pruned = amp_hf.slice_model(model, amp_hf.PrunePlan(mlp.full_widths, [list(range(w)) for w in half]))
+    measured = 1 - amp_hf.model_stats(pruned)["params_mlp"] / amp_hf.model_stats(model)["params_mlp"]
+    assert mlp.reduction(half) == pytest.approx(measured, abs=1e-12)
 
 
 def test_flops_cost_model_matches_the_flop_counter():

@@ -29,7 +29,7 @@ class SearchConfig:
     delta_e_mode: Literal["absolute", "normalized"] = "absolute"
     steps: int = 6  # halvings per layer: width resolution H / 2**steps
     target_reduction: float | None = None  # budget/uniform/global: fraction of the tower's params (or FLOPs) removed
-    target_metric: Literal["params", "flops"] = "params"
+    target_metric: Literal["params", "flops", "mlp_params"] = "params"  # what target_reduction is a fraction of
     tolerance: float = 0.02  # budget mode: |achieved - target| allowed
     max_budget_iterations: int = 14
     round_to: int = 1  # every kept width a multiple of this (8/64 suit GPU GEMMs and TensorRT)
@@ -76,7 +76,8 @@ class TowerCost:
 
 
 def tower_cost(model, metric: str = "params") -> TowerCost:
-    from ..accounting import count_flops, count_parameters
+    """Cost model for ``metric``: the tower's parameters, its FLOPs, or only its MLP parameters."""
+    from ..accounting import count_flops, count_parameters, mlp_parameters
 
     adapter = get_adapter(model)
     backbone = adapter.backbone(model)
@@ -90,6 +91,8 @@ def tower_cost(model, metric: str = "params") -> TowerCost:
     widths = adapter.widths(model)
     if metric == "params":
         return TowerCost(float(count_parameters(backbone)), widths, per_neuron)
+    if metric == "mlp_params":
+        return TowerCost(float(mlp_parameters(model)), widths, per_neuron)
     inputs = adapter.dummy_inputs(model)
     tokens = _tokens_per_sample(model, inputs)
     # a matmul costs 2 FLOPs per multiply-add; biases are not counted by torch's flop counter
@@ -259,20 +262,27 @@ def budget_search(model, scores, evaluator, target: float, cost: TowerCost, step
 # -- baselines -----------------------------------------------------------------------------------------------
 
 
-def uniform_widths(cost: TowerCost, target: float, round_to: int = 1) -> list[int]:
-    """Same keep-ratio in every layer, chosen so the tower loses ``target`` of its cost."""
-    mlp_cost = sum(p * f for p, f in zip(cost.per_neuron, cost.full_widths))
-    removable = mlp_cost / cost.base_total
+def _check_reachable(cost: TowerCost, target: float) -> float:
+    """The fraction of the cost the MLPs hold; a target at or above it cannot be met by MLP pruning."""
+    removable = sum(p * f for p, f in zip(cost.per_neuron, cost.full_widths)) / cost.base_total
     if target >= removable:
         raise ValueError(
-            f"target_reduction {target:.2f} is more than the MLPs hold ({removable:.2f} of the tower): lower it"
+            f"target_reduction {target:.2f} is more than the MLPs hold ({removable:.2f} of the tower's cost): "
+            "lower it, or set search.target_metric=mlp_params to count MLP parameters only"
         )
+    return removable
+
+
+def uniform_widths(cost: TowerCost, target: float, round_to: int = 1) -> list[int]:
+    """Same keep-ratio in every layer, chosen so the tower loses ``target`` of its cost."""
+    removable = _check_reachable(cost, target)
     keep = 1.0 - target / removable
     return [round_width(round(keep * f), f, round_to) for f in cost.full_widths]
 
 
 def global_widths(scores: list[torch.Tensor], cost: TowerCost, target: float, round_to: int = 1) -> list[int]:
     """One ranking across layers (scores divided by their layer's mean), cut where the budget is met."""
+    _check_reachable(cost, target)
     normalised = [torch.as_tensor(s, dtype=torch.float64) / torch.as_tensor(s, dtype=torch.float64).mean().clamp_min(1e-30)
                   for s in scores]
     entries = sorted(
