@@ -229,24 +229,57 @@ def test_too_few_tokens_warn_and_stay_finite(caplog):
     assert all(r.damping is None or r.damping >= UNDERDETERMINED_DAMPING for r in report.layers)
 
 
+def output_biases(model) -> list[torch.Tensor]:
+    return [out_linear(layer).bias for layer in amp_hf.get_adapter(model).layers(model)]
+
+
 class LastBias:
     """A criterion that only sees the last output projection's bias: slicing keeps it, a refit moves it."""
 
     def __call__(self, model, adapter, batch):
-        return out_linear(adapter.layers(model)[-1]).bias.double().sum()
+        return output_biases(model)[-1].double().sum()
+
+
+class AnyBiasMoved:
+    """1 while any output projection's bias differs from plain slicing's (slicing keeps biases whole)."""
+
+    def __init__(self, sliced):
+        self.sliced = [b.detach().clone() for b in output_biases(sliced)]
+
+    def __call__(self, model, adapter, batch):
+        moved = any(not torch.equal(b, s) for b, s in zip(output_biases(model), self.sliced))
+        return torch.tensor(float(moved))
+
+
+def test_refit_layers_that_move_the_criterion_away_are_reverted():
+    model = build("vit")
+    plan = magnitude_plan(model)
+    pruned, report = reconstruct(model, plan, batches_for(model, 4), ReconstructConfig(enabled=True),
+                                 criterion=LastBias())
+    assert [layer.status for layer in report.layers] == ["reconstructed", "reconstructed", "sliced"]
+    assert report.layers[2].reason.startswith("end-to-end: held-out criterion")
+    assert report.kept == "reconstructed" and report.criterion["reconstructed"] == report.criterion["original"]
+    sliced = amp_hf.slice_model(model, plan)
+    torch.testing.assert_close(out_linear(amp_hf.get_adapter(pruned).layers(pruned)[2]).weight,
+                               out_linear(amp_hf.get_adapter(sliced).layers(sliced)[2]).weight, rtol=0, atol=0)
+    assert pruned.config.amp_pruning["reconstruction"]["layers_reconstructed"] == [0, 1]
 
 
 def test_whole_model_falls_back_when_the_criterion_moves_away():
     model = build("vit")
     plan = magnitude_plan(model)
+    sliced = amp_hf.slice_model(model, plan)
+    # Reverting any one layer leaves the others moved: no single revert helps, so the whole model falls back.
     pruned, report = reconstruct(model, plan, batches_for(model, 4), ReconstructConfig(enabled=True),
-                                 criterion=LastBias())
+                                 criterion=AnyBiasMoved(sliced))
     assert report.kept == "sliced" and "further from the original" in report.fallback
-    sliced = amp_hf.slice_model(model, plan).state_dict()
+    assert report.criterion["all_layers_refit"] == 1.0 and report.criterion["reconstructed"] == 0.0
     for name, tensor in pruned.state_dict().items():
-        torch.testing.assert_close(tensor, sliced[name], rtol=0, atol=0)
+        torch.testing.assert_close(tensor, sliced.state_dict()[name], rtol=0, atol=0)
     provenance = pruned.config.amp_pruning["reconstruction"]
-    assert provenance["kept"] == "sliced" and provenance["layers_reconstructed"] == [0, 1, 2]
+    assert provenance["kept"] == "sliced" and provenance["fallback"] == report.fallback
+    assert provenance["layers_reconstructed"] == [] and set(provenance["layer_fallbacks"].values()) == {
+        "whole-model fallback"}
 
 
 # -- the command line ---------------------------------------------------------------------------------------
@@ -273,11 +306,12 @@ def test_prune_records_reconstruction_provenance(vit_checkpoint, tmp_path, capsy
     assert provenance["samples"] == {"fit": 48, "heldout": 16}  # 4 batches of 16, the last one held out
     assert provenance["tokens"] == {"fit": 48 * 17, "heldout": 16 * 17}
     assert len(provenance["damping"]) == 3 and provenance["criterion"]["name"] == "entropy"
-    assert set(provenance["criterion"]) == {"name", "original", "sliced", "reconstructed"}
+    assert set(provenance["criterion"]) == {"name", "original", "sliced", "reconstructed", "all_layers_refit"}
     report = json.loads((tmp_path / "pruned" / "prune_report.json").read_text())["reconstruction"]
     assert [layer["layer"] for layer in report["layers"]] == [0, 1, 2]
-    refit = [layer for layer in report["layers"] if layer["status"] == "reconstructed"]
-    assert refit and all(layer["error_reconstructed"] < layer["error_sliced"] for layer in refit)
+    assert all(layer["error_reconstructed"] < layer["error_sliced"] for layer in report["layers"])
+    statuses = {layer["status"] for layer in report["layers"]}
+    assert statuses == ({"sliced"} if provenance["kept"] == "sliced" else statuses | {"reconstructed"})
 
 
 @pytest.mark.parametrize("override, message", [
