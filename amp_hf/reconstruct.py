@@ -55,7 +55,10 @@ class ReconstructConfig:
     heldout_fraction: float = 0.25  # share of the calibration batches held out (damping choice, fallbacks)
     data: DataConfig | None = None  # calibration data (default: the scoring data)
     num_samples: int | None = None  # calibration samples (default: the data config's num_samples)
-    end_to_end_check: bool = True  # plain slicing if the held-out criterion moves further from the original
+    end_to_end_check: bool = True  # revert refits that move the held-out criterion away from the original's
+    # A per-layer revert must close at least this share of the sliced model's criterion gap to the original:
+    # smaller changes are within the noise of a few held-out batches.
+    revert_margin: float = 0.05
 
     def __post_init__(self):
         if not 0 < self.heldout_fraction < 1:
@@ -66,6 +69,8 @@ class ReconstructConfig:
             raise ValueError("reconstruct.damping must be >= 0 (a relative ridge strength, e.g. 0.001)")
         if not self.damping_candidates or any(d < 0 for d in self.damping_candidates):
             raise ValueError("reconstruct.damping_candidates must be a non-empty list of values >= 0")
+        if self.revert_margin < 0:
+            raise ValueError("reconstruct.revert_margin must be >= 0 (a share of the criterion gap, e.g. 0.05)")
         if self.num_samples is not None and self.num_samples < 1:
             raise ValueError("reconstruct.num_samples must be >= 1 (or null for the data config's)")
 
@@ -338,9 +343,10 @@ class _Refitter:
             target.bias.copy_(bias)
 
 
-def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict) -> str | None:
+def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict,
+                      margin: float) -> str | None:
     """Revert refits the criterion rejects (per layer, then whole model); return the whole-model fallback reason."""
-    _revert_harmful_refits(refitter, layers, evaluate, values)
+    _revert_harmful_refits(refitter, layers, evaluate, values, margin)
     if reconstruction_is_closer(values):
         return None
     for report in layers:
@@ -351,18 +357,20 @@ def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, 
             f"{values['original']:.6g} than plain slicing's {values['sliced']:.6g}")
 
 
-def _revert_harmful_refits(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict) -> None:
+def _revert_harmful_refits(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict,
+                           margin: float) -> None:
     """Per-layer end-to-end check, first layer to last: a refit layer goes back to plain slicing when that
-    brings the held-out criterion strictly closer to the original's. Layer-wise error alone misleads: on
-    all-MiniLM-L6-v2 one output dimension holds ~98% of layer 0's MLP output energy, so a refit can win on
-    squared error yet hurt the embedding."""
+    brings the held-out criterion closer to the original's by more than ``margin`` x the sliced model's gap.
+    Layer-wise error alone misleads: on all-MiniLM-L6-v2 one output dimension holds ~98% of layer 0's MLP
+    output energy, so a refit can win on squared error yet hurt the embedding."""
     original = values["original"]
+    required = margin * abs(values["sliced"] - original)
     for report in layers:
         if report.status != "reconstructed":
             continue
         refitter.install(report.layer, "sliced")
         value = evaluate()
-        if abs(value - original) < abs(values["reconstructed"] - original):
+        if abs(value - original) < abs(values["reconstructed"] - original) - required:
             report.status = "sliced"
             report.reason = (f"end-to-end: held-out criterion {value:.6g} is closer to the original's "
                              f"{original:.6g} with this layer sliced than refit ({values['reconstructed']:.6g})")
@@ -410,7 +418,7 @@ def reconstruct(
         values["reconstructed"] = values["all_layers_refit"] = evaluate() if refitter.versions else values["sliced"]
         fallback = None
         if refitter.versions and config.end_to_end_check:
-            fallback = _end_to_end_check(refitter, layers, evaluate, values)
+            fallback = _end_to_end_check(refitter, layers, evaluate, values, config.revert_margin)
             if fallback:
                 logger.warning("reconstruct: %s; returning the plainly sliced model", fallback)
         if fallback is None and not any(report.status == "reconstructed" for report in layers):
