@@ -1,6 +1,6 @@
 """Train (or find in the cache) amp-hf's reference ViT teacher and print where it is and how good it is.
 
-    python scripts/train_reference_vit.py                      # Fashion-MNIST, ~10 min on 2 CPU cores
+    python scripts/train_reference_vit.py                      # Fashion-MNIST, ~10 min on one CPU core
     python scripts/train_reference_vit.py --dataset digits     # scikit-learn digits, seconds
     AMP_HF_CACHE=/data/amp-hf python scripts/train_reference_vit.py --force
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=REFERENCE_DATASETS, default="fashion_mnist")
     parser.add_argument("--cache-dir", help="folder holding reference models (default: <amp-hf cache>/reference)")
     parser.add_argument("--force", action="store_true", help="retrain even if a current cached model exists")
-    parser.add_argument("--threads", type=int, help="torch threads (1 is fastest when other jobs share the cores)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 1: fastest on shared cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
