@@ -108,13 +108,19 @@ def is_pruned_checkpoint(path: str | os.PathLike) -> bool:
     return str(read_config(path).get("model_type", "")).startswith("amp_")
 
 
-def load_pruned(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
-    """Load a pruned checkpoint as the exact class it was saved from (``config.architectures[0]``)."""
-    config = read_config(path)
+def pruned_architecture(path: str | os.PathLike, config: dict | None = None,
+                        hint: str = "load it with transformers' Auto classes") -> str:
+    """The amp_* class name a pruned checkpoint was saved from; a clear error for any other folder."""
+    config = read_config(path) if config is None else config
     architecture = (config.get("architectures") or [None])[0]
     if architecture not in amp_models.MODEL_CLASSES:
         raise CheckpointError(
-            f"{path} is not an amp-hf pruned checkpoint (architectures={config.get('architectures')}); "
-            "load it with transformers' Auto classes, or prune it first with `amp-hf prune`"
+            f"{path} is not an amp-hf pruned checkpoint (architectures={config.get('architectures')}): "
+            f"{hint}, or prune it first with `amp-hf prune`"
         )
-    return amp_models.MODEL_CLASSES[architecture].from_pretrained(path, **kwargs)
+    return architecture
+
+
+def load_pruned(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+    """Load a pruned checkpoint as the exact class it was saved from (``config.architectures[0]``)."""
+    return amp_models.MODEL_CLASSES[pruned_architecture(path)].from_pretrained(path, **kwargs)

@@ -37,7 +37,7 @@ from transformers.initialization import no_init_weights
 
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
 from amp_hf import models as amp_models
-from amp_hf.checkpoint import CheckpointError, read_config
+from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +154,7 @@ def gather_facts(
     """Read what the card needs from a pruned checkpoint folder (``base_model``/``license`` override it)."""
     path = Path(checkpoint)
     config = read_config(path)
-    architecture = (config.get("architectures") or [None])[0]
-    if architecture not in amp_models.MODEL_CLASSES:
-        raise CheckpointError(
-            f"{path} is not an amp-hf pruned checkpoint (architectures={config.get('architectures')}): "
-            "model cards describe pruned models, prune it first with `amp-hf prune`"
-        )
+    architecture = pruned_architecture(path, config, hint="model cards describe pruned models")
     provenance = dict(config.get("amp_pruning") or {})
     prune_report = _read_json(path / PRUNE_REPORT_FILE) or {}
     widths = _widths(config, provenance)

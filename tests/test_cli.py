@@ -10,21 +10,12 @@ import pytest
 import torch
 from helpers import REPO, accelerate_launch
 from safetensors.torch import load_file
-from tiny_models import build
-from transformers import AutoModel, ViTImageProcessor
+from transformers import AutoModel
 
 import amp_hf
 from amp_hf.cli import main
 
 DIGITS = ["scoring.data.source=digits", "scoring.data.num_samples=64", "scoring.data.batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def vit_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("stock") / "vit"
-    build("vit").save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:

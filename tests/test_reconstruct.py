@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from helpers import REPO, accelerate_launch
 from safetensors.torch import load_file
 from tiny_models import build, sample_inputs
-from transformers import ViTImageProcessor
 
 import amp_hf
 from amp_hf.cli import main
@@ -288,14 +287,6 @@ def test_whole_model_falls_back_when_the_criterion_moves_away():
 PRUNE = ["prune", "method=magnitude", "search.allocation=uniform", "search.target_reduction=0.3",
          "scoring.data.source=digits", "scoring.data.num_samples=64", "scoring.data.batch_size=16",
          "reconstruct.enabled=true"]
-
-
-@pytest.fixture(scope="module")
-def vit_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("stock") / "vit"
-    build("vit").save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
 
 
 def test_prune_records_reconstruction_provenance(vit_checkpoint, tmp_path, capsys):

@@ -22,7 +22,6 @@ from amp_hf.selection import (
     gram_schmidt_order,
     magnitude_scores,
     random_scores,
-    round_width,
     similarity_entropy,
     taylor_scores,
     tower_cost,
