@@ -121,5 +121,8 @@ def test_two_process_scoring_equals_one_process(vit_checkpoint, tmp_path):
     one, two = load_file(str(tmp_path / "one" / "scores.safetensors")), load_file(str(tmp_path / "two" / "scores.safetensors"))
     assert one.keys() == two.keys()
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-12)
+        if key.endswith(".abs"):  # the scores pruning uses: every neuron within rtol 1e-5
+            torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-12)
+        else:  # signed means cancel across samples, so near-zero entries carry float32 noise of the layer's scale
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5 * float(one[key].abs().max()))
     assert json.loads((tmp_path / "two" / "scores.json").read_text())["num_samples"] == 64

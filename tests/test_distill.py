@@ -403,7 +403,8 @@ def test_ddp_run_lowers_loss_and_saves_checkpoint_loadable_both_ways(ddp_run):
         "import sys; sys.modules['amp_hf'] = None\n"
         "import torch; from transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True).eval()\n"
-        f"out = m(pixel_values=torch.load({str(root / 'pixels.pt')!r})).last_hidden_state\n"
+        "with torch.no_grad():\n"
+        f"    out = m(pixel_values=torch.load({str(root / 'pixels.pt')!r})).last_hidden_state\n"
         f"torch.save(out, {str(root / 'remote.pt')!r}); print(type(m).__name__)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
@@ -411,7 +412,8 @@ def test_ddp_run_lowers_loss_and_saves_checkpoint_loadable_both_ways(ddp_run):
     assert result.stdout.strip() == "AmpViTModel"
     with torch.no_grad():
         expected = distilled.eval()(pixel_values=pixels).last_hidden_state
-    assert torch.equal(torch.load(root / "remote.pt"), expected)
+    # The subprocess runs on one thread (_env), so GEMMs may sum in another order: same outputs, not same bits.
+    torch.testing.assert_close(torch.load(root / "remote.pt"), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.multiprocess
