@@ -172,16 +172,17 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
     global_batch = (config.search_data or config.scoring.data).batch_size
     scale = math.log(global_batch) if search.delta_e_mode == "normalized" else 1.0
     progress = accelerator.is_local_main_process
-    details.update(steps=search.steps, delta_e_mode=search.delta_e_mode, search_batches=len(batches),
+    details.update(steps=search.steps, delta_e_mode=search.delta_e_mode, acceptance=search.acceptance,
+                   search_batches=len(batches),
                    search_batch_size=global_batch)
     if search.allocation == "adaptive":
         result = adaptive_search(model, scores.abs, evaluator, search.delta_e * scale, search.steps,
-                                 search.round_to, progress=progress)
+                                 search.round_to, progress=progress, acceptance=search.acceptance)
         details["delta_e"] = search.delta_e
     else:
         result, achieved = budget_search(model, scores.abs, evaluator, search.target_reduction, cost, search.steps,
                                          search.round_to, search.tolerance, search.max_budget_iterations,
-                                         upper=scale)
+                                         upper=scale, acceptance=search.acceptance)
         details.update(target_reduction=search.target_reduction, target_metric=search.target_metric,
                        achieved_reduction=achieved, delta_e=result.delta_e / scale)
     details.update(delta_e_nats=result.delta_e, reference_entropy=result.reference_entropy,

@@ -3,7 +3,8 @@
 
 Measured side by side in one run on a ViT-B/16-shaped ViTModel (random weights) and on the real
 all-MiniLM-L6-v2; prints the ratios and writes docs/bench_search.{json,md}. Goals (issue 7): fast/oracle
-wall time <= 0.5 at identical widths; scoring step / plain step <= 1.25.
+wall time <= 0.5 at identical widths; scoring step / plain step <= 1.25. On MiniLM it also times budget
+mode with and without the searches sharing their evaluated states (same widths expected).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the oracle search lives with the tests
 
 import amp_hf  # noqa: E402
-from amp_hf.selection import CriterionConfig, CriterionEvaluator, adaptive_search, build_criterion, taylor_scores  # noqa: E402
+from amp_hf.selection import (  # noqa: E402
+    CriterionConfig,
+    CriterionEvaluator,
+    adaptive_search,
+    budget_search,
+    build_criterion,
+    taylor_scores,
+    tower_cost,
+)
 from oracle_search import oracle_search  # noqa: E402
 
 
@@ -65,7 +74,7 @@ def plain_step(model, adapter, criterion, batch):
     criterion(model, adapter, batch).backward()
 
 
-def bench(name, model, batches, delta_e, repeats):
+def bench(name, model, batches, delta_e, repeats, budget_target=None):
     criterion = build_criterion(CriterionConfig(name="entropy", temp_inv=15))
     adapter = amp_hf.get_adapter(model)
     # scoring overhead: one Taylor batch vs one plain forward+backward, median of `repeats`
@@ -79,6 +88,17 @@ def bench(name, model, batches, delta_e, repeats):
                                                     delta_e, progress=False))
     oracle, oracle_time = timed(lambda: oracle_search(model, scores, batches, criterion, delta_e))
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    budget = {}
+    if budget_target is not None:  # budget mode: the ΔE bisection with and without shared evaluations
+        cost = tower_cost(model, "mlp_params")
+        for label, share in (("shared", True), ("unshared", False)):
+            evaluator = CriterionEvaluator(model, criterion, batches)
+            (result, achieved), seconds = timed(lambda: budget_search(model, scores, evaluator, budget_target, cost,
+                                                                     share_evaluations=share))
+            budget[label] = {"seconds": round(seconds, 2), "evaluations": evaluator.evaluations,
+                             "widths": result.widths, "delta_e": result.delta_e, "achieved": round(achieved, 4)}
+        budget["identical_widths"] = budget["shared"]["widths"] == budget["unshared"]["widths"]
+        budget["shared_over_unshared"] = round(budget["shared"]["seconds"] / budget["unshared"]["seconds"], 3)
     return {
         "model": name,
         "layers": len(scores),
@@ -94,6 +114,7 @@ def bench(name, model, batches, delta_e, repeats):
         "plain_step_s": round(median(plain), 3),
         "scoring_step_s": round(median(scoring), 3),
         "scoring_over_plain": round(median(scoring) / median(plain), 3),
+        "budget": budget,
     }
 
 
@@ -110,7 +131,8 @@ def main():
         bench("ViT-B/16 shape (random weights)", vit_b16(args.vit_layers), image_batches(args.batches, args.batch_size),
               delta_e=0.01, repeats=args.repeats),
         bench("all-MiniLM-L6-v2 (real)", amp_hf.load_model("minilm"),
-              minilm_batches(args.batches * 2, args.batch_size * 2, 64), delta_e=0.002, repeats=args.repeats),
+              minilm_batches(args.batches * 2, args.batch_size * 2, 64), delta_e=0.002, repeats=args.repeats,
+              budget_target=0.4),
     ]
     report = {"torch_threads": torch.get_num_threads(), "results": results}
     output = Path(args.output)
@@ -124,6 +146,16 @@ def main():
                      f"{r['fast_search_s']} | {r['oracle_search_s']} | **{r['fast_over_oracle']}** | {r['plain_step_s']} | "
                      f"{r['scoring_step_s']} | **{r['scoring_over_plain']}** |")
     lines += ["", "Widths chosen (fast = oracle):", ""] + [f"- {r['model']}: {r['widths_fast']}" for r in results]
+    for r in results:
+        if r["budget"]:
+            b = r["budget"]
+            lines += ["", f"Budget mode on {r['model']} (40% of the MLP parameters; ΔE bisection, each step a full "
+                      "adaptive search): searches sharing their evaluated states vs each evaluating all of its own.", "",
+                      "| variant | criterion passes | s | ΔE found | removed | widths |", "|---|---|---|---|---|---|"]
+            lines += [f"| {label} | {b[label]['evaluations']} | {b[label]['seconds']} | {b[label]['delta_e']:.3g} | "
+                      f"{b[label]['achieved']:.1%} | {b[label]['widths']} |" for label in ("shared", "unshared")]
+            lines += ["", f"shared/unshared wall time **{b['shared_over_unshared']}**, identical widths: "
+                      f"{b['identical_widths']}."]
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,7 +12,7 @@ import amp_hf
 from amp_hf.selection import round_width
 
 
-def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=1):
+def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=1, acceptance="rise"):
     adapter = amp_hf.get_adapter(model)
     full = adapter.widths(model)
     order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
@@ -30,7 +30,8 @@ def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=
         for _ in range(steps):
             width = round_width((lo + hi) // 2, full[layer], round_to)
             value = entropy(widths[:layer] + [width] + widths[layer + 1:])
-            if value - reference <= delta_e:
+            rise = value - reference
+            if rise <= delta_e if acceptance == "rise" else abs(rise) <= delta_e:
                 hi, best, best_value = width, width, value
             else:
                 lo = width

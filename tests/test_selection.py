@@ -15,6 +15,7 @@ from amp_hf.selection import (
     CriterionConfig,
     CriterionEvaluator,
     adaptive_search,
+    accepts,
     budget_search,
     build_criterion,
     dgmr_scores,
@@ -92,8 +93,10 @@ def test_scoring_leaves_parameters_without_gradients():
     assert all(p.requires_grad for p in model.parameters())  # restored
 
 
-@pytest.mark.parametrize("name, delta_e, round_to", [("vit", 0.05, 1), ("dinov2_swiglu", 0.02, 8), ("bert", 0.01, 1)])
-def test_fast_search_chooses_the_oracle_widths(name, delta_e, round_to):
+@pytest.mark.parametrize("name, delta_e, round_to, acceptance", [
+    ("vit", 0.05, 1, "rise"), ("dinov2_swiglu", 0.02, 8, "rise"), ("bert", 0.01, 1, "rise"), ("vit", 0.02, 1, "change"),
+])
+def test_fast_search_chooses_the_oracle_widths(name, delta_e, round_to, acceptance):
     model = build(name)
     if name == "bert":
         generator = torch.Generator().manual_seed(0)
@@ -104,15 +107,23 @@ def test_fast_search_chooses_the_oracle_widths(name, delta_e, round_to):
     criterion = entropy_criterion()
     scores = taylor_scores(model, batches, criterion).abs
     evaluator = CriterionEvaluator(model, criterion, batches)
-    result = adaptive_search(model, scores, evaluator, delta_e, steps=6, round_to=round_to, progress=False)
+    result = adaptive_search(model, scores, evaluator, delta_e, steps=6, round_to=round_to, progress=False,
+                             acceptance=acceptance)
     assert evaluator.layer_inputs is not None  # the cached-suffix path really ran
-    expected = oracle_search(model, scores, batches, criterion, delta_e, round_to=round_to)
+    expected = oracle_search(model, scores, batches, criterion, delta_e, round_to=round_to, acceptance=acceptance)
     assert result.widths == expected
     assert result.widths != amp_hf.get_adapter(model).widths(model)  # something was pruned
     assert all(w % round_to == 0 or w == f for w, f in zip(result.widths, amp_hf.get_adapter(model).widths(model)))
     # the model is left as it was
     assert amp_hf.get_adapter(model).widths(model) == [len(s) for s in scores]
     assert [len(k) for k in result.kept] == result.widths
+
+
+def test_acceptance_rules():
+    assert accepts(0.9, 1.0, 0.01) and accepts(1.005, 1.0, 0.01) and not accepts(1.02, 1.0, 0.01)
+    assert not accepts(0.9, 1.0, 0.01, "change") and accepts(0.995, 1.0, 0.01, "change")
+    with pytest.raises(ValueError, match="rise"):
+        accepts(1.0, 1.0, 0.01, "fall")
 
 
 def test_search_is_deterministic():
@@ -127,17 +138,34 @@ def test_search_is_deterministic():
     assert runs[0] == runs[1]
 
 
-def test_budget_mode_lands_within_two_percent():
+def scored_tiny_vit():
+    """A tiny ViT with its entropy Taylor scores on one batch: (model, batches, criterion, scores, cost)."""
     model = build("vit")
     batches = image_batches(model, count=1)
     criterion = entropy_criterion()
-    scores = taylor_scores(model, batches, criterion).abs
-    cost = tower_cost(model, "params")
+    return model, batches, criterion, taylor_scores(model, batches, criterion).abs, tower_cost(model, "params")
+
+
+def test_budget_mode_lands_within_two_percent():
+    model, batches, criterion, scores, cost = scored_tiny_vit()
     result, achieved = budget_search(model, scores, CriterionEvaluator(model, criterion, batches), 0.3, cost)
     assert abs(achieved - 0.3) <= 0.02
     pruned = amp_hf.slice_model(model, amp_hf.PrunePlan(cost.full_widths, result.kept))
     measured = 1 - amp_hf.count_parameters(pruned) / amp_hf.count_parameters(model)
     assert measured == pytest.approx(achieved, abs=1e-9)  # the cost model is exact for parameters
+
+
+def test_budget_mode_reuses_evaluations_without_changing_the_answer():
+    model, batches, criterion, scores, cost = scored_tiny_vit()
+    evaluator = CriterionEvaluator(model, criterion, batches)
+    result, _ = budget_search(model, scores, evaluator, 0.3, cost, tolerance=0.005)
+    searches = sum(1 for entry in result.log if "delta_e" in entry and "layer" not in entry)
+    assert searches > 1  # the bisection really ran several searches
+    layers = len(cost.full_widths)
+    assert evaluator.evaluations < searches * (1 + 6 * layers)  # states seen before were not re-evaluated
+    fresh = adaptive_search(model, scores, CriterionEvaluator(model, criterion, batches), result.delta_e,
+                            progress=False)
+    assert fresh.widths == result.widths and fresh.final_entropy == result.final_entropy
 
 
 def test_uniform_and_global_allocations_meet_the_budget():

@@ -6,6 +6,7 @@ from .evaluator import CriterionEvaluator
 from .search import (
     SearchConfig,
     SearchResult,
+    accepts,
     adaptive_search,
     budget_search,
     global_widths,
@@ -27,6 +28,7 @@ __all__ = [
     "NeuronScores",
     "SearchConfig",
     "SearchResult",
+    "accepts",
     "adaptive_search",
     "budget_search",
     "build_criterion",
