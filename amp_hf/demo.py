@@ -33,6 +33,7 @@ class DemoSettings:
     eval_bank: int
     eval_queries: int
     delta_e: float
+    acceptance: str = "rise"  # SearchConfig.acceptance
     max_length: int = 64
     export_teacher: bool = True
     latency_repeats: int = 20
@@ -43,7 +44,8 @@ TEXT = DemoSettings(source="fortunes", scoring_samples=512, search_samples=192, 
 TEXT_QUICK = replace(TEXT, scoring_samples=64, search_samples=64, batch_size=32, eval_bank=200, eval_queries=100,
                      export_teacher=False, latency_repeats=3)
 VISION = DemoSettings(source="fashion_mnist", scoring_samples=1024, search_samples=512, batch_size=128,
-                      eval_bank=5000, eval_queries=2000, delta_e=0.01)
+                      eval_bank=5000, eval_queries=2000, delta_e=0.0015,
+                      acceptance="change")  # its entropy falls under pruning (README: "When the entropy falls")
 VISION_QUICK = replace(VISION, source="digits", scoring_samples=64, search_samples=64, batch_size=32, eval_bank=300,
                        eval_queries=150, export_teacher=False, latency_repeats=3)
 
@@ -70,7 +72,7 @@ def _prune(teacher: str, checkpoint: Path, settings: DemoSettings) -> dict:
         method="amp",
         criterion=CriterionConfig(name="entropy", temp_inv=15),
         scoring=ScoringConfig(data=data("train", settings.scoring_samples, seed=0)),
-        search=SearchConfig(allocation="adaptive", delta_e=settings.delta_e, steps=6),
+        search=SearchConfig(allocation="adaptive", delta_e=settings.delta_e, steps=6, acceptance=settings.acceptance),
         search_data=data("test", settings.search_samples, seed=1),
     )
     return run_prune(config)
@@ -200,6 +202,7 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
             "onnx": str(output / "onnx"),
             "card": str(output / "checkpoint" / "README.md"),
             "delta_e": settings.delta_e,
+            "acceptance": settings.acceptance,
             "quick": quick,
         }
         summary["wall_time_s"] = time.time() - started
