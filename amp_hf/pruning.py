@@ -182,7 +182,7 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
     else:
         result, achieved = budget_search(model, scores.abs, evaluator, search.target_reduction, cost, search.steps,
                                          search.round_to, search.tolerance, search.max_budget_iterations,
-                                         upper=scale, acceptance=search.acceptance)
+                                         upper=scale, acceptance=search.acceptance, progress=progress)
         details.update(target_reduction=search.target_reduction, target_metric=search.target_metric,
                        achieved_reduction=achieved, delta_e=result.delta_e / scale)
     details.update(delta_e_nats=result.delta_e, reference_entropy=result.reference_entropy,

@@ -247,7 +247,7 @@ def adaptive_search(model, scores, evaluator, delta_e: float, steps: int = 6, ro
 
 def budget_search(model, scores, evaluator, target: float, cost: TowerCost, steps: int = 6, round_to: int = 1,
                   tolerance: float = 0.02, max_iterations: int = 14, upper: float | None = None,
-                  share_evaluations: bool = True, acceptance: str = "rise"):
+                  share_evaluations: bool = True, acceptance: str = "rise", progress: bool = True):
     """Find the ΔE whose adaptive search removes ``target`` of the tower's cost (within ``tolerance``).
 
     Bisection on log ΔE; the achieved reduction grows with ΔE. Returns the closest result if the tolerance
@@ -260,6 +260,7 @@ def budget_search(model, scores, evaluator, target: float, cost: TowerCost, step
     best = None
     history = []
     memo: dict = {}  # the searches at successive ΔE walk through many of the same states
+    bar = tqdm(total=max_iterations, desc=f"AMP budget search ({target:.0%})", unit="search", disable=not progress)
     for iteration in range(max_iterations):
         delta_e = math.sqrt(low * high) if iteration else high
         result = adaptive_search(model, scores, evaluator, delta_e, steps, round_to, progress=False,
@@ -267,6 +268,8 @@ def budget_search(model, scores, evaluator, target: float, cost: TowerCost, step
         achieved = cost.reduction(result.widths)
         history.append({"delta_e": delta_e, "reduction": achieved, "widths": result.widths})
         logger.info("budget search: ΔE=%.3g removes %.1f%% (target %.1f%%)", delta_e, 100 * achieved, 100 * target)
+        bar.update()
+        bar.set_postfix_str(f"ΔE={delta_e:.3g} removes {achieved:.1%}")
         if best is None or abs(achieved - target) < abs(best[1] - target):
             best = (result, achieved)
         if abs(achieved - target) <= tolerance:
@@ -279,6 +282,7 @@ def budget_search(model, scores, evaluator, target: float, cost: TowerCost, step
             low = delta_e
         else:
             high = delta_e
+    bar.close()
     result, achieved = best
     if abs(achieved - target) > tolerance:
         logger.warning(
