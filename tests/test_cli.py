@@ -68,7 +68,7 @@ def test_budget_from_a_yaml_config(vit_checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["search.dleta_e=0.1"], "unknown key search.dleta_e; valid keys under search: allocation"),
+        (["search.dleta_e=0.1"], "unknown key search.dleta_e; valid keys under search: acceptance, allocation"),
         (["criterion.temp_inv=-1"], "temp_inv must be > 0"),
         (["criterion.temperature=0"], "temperature"),
         (["search.allocation=budget", "search.target_reduction=1.5"], "target_reduction in \\(0, 1\\)"),
