@@ -76,3 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"amp-hf {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down the process group of an `accelerate launch` run before exit: a gloo group left to interpreter
+    shutdown can abort a rank ("terminate called without an active exception", seen under 2-process eval)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
