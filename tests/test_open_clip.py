@@ -1,0 +1,128 @@
+"""open_clip models through the amp_open_clip wrapper: wrap, slice, save, reload both ways."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("open_clip")
+
+import torch  # noqa: E402
+from helpers import run_without_amp_hf  # noqa: E402
+from tiny_open_clip import NATIVE_CFG, build_open_clip, sample_batch, save_open_clip_folder  # noqa: E402
+from transformers import AutoModel  # noqa: E402
+
+import amp_hf  # noqa: E402
+from amp_hf.models import AmpOpenCLIPModel  # noqa: E402
+
+
+def outputs(model, batch):
+    with torch.no_grad():
+        out = model(**batch)
+        return {
+            "image": model.get_image_features(batch["pixel_values"]).pooler_output,
+            "text": model.get_text_features(batch["input_ids"]).pooler_output,
+            "logits_per_image": out.logits_per_image,
+        }
+
+
+def assert_outputs_close(actual, expected, atol=1e-5):
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, atol=atol, rtol=1e-5, msg=key)
+
+
+def uneven_plan(model, seed=0):
+    widths = amp_hf.get_adapter(model).widths(model)
+    generator = torch.Generator().manual_seed(seed)
+    keep = [(w // 3, w, 5)[i % 3] for i, w in enumerate(widths)]
+    return amp_hf.PrunePlan(widths, [torch.randperm(w, generator=generator)[:k].tolist() for w, k in zip(widths, keep)],
+                            method="random")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def native():
+    return amp_hf.wrap_open_clip(build_open_clip(), model_cfg=NATIVE_CFG, model_name="tiny-native")
+
+
+def test_wrapper_matches_open_clip(native):
+    clip = native.open_clip_model
+    batch = sample_batch()
+    out = outputs(native, batch)
+    with torch.no_grad():
+        torch.testing.assert_close(out["image"], clip.encode_image(batch["pixel_values"]))
+        torch.testing.assert_close(out["text"], clip.encode_text(batch["input_ids"]))
+        image, text, scale = clip(batch["pixel_values"], batch["input_ids"])[:3]
+    torch.testing.assert_close(out["logits_per_image"], scale * image @ text.T)
+    adapter = amp_hf.get_adapter(native)
+    assert adapter.name == "open_clip" and adapter.widths(native) == [64, 64, 64]
+    # the criterion's embedding: the pooled feature before the projection
+    pre_projection = adapter.embed(native, {"pixel_values": batch["pixel_values"]})
+    torch.testing.assert_close(pre_projection @ clip.visual.proj, out["image"])
+
+
+def test_keep_all_is_exact(native):
+    batch = sample_batch()
+    sliced = amp_hf.slice_model(native, amp_hf.keep_all_plan(native))
+    assert_outputs_close(outputs(sliced, batch), outputs(native, batch), atol=0)
+
+
+def test_slice_save_reload_both_ways(native, tmp_path):
+    batch = sample_batch()
+    plan = uneven_plan(native)
+    pruned = amp_hf.slice_model(native, plan).eval()
+    assert amp_hf.get_adapter(pruned).widths(pruned) == [21, 64, 5]
+    expected = outputs(pruned, batch)
+    path = amp_hf.save_pruned(pruned, tmp_path / "pruned", plan=plan)
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "amp_open_clip"
+    assert [v["intermediate_size"] for v in config["per_layer_config"].values()] == [21, 64, 5]
+    assert json.loads((path / "open_clip_config.json").read_text())["model_cfg"] == NATIVE_CFG
+
+    for reloaded in (AutoModel.from_pretrained(path), amp_hf.load_model(str(path))):
+        assert type(reloaded) is AmpOpenCLIPModel
+        assert_outputs_close(outputs(reloaded.eval(), batch), expected)
+
+    torch.save({"batch": batch, "expected": expected}, tmp_path / "expected.pt")
+    code = f"""
+import torch, open_clip
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
+assert "transformers_modules" in type(model).__module__, type(model).__module__
+assert isinstance(model.open_clip_model, open_clip.CLIP)
+data = torch.load({str(tmp_path / "expected.pt")!r})
+batch = data["batch"]
+with torch.no_grad():
+    out = model(**batch)
+    got = {{"image": model.get_image_features(batch["pixel_values"]).pooler_output,
+            "text": model.get_text_features(batch["input_ids"]).pooler_output,
+            "logits_per_image": out.logits_per_image}}
+for key, value in data["expected"].items():
+    torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5)
+tokens = model.get_tokenizer()(["a photo of a cat"])
+assert tokens.shape == (1, 16), tokens.shape
+print("ok", [m.mlp.c_fc.out_features for m in model.open_clip_model.visual.transformer.resblocks])
+"""
+    result = run_without_amp_hf(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok [21, 64, 5]" in result.stdout
+
+
+def test_open_clip_hub_folder_loads_through_load_model(tmp_path):
+    clip = build_open_clip(seed=3)
+    folder = save_open_clip_folder(clip, tmp_path / "hub")
+    model = amp_hf.load_model(str(folder))
+    assert type(model) is AmpOpenCLIPModel
+    batch = sample_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_image_features(batch["pixel_values"]).pooler_output,
+                                   clip.encode_image(batch["pixel_values"]))  # fmt: skip
+    assert model.config.preprocess_cfg["size"] == 32
+
+
+def test_wrap_refuses_what_it_cannot_rebuild():
+    clip = build_open_clip()
+    with pytest.raises(amp_hf.CheckpointError, match="model_name"):
+        amp_hf.wrap_open_clip(clip)
+    with pytest.raises(amp_hf.CheckpointError, match="not an open_clip CLIP"):
+        amp_hf.wrap_open_clip(torch.nn.Linear(2, 2), model_cfg=NATIVE_CFG)
