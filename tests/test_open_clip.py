@@ -8,13 +8,18 @@ import pytest
 
 pytest.importorskip("open_clip")
 
-import torch  # noqa: E402
-from helpers import run_without_amp_hf  # noqa: E402
-from tiny_open_clip import NATIVE_CFG, build_open_clip, sample_batch, save_open_clip_folder  # noqa: E402
-from transformers import AutoModel  # noqa: E402
+import torch
+from helpers import run_without_amp_hf
+from tiny_open_clip import (
+    NATIVE_CFG,
+    build_open_clip,
+    sample_batch,
+    save_open_clip_folder,
+)
+from transformers import AutoModel
 
-import amp_hf  # noqa: E402
-from amp_hf.models import AmpOpenCLIPModel  # noqa: E402
+import amp_hf
+from amp_hf.models import AmpOpenCLIPModel
 
 
 def outputs(model, batch):
