@@ -1,7 +1,25 @@
 #!/usr/bin/env bash
-# The README's test command: set up (idempotent), then run the test suite (slow tests: pass -m slow).
+# The README's test command: set up (idempotent), run the main suite in .venv, then the timm / open_clip
+# tests (tests/test_timm*.py, tests/test_open_clip*.py) in .venv-vision. pytest arguments (e.g. `-m slow`,
+# `-x`) go to both runs; the exit code is non-zero if either run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
-exec "${AMP_HF_VENV:-.venv}/bin/python" -m pytest "$@"
+
+set +e
+# In .venv the timm / open_clip tests skip themselves (timm / open_clip are not installed there).
+"${AMP_HF_VENV:-.venv}/bin/python" -m pytest "$@"
+main_status=$?
+if [ "${AMP_HF_SKIP_VISION:-0}" != 1 ]; then
+  echo "--- timm / open_clip tests (${AMP_HF_VISION_VENV:-.venv-vision}: torch 2.14.1 + torchvision 0.29.1)"
+  # tests/conftest.py collects only the timm / open_clip tests in this run.
+  AMP_HF_TEST_SCOPE=vision_libs "${AMP_HF_VISION_VENV:-.venv-vision}/bin/python" -m pytest "$@"
+  vision_status=$?
+else
+  vision_status=5
+fi
+# pytest's 5 = no test ran in that venv (e.g. arguments that select only the other run's files): fine as long
+# as one of the two runs ran tests.
+ok() { [ "$1" = 0 ] || [ "$1" = 5 ]; }
+ok "$main_status" && ok "$vision_status" && ! { [ "$main_status" = 5 ] && [ "$vision_status" = 5 ]; }
