@@ -16,6 +16,7 @@ from . import __version__
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (
     "amp_hf.commands",  # stats, score, prune, run
+    "amp_hf.importing",  # import (official AMP / DGMR .pth files)
     "amp_hf.distill",  # distill
     "amp_hf.evaluate",  # eval
     "amp_hf.demo",  # demo (the README's main job)

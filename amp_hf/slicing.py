@@ -55,9 +55,15 @@ def slice_model(model: PreTrainedModel, plan: PrunePlan, amp_pruning: dict | Non
     if amp_pruning is None:
         amp_pruning = {"method": plan.method, **plan.details}
     amp_pruning = {**amp_pruning, "original_widths": plan.original_widths, "widths": plan.widths}
-    config = adapter.pruned_config(model, plan.widths, amp_pruning)
     state_dict = slice_state_dict(model.state_dict(), mlp_tensor_names(model), plan.kept)
+    return build_pruned_model(model, plan.widths, state_dict, amp_pruning)
 
+
+def build_pruned_model(model: PreTrainedModel, widths: Sequence[int], state_dict: dict[str, torch.Tensor],
+                       amp_pruning: dict | None) -> PreTrainedModel:  # fmt: skip
+    """The amp_* model of ``model``'s family with MLP ``widths``, holding exactly ``state_dict``."""
+    adapter = get_adapter(model)
+    config = adapter.pruned_config(model, list(widths), amp_pruning)
     parameter = next(model.parameters())
     # Models built without their pooler (ViTModel / BertModel(add_pooling_layer=False)) stay without it.
     kwargs = {"add_pooling_layer": False} if getattr(model, "pooler", ...) is None else {}

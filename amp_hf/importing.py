@@ -1,0 +1,308 @@
+"""``amp-hf import``: bring the official AMP / DGMR pruned ``.pth`` files into the amp-hf checkpoint format.
+
+The official repos (visresearch/AMP, visresearch/DGMR) save raw ``torch.save(state_dict)`` files of their
+vendored open_clip / EVA-CLIP / DINOv2 forks with smaller MLPs and no config: the widths exist only in the
+tensor shapes. Importing reads such a file together with the base model it was pruned from, renames the
+fork's keys to the base model's, infers every layer's width from the MLP tensors, checks every other tensor
+against the base's shape, and writes an ordinary pruned checkpoint (atomically; nothing on error).
+
+Supported layouts (``LAYOUTS``; the README lists them with the files they come from):
+- ``open_clip-visual``: an open_clip ``VisionTransformer`` state dict (AMP ``model_layer.pth`` and AMP's
+  distilled open_clip checkpoints). The text tower comes from the base.
+- ``open_clip-clip``: a whole open_clip ``CLIP`` state dict (``visual.*`` + text tower; DGMR ``distill.pth`` /
+  ``ft.pth`` for ViT-g-14-prune1/2).
+- ``dinov2``: a facebookresearch ``DinoVisionTransformer`` state dict (DGMR ``dinov2/distill.pth``, AMP's
+  DINOv2 ``model_layer.pth``), flat or block-chunked, imported into a transformers ``Dinov2Model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+import torch
+
+from .checkpoint import CheckpointError, save_pruned
+from .families import get_adapter
+from .slicing import build_pruned_model, mlp_tensor_names
+
+METHODS = {"amp": "imported-amp", "dgmr": "imported-dgmr"}
+# Wrapper keys the repos' training code nests a state dict under, and prefixes DDP / FSDP wrappers add.
+_NESTING_KEYS = ("state_dict", "model", "module")
+_WRAPPER_PREFIXES = ("module.", "model.")
+
+
+class ImportMismatchError(CheckpointError):
+    """The file does not fit its base model; the message names the first mismatch."""
+
+
+@dataclass(frozen=True)
+class OfficialLayout:
+    name: str
+    family: str  # adapter name of the base model this layout imports into
+    description: str
+    matches: Callable[[dict], bool]  # does a (prefix-stripped) file state dict look like this layout?
+    convert: Callable[[dict, dict], dict]  # (file state dict, base state dict) -> {base key: (tensor, file key)}
+    image_tower_prefix: str | None = None  # set: the file holds only this part; the rest comes from the base
+    optional: tuple[str, ...] = ()  # base keys the file may lack (taken from the base)
+
+
+# -- open_clip (native VisionTransformer towers) ------------------------------------------------------------
+
+_OPEN_CLIP = "open_clip_model."
+_NATIVE_MLP = "transformer.resblocks.0.mlp.c_fc.weight"
+
+
+def _prefixed(prefix: str) -> Callable[[dict, dict], dict]:
+    return lambda state, base: {prefix + key: (value, key) for key, value in state.items()}
+
+
+# -- DINOv2 (facebookresearch) -> transformers Dinov2Model ------------------------------------------------
+
+_DINOV2_GLOBAL = {
+    "cls_token": "embeddings.cls_token",
+    "mask_token": "embeddings.mask_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_DINOV2_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attention.o_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.w3": "mlp.down_proj",
+}
+
+
+def _convert_dinov2(state: dict, base: dict) -> dict:
+    converted = {}
+    for key, value in state.items():
+        if key in _DINOV2_GLOBAL:
+            converted[_DINOV2_GLOBAL[key]] = (value, key)
+            continue
+        if key == "register_tokens":
+            raise ImportMismatchError("the file has register tokens (DINOv2 with registers): not supported")
+        # flat `blocks.<i>.` or block-chunked `blocks.<chunk>.<i>.` (the inner index is the global one)
+        match = re.match(r"^blocks\.(?:\d+\.)?(\d+)\.(.+)\.(weight|bias|gamma)$", key)
+        if not match:
+            converted[f"<unknown>.{key}"] = (value, key)
+            continue
+        layer, module, kind = match.groups()
+        prefix = f"encoder.layer.{layer}."
+        if module in ("ls1", "ls2"):
+            converted[f"{prefix}layer_scale{module[-1]}.lambda1"] = (value, key)
+        elif module == "attn.qkv":
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                converted[f"{prefix}attention.{name}.{kind}"] = (part, key)
+        elif module == "mlp.w12":  # packed [gate; value] rows: SiLU acts on the first half
+            gate, up = value.chunk(2, dim=0)
+            converted[f"{prefix}mlp.gate_proj.{kind}"] = (gate, key)
+            converted[f"{prefix}mlp.up_proj.{kind}"] = (up, key)
+        elif module in _DINOV2_BLOCK:
+            converted[f"{prefix}{_DINOV2_BLOCK[module]}.{kind}"] = (value, key)
+        else:
+            converted[f"<unknown>.{key}"] = (value, key)
+    return converted
+
+
+LAYOUTS: dict[str, OfficialLayout] = {
+    layout.name: layout
+    for layout in (
+        OfficialLayout(
+            name="open_clip-visual",
+            family="open_clip",
+            description="open_clip VisionTransformer state dict (AMP model_layer.pth / distilled open_clip tower)",
+            # the text tower of a whole CLIP has `transformer.resblocks` too: require the image tower's stem
+            matches=lambda state: _NATIVE_MLP in state and "conv1.weight" in state,
+            convert=_prefixed(_OPEN_CLIP + "visual."),
+            image_tower_prefix=_OPEN_CLIP + "visual.",
+        ),
+        OfficialLayout(
+            name="open_clip-clip",
+            family="open_clip",
+            description="whole open_clip CLIP state dict (DGMR ViT-g-14-prune* distill.pth / ft.pth)",
+            matches=lambda state: "visual." + _NATIVE_MLP in state,
+            convert=_prefixed(_OPEN_CLIP),
+        ),
+        OfficialLayout(
+            name="dinov2",
+            family="dinov2",
+            description="facebookresearch DinoVisionTransformer state dict (DGMR dinov2/distill.pth, AMP DINOv2)",
+            matches=lambda state: "cls_token" in state and any(
+                re.match(r"^blocks\.(\d+\.)?\d+\.mlp\.(w3|fc2)\.weight$", key) for key in state
+            ),
+            convert=_convert_dinov2,
+            optional=("embeddings.mask_token",),
+        ),
+    )
+}
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of an official ``.pth`` file, unwrapped from training wrappers (``model.`` / ``module.``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass the official .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors of every kind: the file is not a plain tensor dict
+        raise CheckpointError(f"{path} is not a PyTorch state-dict file ({type(error).__name__}: {error})") from error
+    while isinstance(state, dict) and len(state) == 1 and next(iter(state)) in _NESTING_KEYS:
+        state = next(iter(state.values()))
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def detect_layout(state: dict, family: str) -> OfficialLayout:
+    for layout in LAYOUTS.values():
+        if layout.family == family and layout.matches(state):
+            return layout
+    supported = ", ".join(f"{layout.name} ({layout.description})" for layout in LAYOUTS.values())
+    raise ImportMismatchError(
+        f"the file matches no official layout for a {family} base model (first key: {next(iter(state))!r}); "
+        f"supported layouts: {supported}"
+    )
+
+
+# -- importing ---------------------------------------------------------------------------------------------
+
+
+def imported_state_dict(state: dict, base, layout: OfficialLayout) -> tuple[dict, list[int]]:
+    """The base model's state dict with the file's tensors in place, and each layer's width from the shapes.
+
+    Raises ``ImportMismatchError`` naming the first mismatch: an extra key, a missing key, a width larger
+    than the base's, inconsistent MLP tensors, or a non-MLP tensor whose shape differs from the base's.
+    """
+    base_state = base.state_dict()
+    converted = layout.convert(state, base_state)
+    for target, (_, file_key) in converted.items():
+        if target not in base_state:
+            raise ImportMismatchError(f"extra key {file_key!r}: the base model has no such tensor (wrong base model?)")
+    for key in base_state:
+        inside = layout.image_tower_prefix is None or key.startswith(layout.image_tower_prefix)
+        if key not in converted and inside and key not in layout.optional:
+            raise ImportMismatchError(f"missing key: the file has no tensor for {key!r} of the base model")
+    widths, mlp_keys = [], set()
+    for index, (row_names, column_name) in enumerate(mlp_tensor_names(base)):
+        column, column_key = converted[column_name]
+        width, base_width = column.shape[1], base_state[column_name].shape[1]
+        if not 0 < width <= base_width:
+            raise ImportMismatchError(
+                f"layer {index}: MLP width {width} (from {column_key!r}) is not in 1..{base_width}, the base's width"
+            )
+        for name in row_names:
+            tensor, file_key = converted[name]
+            if tensor.shape[0] != width or tensor.shape[1:] != base_state[name].shape[1:]:
+                raise ImportMismatchError(
+                    f"layer {index}: {file_key!r} has shape {tuple(tensor.shape)}, expected {width} rows of "
+                    f"{tuple(base_state[name].shape[1:])} (width {width} from {column_key!r})"
+                )
+        if column.shape[0] != base_state[column_name].shape[0]:
+            raise ImportMismatchError(f"layer {index}: {column_key!r} has {column.shape[0]} outputs, "
+                                      f"the base {base_state[column_name].shape[0]}")  # fmt: skip
+        widths.append(int(width))
+        mlp_keys.update([*row_names, column_name])
+    merged = dict(base_state)
+    for key, (tensor, file_key) in converted.items():
+        if key not in mlp_keys and tensor.shape != base_state[key].shape:
+            raise ImportMismatchError(
+                f"{file_key!r} has shape {tuple(tensor.shape)} but the base's {key!r} is "
+                f"{tuple(base_state[key].shape)} (wrong base model?)"
+            )
+        merged[key] = tensor.to(base_state[key].dtype)
+    return merged, widths
+
+
+def import_official(
+    weights: str | os.PathLike,
+    base_name: str,
+    output: str | os.PathLike,
+    method: str = "amp",
+    layout: str = "auto",
+    overwrite: bool = False,
+):
+    """Import an official pruned ``.pth`` against its base model and save an amp-hf pruned checkpoint."""
+    from .data import DataError, load_processor
+    from .loading import load_model
+
+    if method not in METHODS:
+        raise CheckpointError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if layout != "auto" and layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}: choose auto or one of {', '.join(LAYOUTS)}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists: choose another output path or pass --overwrite")
+    weights = Path(weights)
+    state = read_state_dict(weights)
+    base = load_model(base_name)
+    adapter = get_adapter(base)
+    chosen = detect_layout(state, adapter.name) if layout == "auto" else LAYOUTS[layout]
+    if chosen.family != adapter.name:
+        raise ImportMismatchError(f"layout {chosen.name} imports into {chosen.family} models, not {adapter.name}")
+    merged, widths = imported_state_dict(state, base, chosen)
+    base_label = getattr(base.config, "open_clip_model_name", None) or Path(str(base_name)).name
+    amp_pruning = {
+        "method": METHODS[method],
+        "source_file": weights.name,
+        "source_sha256": file_sha256(weights),
+        "source_layout": chosen.name,
+        "base_model": base_label,
+        "original_widths": adapter.widths(base),
+        "widths": widths,
+    }
+    pruned = build_pruned_model(base, widths, merged, amp_pruning).eval()
+    processor = None
+    if adapter.name != "open_clip":  # open_clip models carry their preprocessing in their config
+        try:
+            processor = load_processor(str(base_name), adapter)
+        except DataError:  # a base without a processor: the checkpoint works without one
+            processor = None
+    save_pruned(pruned, output, processor=processor, overwrite=overwrite)
+    return pruned, amp_pruning
+
+
+def cmd_import(args) -> int:
+    _, info = import_official(args.weights, args.base, args.output, method=args.method, layout=args.layout,
+                              overwrite=args.overwrite)  # fmt: skip
+    print(f"{info['method']} ({info['source_layout']}): widths {info['original_widths']} -> {info['widths']}")
+    print(f"saved {args.output}  (source sha256 {info['source_sha256'][:16]}...)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import", help="import an official AMP / DGMR pruned .pth file (widths from its shapes) into a checkpoint"
+    )
+    parser.add_argument("weights", help="the official .pth file")
+    parser.add_argument("--base", required=True,
+                        help="the base model it was pruned from: an open_clip Hub folder, an amp-hf open_clip "
+                        "folder, or a transformers Dinov2Model folder")  # fmt: skip
+    parser.add_argument("--output", "-o", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--method", choices=sorted(METHODS), default="amp", help="which repo the file comes from")
+    parser.add_argument("--layout", default="auto", help=f"auto (default) or one of: {', '.join(LAYOUTS)}")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(func=cmd_import)
