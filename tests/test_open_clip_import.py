@@ -1,0 +1,73 @@
+"""`amp-hf import` of the official open_clip layouts (AMP vision-tower files, DGMR whole-CLIP files)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("open_clip")
+
+import torch
+from import_layouts import (
+    assert_same_outputs,
+    hand_plan,
+    mismatch_cases,
+    run_import,
+    to_facebook_dinov2,
+)
+from tiny_models import build
+from tiny_open_clip import (
+    NATIVE_CFG,
+    build_open_clip,
+    sample_batch,
+    save_open_clip_folder,
+)
+
+import amp_hf
+
+
+@pytest.fixture(scope="module")
+def open_clip_case(tmp_path_factory):
+    root = tmp_path_factory.mktemp("open_clip")
+    clip = build_open_clip(seed=4)
+    save_open_clip_folder(clip, root / "base")
+    base = amp_hf.wrap_open_clip(clip, model_cfg=NATIVE_CFG)
+    return root, amp_hf.slice_model(base, hand_plan(base)).eval()
+
+
+OPEN_CLIP = "open_clip_model."
+
+
+@pytest.mark.parametrize("layout", ["amp-visual", "dgmr-clip", "fsdp-wrapped"])
+def test_official_open_clip_files_import(open_clip_case, tmp_path, layout):
+    root, pruned = open_clip_case
+    state = pruned.state_dict()
+    if layout == "amp-visual":  # ScoreEstimator.save: the VisionTransformer's own state dict
+        file_state = {k[len(OPEN_CLIP + "visual."):]: v for k, v in state.items() if k.startswith(OPEN_CLIP + "visual.")}
+    else:  # distill.py: the whole CLIP, `visual.` + text tower
+        file_state = {k[len(OPEN_CLIP):]: v for k, v in state.items()}
+    if layout == "fsdp-wrapped":
+        file_state = {"state_dict": {"module." + k: v for k, v in file_state.items()}}
+    weights = tmp_path / "model_layer.pth"
+    torch.save(file_state, weights)
+    method = "amp" if layout == "amp-visual" else "dgmr"
+    assert run_import(weights, root / "base", tmp_path / "out", "--method", method) == 0
+    imported = amp_hf.load_model(str(tmp_path / "out"))
+    assert amp_hf.get_adapter(imported).widths(imported) == amp_hf.get_adapter(pruned).widths(pruned)
+    info = imported.config.amp_pruning
+    assert info["method"] == f"imported-{method}"
+    assert info["source_layout"] == ("open_clip-visual" if layout == "amp-visual" else "open_clip-clip")
+    assert_same_outputs(imported, pruned, sample_batch())
+
+
+def test_open_clip_mismatches_fail_clearly(open_clip_case, tmp_path, capsys):
+    root, pruned = open_clip_case
+    prefix = OPEN_CLIP + "visual."
+    state = {k[len(prefix):]: v for k, v in pruned.state_dict().items() if k.startswith(prefix)}
+    cases = mismatch_cases(state, "transformer.resblocks.0.mlp.c_proj.weight", "ln_post.weight")
+    cases["matches no official layout"] = to_facebook_dinov2(build("dinov2_swiglu").state_dict())  # wrong model
+    for expected, broken in cases.items():
+        torch.save(broken, tmp_path / "bad.pth")
+        assert run_import(tmp_path / "bad.pth", root / "base", tmp_path / "out") == 2
+        message = capsys.readouterr().err
+        assert expected in message and "Traceback" not in message, message
+        assert not (tmp_path / "out").exists()
