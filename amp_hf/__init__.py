@@ -10,15 +10,18 @@ from . import models  # noqa: F401  (registers the amp_* types with the Auto cla
 from .accounting import compare_stats, count_flops, count_parameters, model_stats
 from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
 from .loading import load_model, resolve_model_path
-from .families import ADAPTERS, FamilyAdapter, UnsupportedModelError, get_adapter, supported_models
+from .families import ADAPTERS, FamilyAdapter, MlpStack, UnsupportedModelError, get_adapter, resolve, supported_models
 from .open_clip_family import load_open_clip_folder, wrap_open_clip
 from .plan import PlanError, PrunePlan, top_indices
+from .models import NeuronMap
 from .slicing import keep_all_plan, slice_model, slice_state_dict
 
 __all__ = [
     "ADAPTERS",
     "CheckpointError",
     "FamilyAdapter",
+    "MlpStack",
+    "NeuronMap",
     "PlanError",
     "PrunePlan",
     "UnsupportedModelError",
@@ -34,6 +37,7 @@ __all__ = [
     "load_model",
     "load_pruned",
     "model_stats",
+    "resolve",
     "resolve_model_path",
     "save_pruned",
     "slice_model",

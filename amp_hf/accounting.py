@@ -10,21 +10,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .families import get_adapter
-from .models.amp_layer_widths import find_mlp_linears
+from .families import MlpStack, resolve
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def mlp_parameters(model: nn.Module) -> int:
-    adapter = get_adapter(model)
-    total = 0
-    for layer in adapter.layers(model):
-        in_names, out_name = find_mlp_linears(layer)
-        total += sum(count_parameters(layer.get_submodule(n)) for n in (*in_names, out_name))
-    return total
+def mlp_parameters(model: nn.Module | MlpStack) -> int:
+    """Parameters of every module a layer's neuron map lists (input/output projections, hidden-width norms)."""
+    return sum(count_parameters(module) for layer, neuron_map in resolve(model).mlps()
+               for module in neuron_map.modules(layer).values())
 
 
 @torch.no_grad()
@@ -35,10 +31,11 @@ def count_flops(module: nn.Module, inputs: dict) -> int:
     return int(counter.get_total_flops())
 
 
-def model_stats(model: nn.Module) -> dict[str, int]:
+def model_stats(model: nn.Module | MlpStack) -> dict[str, int]:
     """params/FLOPs of the whole model and of the pruned tower (the backbone holding the MLP stack)."""
-    adapter = get_adapter(model)
-    backbone = adapter.backbone(model)
+    stack = resolve(model)
+    model, adapter = stack.model, stack.adapter
+    backbone = stack.backbone
     inputs = adapter.dummy_inputs(model)
     was_training = model.training
     model.eval()
@@ -50,7 +47,7 @@ def model_stats(model: nn.Module) -> dict[str, int]:
     return {
         "params_total": count_parameters(model),
         "params_tower": count_parameters(backbone),
-        "params_mlp": mlp_parameters(model),
+        "params_mlp": mlp_parameters(stack),
         "flops_total": full_flops,
         "flops_tower": tower_flops,
     }

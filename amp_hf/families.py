@@ -1,8 +1,9 @@
 """Family adapters: where a supported model keeps its prunable MLPs and how the criterion reads it.
 
-One registry (timm-style single funnel): every other module asks ``get_adapter(model)`` and never
-hard-codes a transformers path. Layers and MLP linears are found by probing module types, because stock
-tensor names moved across transformers 5.x minors.
+One registry (timm-style single funnel): every other module asks ``get_adapter(model)`` (or, once per run,
+``resolve(model)``) and never hard-codes a transformers path. The layer stack is found by probing module
+types and each MLP by its ``NeuronMap`` (declared once, in the family's modeling file, which also rebuilds
+pruned checkpoints without amp-hf), because stock tensor names moved across transformers 5.x minors.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers import (
 )
 
 from . import models as amp_models
-from .models.amp_layer_widths import find_mlp_linears, global_width_access, mlp_width
+from .models.amp_layer_widths import NeuronMap, find_layer_stack, find_neuron_map, global_width_access
 
 TEXT_SEQUENCE_LENGTH = 128  # native "input size" for text encoders in FLOP accounting
 
@@ -63,23 +64,31 @@ def _masked_mean(outputs, batch) -> torch.Tensor:
 class FamilyAdapter:
     """What amp-hf needs to know about one architecture family.
 
-    ``backbone_class``: the stock module that owns the prunable layer stack (the whole model for
-    ``ViTModel``; ``model.vision_model`` for ``CLIPModel``), found by ``isinstance`` probing.
     ``model_classes``: stock model class -> its amp_* pruned class (the amp class maps to itself).
     ``pool``: the embedding the label-free criterion reads, from the backbone's outputs.
+    ``backbone_class``: the stock module that owns the prunable layer stack (the whole model for
+    ``ViTModel``; ``model.vision_model`` for ``CLIPModel``), found by ``isinstance`` probing, and
+    ``neuron_maps``: the candidate maps of one layer's MLP. Both default to what the family's amp classes
+    declare (``_amp_backbone_class``, ``_amp_neuron_maps``), so the remote code probes the same way.
     Which (sub-)config owns the widths is declared once, on the amp class (``_amp_width_config``).
     """
 
     name: str
-    backbone_class: type
     model_classes: dict[type, type]
     modality: str  # "image" | "text"
     pool: Callable
     notes: str = ""
+    backbone_class: type | None = None
+    neuron_maps: tuple[NeuronMap, ...] = ()
     _amp_to_stock: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self._amp_to_stock.update({amp: stock for stock, amp in self.model_classes.items()})
+        amp_classes = list(self._amp_to_stock)
+        if self.backbone_class is None:
+            object.__setattr__(self, "backbone_class", amp_classes[0]._amp_backbone_class)
+        if not self.neuron_maps:
+            object.__setattr__(self, "neuron_maps", amp_classes[0]._amp_neuron_maps)
 
     # -- structure -------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> bool:
@@ -96,19 +105,23 @@ class FamilyAdapter:
 
     def layers_path(self, model: nn.Module) -> str:
         """Dotted path (from ``model``) of the ModuleList whose every element holds a recognised MLP."""
-        backbone = self.backbone(model)
-        backbone_path = next(name for name, module in model.named_modules() if module is backbone)
-        for name, module in backbone.named_modules():
-            if isinstance(module, nn.ModuleList) and len(module) and all(find_mlp_linears(m) for m in module):
-                return f"{backbone_path}.{name}" if backbone_path else name
-        raise UnsupportedModelError(f"no layer stack with recognised MLPs in {type(backbone).__name__}")
+        try:
+            return find_layer_stack(model, self.backbone_class, self.neuron_maps)[0]
+        except ValueError as error:
+            raise UnsupportedModelError(str(error)) from None
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path(model))
 
     def widths(self, model: nn.Module) -> list[int]:
         """Current hidden width of every layer's MLP, read from the modules themselves."""
-        return [mlp_width(layer) for layer in self.layers(model)]
+        return resolve(model, self).widths()
+
+    def resolve(self, model: nn.Module) -> "MlpStack":
+        """Everything a run needs about ``model``'s prunable MLPs, probed once."""
+        layers_path = self.layers_path(model)
+        maps = [find_neuron_map(layer, self.neuron_maps) for layer in model.get_submodule(layers_path)]
+        return MlpStack(model, self, layers_path, maps)
 
     def width_config(self, model: nn.Module, config: PreTrainedConfig | None = None) -> PreTrainedConfig:
         """The (sub-)config of ``model`` (or ``config``, of the same class) that owns the MLP widths."""
@@ -175,7 +188,6 @@ ADAPTERS: dict[str, FamilyAdapter] = {
     for adapter in (
         FamilyAdapter(
             name="vit",
-            backbone_class=ViTModel,
             model_classes=_classes(
                 (ViTModel, M.AmpViTModel), (ViTForImageClassification, M.AmpViTForImageClassification)
             ),
@@ -185,7 +197,6 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         ),
         FamilyAdapter(
             name="clip",
-            backbone_class=CLIPVisionModel,
             model_classes=_classes(
                 (CLIPVisionModel, M.AmpCLIPVisionModel),
                 (CLIPVisionModelWithProjection, M.AmpCLIPVisionModelWithProjection),
@@ -197,7 +208,6 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         ),
         FamilyAdapter(
             name="siglip",
-            backbone_class=SiglipVisionModel,
             model_classes=_classes(
                 (SiglipVisionModel, M.AmpSiglipVisionModel), (SiglipModel, M.AmpSiglipModel)
             ),
@@ -208,7 +218,6 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         ),
         FamilyAdapter(
             name="dinov2",
-            backbone_class=Dinov2Model,
             model_classes=_classes(
                 (Dinov2Model, M.AmpDinov2Model), (Dinov2ForImageClassification, M.AmpDinov2ForImageClassification)
             ),
@@ -218,7 +227,6 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         ),
         FamilyAdapter(
             name="bert",
-            backbone_class=BertModel,
             model_classes=_classes(
                 (BertModel, M.AmpBertModel), (BertForSequenceClassification, M.AmpBertForSequenceClassification)
             ),
@@ -248,3 +256,45 @@ def get_adapter(model: nn.Module) -> FamilyAdapter:
         f"(e.g. AutoModel / AutoModelForImageClassification) or open an issue for the family."
     )
 
+
+@dataclass(frozen=True)
+class MlpStack:
+    """A model resolved once: its family adapter, the path of its layer stack and every layer's neuron map.
+
+    Modules are looked up by path on every access, so the object stays valid while the search swaps MLP
+    modules in and out.
+    """
+
+    model: nn.Module
+    adapter: FamilyAdapter
+    layers_path: str
+    maps: list[NeuronMap]
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.layers_path)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.adapter.backbone(self.model)
+
+    def mlps(self) -> list[tuple[nn.Module, NeuronMap]]:
+        """(layer module, its neuron map) for every layer, first to last."""
+        return list(zip(self.layers, self.maps))
+
+    def widths(self) -> list[int]:
+        return [neuron_map.width(layer) for layer, neuron_map in self.mlps()]
+
+    def hidden_tensor_names(self) -> list[list[tuple[str, int, int]]]:
+        """Per layer: (state-dict name, hidden dim, chunks) of every tensor indexed by hidden neurons."""
+        return [
+            [(f"{self.layers_path}.{index}.{name}", dim, chunks) for name, dim, chunks in neuron_map.hidden_tensors(layer)]
+            for index, (layer, neuron_map) in enumerate(self.mlps())
+        ]
+
+
+def resolve(model: nn.Module | MlpStack, adapter: FamilyAdapter | None = None) -> MlpStack:
+    """``model`` resolved (an ``MlpStack`` is returned as it is): what every step of a run reads."""
+    if isinstance(model, MlpStack):
+        return model
+    return (adapter or get_adapter(model)).resolve(model)

@@ -3,7 +3,7 @@
 After a PrunePlan is chosen (by any method), each layer's output projection is refit in closed form so the kept
 neurons reproduce the full MLP output on calibration tokens (math in ``refit``). Layers are processed first
 to last, each run alone through the model's own forward (earlier layers skipped, their cached output
-injected — the idea of ``selection.evaluator``), so one pass per layer suffices:
+injected: ``layer_stack.run_layer``), so one pass per layer suffices:
 
 * ``independent``: every layer sees the original network's activations;
 * ``sequential``: every layer sees the activations of the already pruned and refit prefix (the inputs it will
@@ -33,12 +33,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import DataConfig, DataError, model_inputs
-from .families import get_adapter
-from .models.amp_layer_widths import find_mlp_linears
+from .families import MlpStack, resolve
+from .layer_stack import run_layer
 from .plan import PrunePlan
 from .refit import accumulate_gram, new_gram, refit_output_projection
 from .selection import CRITERIA, CriterionConfig, CriterionEvaluator, build_criterion
-from .selection.evaluator import _PassThrough
 from .slicing import slice_model
 
 logger = logging.getLogger(__name__)
@@ -145,59 +144,6 @@ class ReconstructionReport:
         }
 
 
-# -- running one layer through the model's own forward ----------------------------------------------------
-
-
-class _LayerDone(Exception):
-    """Ends the forward pass right after the wanted layer, carrying its output."""
-
-    def __init__(self, output: torch.Tensor):
-        super().__init__()
-        self.output = output
-
-
-def _output_linear(layer: nn.Module) -> nn.Linear:
-    return layer.get_submodule(find_mlp_linears(layer)[1])
-
-
-@torch.no_grad()
-def run_layer(model: nn.Module, index: int, batch: dict, hidden: torch.Tensor | None = None,
-              on_projection_input=None) -> torch.Tensor:
-    """Output of layer ``index`` of ``model`` for ``batch``, run through the model's own forward.
-
-    The model builds masks and position inputs as usual; layers before ``index`` are skipped and layer
-    ``index`` is fed ``hidden`` (its input, cached from the previous step; None = the embeddings, only right
-    for layer 0). The pass stops after the layer. ``on_projection_input(h)`` sees the input of its MLP output
-    projection.
-    """
-    adapter = get_adapter(model)
-    layers = adapter.layers(model)
-    layer = layers[index]
-    skipped = [layers[i] for i in range(index)]
-
-    def finish(module, args, output):
-        raise _LayerDone(output[0] if isinstance(output, tuple) else output)
-
-    handles = [layer.register_forward_hook(finish)]
-    if hidden is not None:
-        handles.append(layer.register_forward_pre_hook(lambda module, args: (hidden, *args[1:])))
-    if on_projection_input is not None:
-        handles.append(_output_linear(layer).register_forward_pre_hook(
-            lambda module, args: on_projection_input(args[0])))
-    for i in range(index):
-        layers[i] = _PassThrough()
-    try:
-        adapter.backbone(model)(**model_inputs(batch))
-    except _LayerDone as done:
-        return done.output
-    finally:
-        for handle in handles:
-            handle.remove()
-        for i, original in enumerate(skipped):
-            layers[i] = original
-    raise RuntimeError(f"layer {index} of {type(model).__name__} did not run in the forward pass")
-
-
 def _token_mask(batch: dict, hidden: torch.Tensor) -> torch.Tensor | None:
     """Text encoders: the attention mask (padding tokens do not count); images: every token counts."""
     mask = batch.get("attention_mask")
@@ -247,16 +193,15 @@ def _reduce(tensor: torch.Tensor, accelerator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _embeddings(model, batches) -> list[torch.Tensor]:
-    adapter = get_adapter(model)
-    return [adapter.embed(model, model_inputs(batch)).float() for batch in batches]
+def _embeddings(stack: MlpStack, batches) -> list[torch.Tensor]:
+    return [stack.adapter.embed(stack.model, model_inputs(batch)).float() for batch in batches]
 
 
 @torch.no_grad()
-def _mean_cosine(model, batches, reference: list[torch.Tensor], accelerator) -> float:
+def _mean_cosine(stack: MlpStack, batches, reference: list[torch.Tensor], accelerator) -> float:
     """Mean cosine of the embedding to ``reference`` over the held-out batches of all processes."""
     cosine = torch.zeros(2, dtype=torch.float64, device=reference[0].device)
-    for embedding, target in zip(_embeddings(model, batches), reference):
+    for embedding, target in zip(_embeddings(stack, batches), reference):
         cosine += torch.stack([F.cosine_similarity(embedding, target, dim=-1).double().sum(),
                                torch.tensor(float(len(target)), dtype=torch.float64, device=target.device)])
     cosine = _reduce(cosine, accelerator)
@@ -266,22 +211,26 @@ def _mean_cosine(model, batches, reference: list[torch.Tensor], accelerator) -> 
 class _Refitter:
     """Walks the layers first to last, refitting ``pruned``'s output projections in place."""
 
-    def __init__(self, model, pruned, plan: PrunePlan, fit, heldout, config: ReconstructConfig, accelerator):
+    def __init__(self, model: MlpStack, pruned: MlpStack, plan: PrunePlan, fit, heldout, config: ReconstructConfig,
+                 accelerator):
         self.model, self.pruned, self.plan, self.config = model, pruned, plan, config
         self.accelerator = accelerator
         self.batches = [*fit, *heldout]
         self.is_fit = [True] * len(fit) + [False] * len(heldout)
-        self.model_layers = get_adapter(model).layers(model)
-        self.pruned_layers = get_adapter(pruned).layers(pruned)
         # Both versions of every refit layer's output projection, so the end-to-end check can swap them.
         self.versions: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self.tokens = (0, 0)
+
+    @staticmethod
+    def _output(stack: MlpStack, index: int) -> nn.Linear:
+        layer, neuron_map = stack.mlps()[index]
+        return neuron_map.output(layer)
 
     def grams(self, index: int, inputs: list) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Fit and held-out Gram matrices of layer ``index`` of the original model on ``inputs``, and the
         original layer's outputs (kept only in independent mode, where they feed the next layer)."""
         width = self.plan.original_widths[index]
-        device = next(self.model.parameters()).device
+        device = next(self.model.model.parameters()).device
         grams = {True: new_gram(width, device), False: new_gram(width, device)}
         outputs = []
         for batch, hidden, is_fit in zip(self.batches, inputs, self.is_fit):
@@ -294,14 +243,14 @@ class _Refitter:
         return fit, heldout, outputs
 
     def refit_layer(self, index: int, gram_fit: torch.Tensor, gram_heldout: torch.Tensor) -> LayerReport:
-        original = _output_linear(self.model_layers[index])
+        original = self._output(self.model, index)
         kept = self.plan.kept[index]
         result = refit_output_projection(original.weight, original.bias, kept, gram_fit, gram_heldout,
                                          self.config.dampings)
         for note in result.notes:
             logger.warning("reconstruct layer %d: %s", index, note)
         if result.delta is not None:
-            target = _output_linear(self.pruned_layers[index])
+            target = self._output(self.pruned, index)
             weight = original.weight.detach().to("cpu", torch.float64)[:, kept] + result.delta[:, : len(kept)]
             bias = None
             if target.bias is not None:
@@ -337,7 +286,7 @@ class _Refitter:
     @torch.no_grad()
     def install(self, index: int, version: Literal["sliced", "reconstructed"]) -> None:
         weight, bias = self.versions[index][version]
-        target = _output_linear(self.pruned_layers[index])
+        target = self._output(self.pruned, index)
         target.weight.copy_(weight)
         if bias is not None:
             target.bias.copy_(bias)
@@ -384,7 +333,7 @@ def _criterion_name(criterion) -> str:
 
 
 def reconstruct(
-    model: nn.Module,
+    model: nn.Module | MlpStack,
     plan: PrunePlan,
     batches: Sequence[dict],
     config: ReconstructConfig | None = None,
@@ -401,19 +350,22 @@ def reconstruct(
     Returns the pruned model (reconstructed, or plainly sliced where that measured better) and the report.
     """
     started = time.time()
+    stack = resolve(model)
+    model = stack.model
     config = config or ReconstructConfig(enabled=True)
     criterion = criterion or build_criterion(CriterionConfig())
     fit, heldout = split_heldout(batches, config.heldout_fraction)
-    pruned = slice_model(model, plan, amp_pruning)
+    pruned = slice_model(stack, plan, amp_pruning)
+    pruned_stack = resolve(pruned, stack.adapter)
     progress = accelerator is None or accelerator.is_local_main_process
     with _eval_mode(model, pruned):
-        def evaluate(candidate=pruned) -> float:
+        def evaluate(candidate=pruned_stack) -> float:
             return CriterionEvaluator(candidate, criterion, heldout, accelerator).evaluate()
 
-        reference = _embeddings(model, heldout)
-        sliced_cosine = _mean_cosine(pruned, heldout, reference, accelerator)
-        values = {"original": evaluate(model), "sliced": evaluate()}
-        refitter = _Refitter(model, pruned, plan, fit, heldout, config, accelerator)
+        reference = _embeddings(stack, heldout)
+        sliced_cosine = _mean_cosine(pruned_stack, heldout, reference, accelerator)
+        values = {"original": evaluate(stack), "sliced": evaluate()}
+        refitter = _Refitter(stack, pruned_stack, plan, fit, heldout, config, accelerator)
         layers = refitter.run(progress)
         values["reconstructed"] = values["all_layers_refit"] = evaluate() if refitter.versions else values["sliced"]
         fallback = None
@@ -426,7 +378,7 @@ def reconstruct(
         kept = "sliced" if fallback else "reconstructed"
         if kept == "sliced":
             values["reconstructed"] = values["sliced"]
-        refit_cosine = _mean_cosine(pruned, heldout, reference, accelerator) if kept != "sliced" else sliced_cosine
+        refit_cosine = _mean_cosine(pruned_stack, heldout, reference, accelerator) if kept != "sliced" else sliced_cosine
     counts = [sum(len(next(iter(model_inputs(b).values()))) for b in part) for part in (fit, heldout)]
     samples = _reduce(torch.tensor(counts, dtype=torch.float64, device=next(model.parameters()).device), accelerator)
     report = ReconstructionReport(

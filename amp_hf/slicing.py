@@ -1,7 +1,9 @@
 """Physical removal of MLP hidden neurons: pure state-dict functions plus the pruned-model builder.
 
-fc1/gate/up keep rows (and bias entries) of the kept neurons, fc2/down keeps those columns; the fc2 bias is
-kept whole. Kept neurons stay in their original order, so keeping all of them reproduces the model exactly.
+Every tensor the layer's ``NeuronMap`` lists keeps the kept neurons' entries along its hidden dim (input
+projection rows, in every block of a fused one; per-neuron vectors; output projection columns); the output
+projection's bias is kept whole. Kept neurons stay in their original order, so keeping all of them
+reproduces the model exactly.
 """
 
 from __future__ import annotations
@@ -13,56 +15,52 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from .families import get_adapter
-from .models.amp_layer_widths import find_mlp_linears
+from .families import MlpStack, resolve
+from .models.amp_layer_widths import chunk_index
 from .plan import PrunePlan
 
+HiddenTensorNames = list[list[tuple[str, int, int]]]  # per layer: (state-dict name, hidden dim, chunks)
 
-def mlp_tensor_names(model: nn.Module) -> list[tuple[list[str], str]]:
-    """Per layer: (state-dict names sliced along rows, name sliced along columns)."""
-    adapter = get_adapter(model)
-    prefix = adapter.layers_path(model)
-    names = []
-    for index, layer in enumerate(adapter.layers(model)):
-        in_names, out_name = find_mlp_linears(layer)
-        base = f"{prefix}.{index}."
-        rows = [f"{base}{n}.{p}" for n in in_names for p in ("weight", "bias") if getattr(layer.get_submodule(n), p) is not None]
-        names.append((rows, f"{base}{out_name}.weight"))
-    return names
+
+def hidden_tensor_names(model: nn.Module | MlpStack) -> HiddenTensorNames:
+    """Per layer: (state-dict name, hidden dim, chunks) of every tensor indexed by hidden neurons."""
+    return resolve(model).hidden_tensor_names()
 
 
 def slice_state_dict(
-    state_dict: dict[str, torch.Tensor], tensor_names: list[tuple[list[str], str]], kept: Sequence[Sequence[int]]
+    state_dict: dict[str, torch.Tensor], tensor_names: HiddenTensorNames, kept: Sequence[Sequence[int]],
+    original_widths: Sequence[int],
 ) -> dict[str, torch.Tensor]:
     """A new state dict whose MLP tensors hold only the kept neurons (others are shared, not copied)."""
     sliced = dict(state_dict)
-    for (row_names, column_name), indices in zip(tensor_names, kept):
+    for names, indices, width in zip(tensor_names, kept, original_widths):
         index = torch.as_tensor(list(indices), dtype=torch.long)
-        for name in row_names:
-            sliced[name] = state_dict[name].index_select(0, index.to(state_dict[name].device)).contiguous()
-        weight = state_dict[column_name]
-        sliced[column_name] = weight.index_select(1, index.to(weight.device)).contiguous()
+        for name, dim, chunks in names:
+            tensor = state_dict[name]
+            sliced[name] = tensor.index_select(dim, chunk_index(index, chunks, width).to(tensor.device)).contiguous()
     return sliced
 
 
-def slice_model(model: PreTrainedModel, plan: PrunePlan, amp_pruning: dict | None = None) -> PreTrainedModel:
+def slice_model(model: PreTrainedModel | MlpStack, plan: PrunePlan, amp_pruning: dict | None = None) -> PreTrainedModel:
     """Return a new amp_* model holding only ``plan.kept`` neurons of each MLP; ``model`` is not changed.
 
     ``amp_pruning`` (provenance) is stored in the new config; by default it is built from the plan.
     """
-    adapter = get_adapter(model)
-    plan.validate(adapter.widths(model))
+    stack = resolve(model)
+    model = stack.model
+    plan.validate(stack.widths())
     if amp_pruning is None:
         amp_pruning = {"method": plan.method, **plan.details}
     amp_pruning = {**amp_pruning, "original_widths": plan.original_widths, "widths": plan.widths}
-    state_dict = slice_state_dict(model.state_dict(), mlp_tensor_names(model), plan.kept)
-    return build_pruned_model(model, plan.widths, state_dict, amp_pruning)
+    state_dict = slice_state_dict(model.state_dict(), stack.hidden_tensor_names(), plan.kept, plan.original_widths)
+    return build_pruned_model(stack, plan.widths, state_dict, amp_pruning)
 
 
-def build_pruned_model(model: PreTrainedModel, widths: Sequence[int], state_dict: dict[str, torch.Tensor],
+def build_pruned_model(model: PreTrainedModel | MlpStack, widths: Sequence[int], state_dict: dict[str, torch.Tensor],
                        amp_pruning: dict | None) -> PreTrainedModel:  # fmt: skip
     """The amp_* model of ``model``'s family with MLP ``widths``, holding exactly ``state_dict``."""
-    adapter = get_adapter(model)
+    stack = resolve(model)
+    model, adapter = stack.model, stack.adapter
     config = adapter.pruned_config(model, list(widths), amp_pruning)
     parameter = next(model.parameters())
     # Models built without their pooler (ViTModel / BertModel(add_pooling_layer=False)) stay without it.
@@ -78,6 +76,6 @@ def build_pruned_model(model: PreTrainedModel, widths: Sequence[int], state_dict
     return pruned
 
 
-def keep_all_plan(model: nn.Module) -> PrunePlan:
-    widths = get_adapter(model).widths(model)
+def keep_all_plan(model: nn.Module | MlpStack) -> PrunePlan:
+    widths = resolve(model).widths()
     return PrunePlan(widths, [range(w) for w in widths], method="none")

@@ -13,7 +13,6 @@ from tiny_models import TINY_FAMILIES, build, sample_inputs
 from transformers import AutoConfig, AutoModel
 
 import amp_hf
-from amp_hf.models.amp_layer_widths import find_mlp_linears
 
 
 def uneven_plan(model, seed: int = 0) -> amp_hf.PrunePlan:
@@ -69,7 +68,7 @@ def test_slicing_equals_zeroing_the_dropped_neurons(name):
     for layer, kept, width in zip(adapter.layers(model), plan.kept, plan.original_widths):
         mask = torch.zeros(width)
         mask[kept] = 1.0
-        out_linear = layer.get_submodule(find_mlp_linears(layer)[1])
+        out_linear = amp_hf.models.find_neuron_map(layer, adapter.neuron_maps).output(layer)
         handles.append(out_linear.register_forward_pre_hook(lambda m, args, mask=mask: (args[0] * mask,)))
     inputs = sample_inputs(model)
     with torch.no_grad():

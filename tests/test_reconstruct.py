@@ -18,7 +18,6 @@ from tiny_models import build, sample_inputs
 
 import amp_hf
 from amp_hf.cli import main
-from amp_hf.models.amp_layer_widths import find_mlp_linears
 from amp_hf.reconstruct import ReconstructConfig, reconstruct
 from amp_hf.refit import (
     UNDERDETERMINED_DAMPING,
@@ -33,7 +32,8 @@ RAW = {"enabled": True, "end_to_end_check": False}  # the refit itself, without 
 
 
 def out_linear(layer):
-    return layer.get_submodule(find_mlp_linears(layer)[1])
+    maps = [neuron_map for adapter in amp_hf.ADAPTERS.values() for neuron_map in adapter.neuron_maps]
+    return amp_hf.models.find_neuron_map(layer, maps).output(layer)
 
 
 def batches_for(model, count: int, batch_size: int = 8, first_seed: int = 0) -> list[dict]:

@@ -18,7 +18,7 @@ from ..data import DataError, default_image_processor, load_processor
 from ..families import FamilyAdapter, get_adapter
 from ..loading import load_model, resolve_model_path
 from ..plan import PLAN_FILE, PrunePlan
-from ..slicing import mlp_tensor_names
+from ..slicing import hidden_tensor_names
 from .features import FeatureModel
 
 
@@ -96,7 +96,7 @@ def check_compatible(teacher: nn.Module, student: nn.Module) -> FamilyAdapter:
 
 def _check_other_tensors(teacher: nn.Module, student: nn.Module) -> None:
     """Every tensor outside the MLPs must exist in both with the same shape (patch size, vocab, heads …)."""
-    mlp_names = {name for rows, column in mlp_tensor_names(student) for name in (*rows, column)}
+    mlp_names = {name for names in hidden_tensor_names(student) for name, _, _ in names}
     teacher_state, student_state = teacher.state_dict(), student.state_dict()
     for name, tensor in student_state.items():
         if name in mlp_names:

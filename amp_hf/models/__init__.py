@@ -14,7 +14,7 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
 )
 
-from .amp_layer_widths import find_mlp_linears, layer_widths_from_config, mlp_width, resize_mlp
+from .amp_layer_widths import NeuronMap, find_layer_stack, find_neuron_map, layer_widths_from_config
 from .modeling_amp_bert import AmpBertConfig, AmpBertForSequenceClassification, AmpBertModel
 from .modeling_amp_clip import (
     AmpCLIPConfig,
@@ -119,10 +119,10 @@ __all__ = [
     "AmpViTForImageClassification",
     "AmpViTModel",
     "auto_map_for",
+    "NeuronMap",
     "dinov2_mlp_width",
-    "find_mlp_linears",
+    "find_layer_stack",
+    "find_neuron_map",
     "layer_widths_from_config",
-    "mlp_width",
     "register_auto_classes",
-    "resize_mlp",
 ]

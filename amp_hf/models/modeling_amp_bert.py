@@ -5,7 +5,10 @@ Saved beside pruned checkpoints: imports only transformers and its sibling ``amp
 
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from .amp_layer_widths import PerLayerMLPWidthsMixin
+from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
+
+# The hidden neurons of one layer's MLP (see NeuronMap).
+NEURON_MAPS = (NeuronMap(rows=("intermediate.dense",), columns="output.dense"),)
 
 
 class AmpBertConfig(BertConfig):
@@ -15,9 +18,11 @@ class AmpBertConfig(BertConfig):
 
 class AmpBertModel(PerLayerMLPWidthsMixin, BertModel):
     config_class = AmpBertConfig
-    _amp_layers_path = "encoder.layer"
+    _amp_backbone_class = BertModel
+    _amp_neuron_maps = NEURON_MAPS
 
 
 class AmpBertForSequenceClassification(PerLayerMLPWidthsMixin, BertForSequenceClassification):
     config_class = AmpBertConfig
-    _amp_layers_path = "bert.encoder.layer"
+    _amp_backbone_class = BertModel
+    _amp_neuron_maps = NEURON_MAPS

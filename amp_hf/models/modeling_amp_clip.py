@@ -14,7 +14,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .amp_layer_widths import PerLayerMLPWidthsMixin
+from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
+
+# The hidden neurons of one layer's MLP (see NeuronMap).
+NEURON_MAPS = (NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2"),)
 
 
 class AmpCLIPVisionConfig(CLIPVisionConfig):
@@ -30,15 +33,18 @@ class AmpCLIPConfig(CLIPConfig):
 
 class AmpCLIPVisionModel(PerLayerMLPWidthsMixin, CLIPVisionModel):
     config_class = AmpCLIPVisionConfig
-    _amp_layers_path = "encoder.layers"
+    _amp_backbone_class = CLIPVisionModel
+    _amp_neuron_maps = NEURON_MAPS
 
 
 class AmpCLIPVisionModelWithProjection(PerLayerMLPWidthsMixin, CLIPVisionModelWithProjection):
     config_class = AmpCLIPVisionConfig
-    _amp_layers_path = "vision_model.encoder.layers"
+    _amp_backbone_class = CLIPVisionModel
+    _amp_neuron_maps = NEURON_MAPS
 
 
 class AmpCLIPModel(PerLayerMLPWidthsMixin, CLIPModel):
     config_class = AmpCLIPConfig
-    _amp_layers_path = "vision_model.encoder.layers"
+    _amp_backbone_class = CLIPVisionModel
+    _amp_neuron_maps = NEURON_MAPS
     _amp_width_config = "vision_config"

@@ -7,7 +7,14 @@ imports only transformers and its sibling ``amp_layer_widths``.
 
 from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model
 
-from .amp_layer_widths import PerLayerMLPWidthsMixin
+from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
+
+# The hidden neurons of one layer's MLP (see NeuronMap), tried in order: SwiGLU (gate and up rows share the
+# hidden index), then the plain MLP.
+NEURON_MAPS = (
+    NeuronMap(rows=("mlp.gate_proj", "mlp.up_proj"), columns="mlp.down_proj"),
+    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2"),
+)
 
 
 def dinov2_mlp_width(hidden_size: int, mlp_ratio: float, use_swiglu_ffn: bool) -> int:
@@ -29,9 +36,11 @@ class AmpDinov2Config(Dinov2Config):
 
 class AmpDinov2Model(PerLayerMLPWidthsMixin, Dinov2Model):
     config_class = AmpDinov2Config
-    _amp_layers_path = "encoder.layer"
+    _amp_backbone_class = Dinov2Model
+    _amp_neuron_maps = NEURON_MAPS
 
 
 class AmpDinov2ForImageClassification(PerLayerMLPWidthsMixin, Dinov2ForImageClassification):
     config_class = AmpDinov2Config
-    _amp_layers_path = "dinov2.encoder.layer"
+    _amp_backbone_class = Dinov2Model
+    _amp_neuron_maps = NEURON_MAPS

@@ -7,7 +7,10 @@ checkpoints: imports only transformers and its sibling ``amp_layer_widths``.
 
 from transformers import SiglipConfig, SiglipModel, SiglipTextConfig, SiglipVisionConfig, SiglipVisionModel
 
-from .amp_layer_widths import PerLayerMLPWidthsMixin
+from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
+
+# The hidden neurons of one layer's MLP (see NeuronMap).
+NEURON_MAPS = (NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2"),)
 
 
 class AmpSiglipVisionConfig(SiglipVisionConfig):
@@ -23,10 +26,12 @@ class AmpSiglipConfig(SiglipConfig):
 
 class AmpSiglipVisionModel(PerLayerMLPWidthsMixin, SiglipVisionModel):
     config_class = AmpSiglipVisionConfig
-    _amp_layers_path = "encoder.layers"
+    _amp_backbone_class = SiglipVisionModel
+    _amp_neuron_maps = NEURON_MAPS
 
 
 class AmpSiglipModel(PerLayerMLPWidthsMixin, SiglipModel):
     config_class = AmpSiglipConfig
-    _amp_layers_path = "vision_model.encoder.layers"
+    _amp_backbone_class = SiglipVisionModel
+    _amp_neuron_maps = NEURON_MAPS
     _amp_width_config = "vision_config"

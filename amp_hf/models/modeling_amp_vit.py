@@ -6,7 +6,10 @@ amp-hf: imports only transformers and its sibling ``amp_layer_widths``.
 
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-from .amp_layer_widths import PerLayerMLPWidthsMixin
+from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
+
+# The hidden neurons of one layer's MLP (see NeuronMap).
+NEURON_MAPS = (NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2"),)
 
 
 class AmpViTConfig(ViTConfig):
@@ -16,9 +19,11 @@ class AmpViTConfig(ViTConfig):
 
 class AmpViTModel(PerLayerMLPWidthsMixin, ViTModel):
     config_class = AmpViTConfig
-    _amp_layers_path = "layers"
+    _amp_backbone_class = ViTModel
+    _amp_neuron_maps = NEURON_MAPS
 
 
 class AmpViTForImageClassification(PerLayerMLPWidthsMixin, ViTForImageClassification):
     config_class = AmpViTConfig
-    _amp_layers_path = "vit.layers"
+    _amp_backbone_class = ViTModel
+    _amp_neuron_maps = NEURON_MAPS

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..families import get_adapter
-from ..models.amp_layer_widths import find_mlp_linears
+from ..families import MlpStack, resolve
 
 
 def gram_schmidt_order(rows: torch.Tensor, picks_per_round: int, total: int, eps: float = 1e-10) -> list[int]:
@@ -46,24 +46,17 @@ def gram_schmidt_order(rows: torch.Tensor, picks_per_round: int, total: int, eps
     return order
 
 
-def neuron_input_rows(layer) -> torch.Tensor:
-    """Each hidden neuron's input weights: fc1 row, or [gate row ; up row] for gated units."""
-    in_names, _ = find_mlp_linears(layer)
-    return torch.cat([layer.get_submodule(name).weight for name in in_names], dim=1)
-
-
-def dgmr_scores(model, width: int | None = None) -> list[torch.Tensor]:
+def dgmr_scores(model: nn.Module | MlpStack, width: int | None = None) -> list[torch.Tensor]:
     """Scores that rank neurons in DGMR pick order (first pick highest); unpicked neurons score 0.
 
     ``width``: how many neurons to order per layer (default: the model dimension d, i.e. one round, r = 1).
     A round makes as many picks as the input vectors have dimensions (d; 2d for SwiGLU's [gate ; up]).
     """
-    adapter = get_adapter(model)
     scores = []
-    for layer in adapter.layers(model):
-        rows = neuron_input_rows(layer)
+    for layer, neuron_map in resolve(model).mlps():
+        rows = neuron_map.input_vectors(layer)
         hidden, features = rows.shape
-        model_dim = layer.get_submodule(find_mlp_linears(layer)[1]).out_features
+        model_dim = neuron_map.output(layer).out_features
         order = gram_schmidt_order(rows, picks_per_round=min(features, hidden), total=width or model_dim)
         score = torch.zeros(hidden, dtype=torch.float64)
         score[torch.as_tensor(order)] = torch.arange(len(order), 0, -1, dtype=torch.float64)
@@ -71,19 +64,17 @@ def dgmr_scores(model, width: int | None = None) -> list[torch.Tensor]:
     return scores
 
 
-def magnitude_scores(model) -> list[torch.Tensor]:
+def magnitude_scores(model: nn.Module | MlpStack) -> list[torch.Tensor]:
     """Baseline: ||input row|| x ||output column|| per neuron."""
-    adapter = get_adapter(model)
     scores = []
-    for layer in adapter.layers(model):
-        _, out_name = find_mlp_linears(layer)
-        rows = neuron_input_rows(layer).detach().double().norm(dim=1)
-        columns = layer.get_submodule(out_name).weight.detach().double().norm(dim=0)
+    for layer, neuron_map in resolve(model).mlps():
+        rows = neuron_map.input_vectors(layer).detach().double().norm(dim=1)
+        columns = neuron_map.output(layer).weight.detach().double().norm(dim=0)
         scores.append(rows * columns)
     return scores
 
 
-def random_scores(model, seed: int = 0) -> list[torch.Tensor]:
+def random_scores(model: nn.Module | MlpStack, seed: int = 0) -> list[torch.Tensor]:
     """Baseline: a seeded random ranking, so top-k is sampling without replacement."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.rand(w, generator=generator, dtype=torch.float64) for w in get_adapter(model).widths(model)]
+    return [torch.rand(w, generator=generator, dtype=torch.float64) for w in resolve(model).widths()]

@@ -1,9 +1,9 @@
 """Criterion evaluation on fixed batches that re-runs only the layers a candidate changes.
 
 AMP's search changes one layer at a time, last to first, so everything before the searched layer is still the
-original network. The inputs of every layer are cached once; a candidate for layer l is then scored by
-skipping layers < l (they return their input) and injecting the cached input at layer l. The numbers are the
-same as a full forward pass (same kernels, same batches), only the unchanged prefix is not recomputed.
+original network. The inputs of every layer are cached once; a candidate for layer l is then scored from
+layer l with its cached input (``layer_stack.start_at_layer``): the same numbers as a full forward pass,
+without recomputing the unchanged prefix.
 """
 
 from __future__ import annotations
@@ -15,16 +15,10 @@ import torch
 from torch import nn
 
 from ..data import model_inputs
-from ..families import get_adapter
+from ..families import MlpStack, resolve
+from ..layer_stack import start_at_layer
 
 logger = logging.getLogger(__name__)
-
-
-class _PassThrough(nn.Module):
-    """Stands in for a skipped layer: v5 encoder layers take the hidden states first and return a tensor."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
 
 
 class CriterionEvaluator:
@@ -34,9 +28,11 @@ class CriterionEvaluator:
     ``cache_gb``: memory allowed for cached layer inputs; above it, every evaluation runs the full network.
     """
 
-    def __init__(self, model, criterion, batches: list[dict], accelerator=None, cache_gb: float = 4.0):
-        self.model = model
-        self.adapter = get_adapter(model)
+    def __init__(self, model: nn.Module | MlpStack, criterion, batches: list[dict], accelerator=None,
+                 cache_gb: float = 4.0):
+        self.stack = resolve(model)
+        self.model = self.stack.model
+        self.adapter = self.stack.adapter
         self.criterion = criterion
         self.batches = batches
         self.accelerator = accelerator
@@ -46,7 +42,7 @@ class CriterionEvaluator:
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.adapter.layers(self.model)
+        return self.stack.layers
 
     @torch.no_grad()
     def cache_inputs(self) -> bool:
@@ -79,36 +75,16 @@ class CriterionEvaluator:
         self.layer_inputs = captured
         return True
 
-    @contextlib.contextmanager
-    def _start_at(self, start: int, batch_index: list[int]):
-        """Skip layers < start and feed layer ``start`` its cached input for the current batch."""
-        layers = self.layers
-        originals = [layers[i] for i in range(start)]
-        for i in range(start):
-            layers[i] = _PassThrough()
-
-        def inject(module, args):
-            return (self.layer_inputs[start][batch_index[0]], *args[1:])
-
-        handle = layers[start].register_forward_pre_hook(inject)
-        try:
-            yield
-        finally:
-            handle.remove()
-            for i, layer in enumerate(originals):
-                layers[i] = layer
-
     @torch.no_grad()
     def evaluate(self, start: int = 0) -> float:
         """Mean criterion over the batches; layers before ``start`` must be unchanged since ``cache_inputs``."""
         self.evaluations += 1
         values = []
         use_cache = self.layer_inputs is not None and start > 0
-        batch_index = [0]
-        context = self._start_at(start, batch_index) if use_cache else contextlib.nullcontext()
-        with context:
-            for index, batch in enumerate(self.batches):
-                batch_index[0] = index
+        for index, batch in enumerate(self.batches):
+            context = start_at_layer(self.layers, start, self.layer_inputs[start][index]) if use_cache \
+                else contextlib.nullcontext()
+            with context:
                 values.append(self.criterion(self.model, self.adapter, batch).double())
         value = torch.stack(values).mean()
         if self.accelerator is not None and self.accelerator.num_processes > 1:

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..families import get_adapter
-from ..models.amp_layer_widths import find_mlp_linears
+from ..families import MlpStack, resolve
 from ..plan import PrunePlan, top_indices
 
 logger = logging.getLogger(__name__)
@@ -79,42 +78,31 @@ class TowerCost:
         return 1.0 - self.total(widths) / self.base_total
 
 
-def tower_cost(model, metric: str = "params") -> TowerCost:
+def tower_cost(model: nn.Module | MlpStack, metric: str = "params") -> TowerCost:
     """Cost model for ``metric``: the tower's parameters, its FLOPs, or only its MLP parameters."""
     from ..accounting import count_flops, count_parameters, mlp_parameters
 
-    adapter = get_adapter(model)
-    backbone = adapter.backbone(model)
-    layers = adapter.layers(model)
-    per_neuron = []
-    for layer in layers:
-        in_names, out_name = find_mlp_linears(layer)
-        params = sum(layer.get_submodule(n).in_features + (layer.get_submodule(n).bias is not None) for n in in_names)
-        params += layer.get_submodule(out_name).out_features
-        per_neuron.append(float(params))
-    widths = adapter.widths(model)
+    stack = resolve(model)
+    mlps = stack.mlps()
+    per_neuron = [float(neuron_map.parameters_per_neuron(layer)) for layer, neuron_map in mlps]
+    widths = stack.widths()
     if metric == "params":
-        return TowerCost(float(count_parameters(backbone)), widths, per_neuron)
+        return TowerCost(float(count_parameters(stack.backbone)), widths, per_neuron)
     if metric == "mlp_params":
-        return TowerCost(float(mlp_parameters(model)), widths, per_neuron)
-    inputs = adapter.dummy_inputs(model)
-    tokens = _tokens_per_sample(model, inputs)
+        return TowerCost(float(mlp_parameters(stack)), widths, per_neuron)
+    inputs = stack.adapter.dummy_inputs(stack.model)
+    tokens = _tokens_per_sample(stack, inputs)
     # a matmul costs 2 FLOPs per multiply-add; biases are not counted by torch's flop counter
-    flops_per_neuron = [
-        2.0 * tokens * sum(layer.get_submodule(n).in_features for n in find_mlp_linears(layer)[0])
-        + 2.0 * tokens * layer.get_submodule(find_mlp_linears(layer)[1]).out_features
-        for layer in layers
-    ]
-    return TowerCost(float(count_flops(backbone, inputs)), widths, flops_per_neuron)
+    flops_per_neuron = [2.0 * tokens * neuron_map.multiply_adds_per_neuron(layer) for layer, neuron_map in mlps]
+    return TowerCost(float(count_flops(stack.backbone, inputs)), widths, flops_per_neuron)
 
 
 @torch.no_grad()
-def _tokens_per_sample(model, inputs) -> int:
-    adapter = get_adapter(model)
+def _tokens_per_sample(stack: MlpStack, inputs) -> int:
     seen = []
-    handle = adapter.layers(model)[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    handle = stack.layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
     try:
-        adapter.embed(model, inputs)
+        stack.adapter.embed(stack.model, inputs)
     finally:
         handle.remove()
     return int(seen[0])
@@ -124,47 +112,27 @@ def _tokens_per_sample(model, inputs) -> int:
 
 
 class LayerWidthSwapper:
-    """Installs top-m sliced MLP linears into one layer, from a saved copy of its full weights."""
+    """Installs top-m sliced MLP modules into one layer, from a saved copy of its full modules."""
 
-    def __init__(self, model, scores: list[torch.Tensor]):
-        self.adapter = get_adapter(model)
-        self.layers = self.adapter.layers(model)
+    def __init__(self, model: nn.Module | MlpStack, scores: list[torch.Tensor]):
+        self.stack = resolve(model)
+        self.mlps = self.stack.mlps()
         self.scores = scores
-        self.full = [self._linears(layer) for layer in self.layers]
+        self.full = [neuron_map.modules(layer) for layer, neuron_map in self.mlps]
         self.orders = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
-
-    @staticmethod
-    def _linears(layer) -> dict[str, nn.Linear]:
-        in_names, out_name = find_mlp_linears(layer)
-        return {name: layer.get_submodule(name) for name in (*in_names, out_name)}
 
     def kept(self, layer_index: int, width: int) -> list[int]:
         return sorted(self.orders[layer_index][:width].tolist())
 
     def install(self, layer_index: int, width: int) -> None:
-        layer = self.layers[layer_index]
-        in_names, out_name = find_mlp_linears(layer)
-        index = torch.as_tensor(self.kept(layer_index, width))
-        for name, full in self.full[layer_index].items():
-            rows = name != out_name
-            new = nn.Linear(
-                full.in_features if rows else width,
-                width if rows else full.out_features,
-                bias=full.bias is not None,
-                device=full.weight.device,
-                dtype=full.weight.dtype,
-            )
-            new.weight.data = full.weight.data.index_select(0 if rows else 1, index.to(full.weight.device))
-            if full.bias is not None:
-                new.bias.data = full.bias.data.index_select(0, index.to(full.bias.device)) if rows else full.bias.data
-            parent, _, attr = name.rpartition(".")
-            setattr(layer.get_submodule(parent) if parent else layer, attr, new)
+        layer, neuron_map = self.mlps[layer_index]
+        full = self.full[layer_index]
+        device = next(iter(full.values())).weight.device
+        neuron_map.install(layer, full, torch.as_tensor(self.kept(layer_index, width)).to(device))
 
     def restore(self) -> None:
-        for layer, linears in zip(self.layers, self.full):
-            for name, module in linears.items():
-                parent, _, attr = name.rpartition(".")
-                setattr(layer.get_submodule(parent) if parent else layer, attr, module)
+        for (layer, neuron_map), modules in zip(self.mlps, self.full):
+            neuron_map.restore(layer, modules)
 
 
 @contextlib.contextmanager
@@ -200,7 +168,7 @@ def accepts(value: float, reference: float, delta_e: float, acceptance: str = "r
     raise ValueError(f"search.acceptance must be 'rise' (AMP) or 'change'; got {acceptance!r}")
 
 
-def adaptive_search(model, scores, evaluator, delta_e: float, steps: int = 6, round_to: int = 1,
+def adaptive_search(model: nn.Module | MlpStack, scores, evaluator, delta_e: float, steps: int = 6, round_to: int = 1,
                     progress: bool = True, memo: dict | None = None, acceptance: str = "rise") -> SearchResult:
     """AMP §1.5: layers last -> first, ``steps`` halvings each; a candidate is accepted when the criterion
     rises by at most ``delta_e`` over the chained reference (the last accepted value); with
@@ -210,7 +178,8 @@ def adaptive_search(model, scores, evaluator, delta_e: float, steps: int = 6, ro
     (budget mode's ΔE bisection): a candidate's value depends only on the searched layer, its width and the
     widths already chosen above it, so a state another search has evaluated is not evaluated again.
     """
-    widths = get_adapter(model).widths(model)
+    stack = resolve(model)
+    widths = stack.widths()
     fast = evaluator.layer_inputs is not None or evaluator.cache_inputs()
     memo = {} if memo is None else memo
 
@@ -223,7 +192,7 @@ def adaptive_search(model, scores, evaluator, delta_e: float, steps: int = 6, ro
     first_reference = reference
     log = []
     chosen = list(widths)
-    with candidate_widths(model, scores) as swapper:
+    with candidate_widths(stack, scores) as swapper:
         for layer in tqdm(range(len(widths) - 1, -1, -1), desc="AMP search", disable=not progress):
             full = widths[layer]
             lo, hi, best, best_value = 0, full, full, None

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from tqdm.auto import tqdm
 
-from ..families import get_adapter
-from ..models.amp_layer_widths import find_mlp_linears
+from ..families import MlpStack, resolve
 
 SCORES_FILE = "scores.safetensors"
 SCORES_META = "scores.json"
@@ -59,10 +59,9 @@ class NeuronScores:
 
 
 @contextlib.contextmanager
-def _activation_capture(model):
+def _activation_capture(stack: MlpStack):
     """Record the input of every layer's output projection; make the layer stack's input require grad."""
-    adapter = get_adapter(model)
-    layers = adapter.layers(model)
+    model, layers = stack.model, stack.layers
     activations: dict[int, torch.Tensor] = {}
     handles = []
 
@@ -76,9 +75,8 @@ def _activation_capture(model):
         return hook
 
     handles.append(layers[0].register_forward_pre_hook(make_input_require_grad))
-    for index, layer in enumerate(layers):
-        _, out_name = find_mlp_linears(layer)
-        handles.append(layer.get_submodule(out_name).register_forward_pre_hook(recorder(index)))
+    for index, (layer, neuron_map) in enumerate(stack.mlps()):
+        handles.append(neuron_map.output(layer).register_forward_pre_hook(recorder(index)))
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for parameter, _ in frozen:
         parameter.requires_grad_(False)
@@ -91,14 +89,16 @@ def _activation_capture(model):
             parameter.requires_grad_(flag)
 
 
-def taylor_scores(model, loader, criterion, accelerator=None, max_batches: int | None = None) -> NeuronScores:
+def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=None,
+                  max_batches: int | None = None) -> NeuronScores:
     """Accumulate Taylor importances over ``loader`` (prepared with ``split_batches=True`` under accelerate).
 
     The criterion's local value is weighted by local/global batch size, so the gradients equal those of the
     global-batch criterion whatever the number of processes (1-process and N-process scores agree).
     """
-    adapter = get_adapter(model)
-    widths = adapter.widths(model)
+    stack = resolve(model)
+    model, adapter = stack.model, stack.adapter
+    widths = stack.widths()
     device = next(model.parameters()).device
     abs_sum = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
     signed_sum = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
@@ -108,7 +108,7 @@ def taylor_scores(model, loader, criterion, accelerator=None, max_batches: int |
     was_training = model.training
     model.eval()
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    with _activation_capture(model) as activations:
+    with _activation_capture(stack) as activations:
         for step, batch in enumerate(tqdm(loader, total=total, desc="Taylor scores", disable=not is_main)):
             if max_batches is not None and step >= max_batches:
                 break
