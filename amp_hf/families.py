@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from . import models as amp_models
-from .models.amp_layer_widths import NeuronMap, find_layer_stack, find_neuron_map, global_width_access
+from .models.amp_layer_widths import NeuronMap, find_backbone, find_layer_stack, find_neuron_map, global_width_access
 
 TEXT_SEQUENCE_LENGTH = 128  # native "input size" for text encoders in FLOP accounting
 
@@ -98,15 +98,15 @@ class FamilyAdapter:
         return type(model) if type(model) in self._amp_to_stock else self.model_classes[type(model)]
 
     def backbone(self, model: nn.Module) -> nn.Module:
-        for module in model.modules():
-            if isinstance(module, self.backbone_class):
-                return module
-        raise UnsupportedModelError(f"{type(model).__name__} has no {self.backbone_class.__name__} inside")
+        try:
+            return find_backbone(model, self.backbone_class)
+        except ValueError as error:
+            raise UnsupportedModelError(str(error)) from None
 
     def layers_path(self, model: nn.Module) -> str:
         """Dotted path (from ``model``) of the ModuleList whose every element holds a recognised MLP."""
         try:
-            return find_layer_stack(model, self.backbone_class, self.neuron_maps)[0]
+            return find_layer_stack(model, self.amp_class(model)._amp_stack_root(model), self.neuron_maps)[0]
         except ValueError as error:
             raise UnsupportedModelError(str(error)) from None
 

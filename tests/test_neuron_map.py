@@ -98,7 +98,7 @@ def test_the_map_matches_only_its_own_mlp(name):
     assert not any(m.matches(layer) for m in others)
     stack = nn.Module()
     stack.blocks = nn.ModuleList([block(name)[0] for _ in range(2)])
-    assert find_layer_stack(stack, nn.Module, [*others, neuron_map])[0] == "blocks"
+    assert find_layer_stack(stack, stack, [*others, neuron_map])[0] == "blocks"
     assert find_neuron_map(layer, [*others, neuron_map]) is neuron_map
 
 

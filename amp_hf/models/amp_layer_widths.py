@@ -186,18 +186,21 @@ def find_neuron_map(layer: nn.Module, maps) -> NeuronMap | None:
     return next((neuron_map for neuron_map in maps if neuron_map.matches(layer)), None)
 
 
-def find_layer_stack(model: nn.Module, backbone_class: type, maps) -> tuple[str, nn.ModuleList]:
-    """Dotted path (from ``model``) and module of the prunable layer stack: inside the first
-    ``backbone_class`` module, the first ``ModuleList`` whose every element matches one of ``maps``."""
-    for backbone_path, backbone in model.named_modules():
-        if isinstance(backbone, backbone_class):
-            break
-    else:
-        raise ValueError(f"{type(model).__name__} has no {backbone_class.__name__} inside")
-    for name, module in backbone.named_modules():
+def find_backbone(model: nn.Module, backbone_class: type) -> nn.Module:
+    """The first ``backbone_class`` module of ``model`` (``model`` itself included)."""
+    for module in model.modules():
+        if isinstance(module, backbone_class):
+            return module
+    raise ValueError(f"{type(model).__name__} has no {backbone_class.__name__} inside")
+
+
+def find_layer_stack(model: nn.Module, root: nn.Module, maps) -> tuple[str, nn.ModuleList]:
+    """Dotted path (from ``model``) and module of the prunable layer stack: the first ``ModuleList`` inside
+    ``root`` (a module of ``model``) whose every element matches one of ``maps``."""
+    for module in root.modules():
         if isinstance(module, nn.ModuleList) and len(module) and all(find_neuron_map(m, maps) for m in module):
-            return ".".join(part for part in (backbone_path, name) if part), module
-    raise ValueError(f"no layer stack with a recognised MLP in {type(backbone).__name__}")
+            return next(name for name, candidate in model.named_modules() if candidate is module), module
+    raise ValueError(f"no layer stack with a recognised MLP in {type(root).__name__}")
 
 
 def layer_widths_from_config(config) -> list[int]:
@@ -234,14 +237,21 @@ class PerLayerMLPWidthsMixin:
     """Put before a stock transformers model class: builds it, then resizes each pruned layer's MLP.
 
     Class attributes set by each modeling file:
-      ``_amp_backbone_class``: the stock module owning the pruned layer stack (found by ``find_layer_stack``);
+      ``_amp_backbone_class``: the stock module owning the pruned layer stack;
       ``_amp_neuron_maps``: the ``NeuronMap`` candidates of one layer's MLP, tried in order;
       ``_amp_width_config``: attribute of the config holding the pruned tower's sub-config (None = itself).
+    ``_amp_stack_root`` says where the layer stack is probed (``find_layer_stack``); amp-hf's family adapters
+    call the same method, so the pruned model and the tools can never disagree about which layers are pruned.
     """
 
     _amp_backbone_class: type = nn.Module
     _amp_neuron_maps: tuple[NeuronMap, ...] = ()
     _amp_width_config: str | None = None
+
+    @classmethod
+    def _amp_stack_root(cls, model: nn.Module) -> nn.Module:
+        """The module of ``model`` (this class or its stock counterpart) holding the pruned layer stack."""
+        return find_backbone(model, cls._amp_backbone_class)
 
     @classmethod
     def _amp_widths_config(cls, config):
@@ -263,7 +273,7 @@ class PerLayerMLPWidthsMixin:
         # Runs at the end of the stock __init__, before weight initialisation: resize here so the new
         # modules are initialised (random init) or filled (from_pretrained) like every other weight.
         widths = layer_widths_from_config(self._amp_widths_config(self.config))
-        _, layers = find_layer_stack(self, self._amp_backbone_class, self._amp_neuron_maps)
+        _, layers = find_layer_stack(self, self._amp_stack_root(self), self._amp_neuron_maps)
         if len(layers) != len(widths):
             raise ValueError(f"config lists {len(widths)} layer widths but the model has {len(layers)} layers")
         for layer, width in zip(layers, widths):
