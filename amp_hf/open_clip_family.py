@@ -18,8 +18,9 @@ from torch import nn
 
 from .checkpoint import CheckpointError
 from .families import FamilyAdapter
-from .models.amp_layer_widths import mlp_width
+from .models.amp_layer_widths import find_layer_stack, find_neuron_map
 from .models.modeling_amp_open_clip import (
+    NEURON_MAPS,
     OPEN_CLIP_CONFIG_FILE,
     AmpOpenCLIPConfig,
     AmpOpenCLIPModel,
@@ -52,12 +53,6 @@ def is_open_clip_folder(path: str | os.PathLike) -> bool:
     return (path / OPEN_CLIP_CONFIG_FILE).is_file() and not (path / "config.json").is_file()
 
 
-def _image_tower_shape(visual: nn.Module) -> tuple[nn.ModuleList, object]:
-    if hasattr(visual, "trunk"):
-        return visual.trunk.blocks, visual.trunk
-    return visual.transformer.resblocks, visual
-
-
 def wrap_open_clip(
     model: nn.Module,
     model_cfg: dict | None = None,
@@ -82,8 +77,8 @@ def wrap_open_clip(
             raise OpenCLIPError(f"open_clip has no model config named {model_name!r}")
     preprocess_cfg = dict(preprocess_cfg if preprocess_cfg is not None else open_clip.get_model_preprocess_cfg(model))
     preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()}
-    layers, _ = _image_tower_shape(model.visual)
-    widths = [mlp_width(layer) for layer in layers]
+    _, layers = find_layer_stack(model, model.visual, NEURON_MAPS)
+    widths = [find_neuron_map(layer, NEURON_MAPS).width(layer) for layer in layers]
     if len(set(widths)) != 1:
         raise OpenCLIPError(f"the open_clip image tower is already pruned (MLP widths {widths}): load its amp-hf folder")
     image_size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
@@ -124,14 +119,11 @@ def _wrapped_pool(outputs, batch) -> torch.Tensor:
 
 
 class OpenCLIPFamilyAdapter(FamilyAdapter):
-    """The image tower is an unregistered view of the wrapper's open_clip module (``OpenCLIPVisionTower``)
-    and the layer stack's path depends on the tower kind (native resblocks or timm trunk blocks)."""
+    """The image tower is an unregistered view of the wrapper's open_clip module (``OpenCLIPVisionTower``);
+    the layer stack is probed inside ``open_clip_model.visual`` (``AmpOpenCLIPModel._amp_stack_root``)."""
 
     def backbone(self, model: nn.Module) -> OpenCLIPVisionTower:
         return model.vision_model
-
-    def layers_path(self, model: nn.Module) -> str:
-        return model._amp_layers_path
 
 
 OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(

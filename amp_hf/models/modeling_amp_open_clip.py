@@ -20,9 +20,18 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 
-from .amp_layer_widths import PerLayerMLPWidthsMixin
+from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
 
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+
+# The hidden neurons of one image-tower block's MLP (see NeuronMap), tried in order: open_clip's
+# CustomResidualAttentionBlock with scale_fc (a LayerNorm over the hidden width), its ResidualAttentionBlock
+# (Sequential c_fc, gelu, c_proj), and timm's Mlp in timm-trunk towers (its norm is Identity by default).
+NEURON_MAPS = (
+    NeuronMap(rows=("mlp.c_fc",), columns="mlp.c_proj", vectors=("mlp.ln",)),
+    NeuronMap(rows=("mlp.c_fc",), columns="mlp.c_proj"),
+    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", vectors=("mlp.norm",)),
+)
 
 
 def _is_timm_tower(model_cfg: dict) -> bool:
@@ -143,9 +152,11 @@ class AmpOpenCLIPModel(PerLayerMLPWidthsMixin, AmpOpenCLIPPreTrainedModel):
         self.open_clip_model = build_open_clip_model(config.model_cfg)
         self.post_init()
 
-    @property
-    def _amp_layers_path(self) -> str:
-        return "open_clip_model.visual." + ("trunk.blocks" if _is_timm_tower(self.config.model_cfg) else "transformer.resblocks")
+    _amp_neuron_maps = NEURON_MAPS
+
+    @classmethod
+    def _amp_stack_root(cls, model: nn.Module) -> nn.Module:
+        return model.open_clip_model.visual  # native resblocks or timm trunk blocks, found by probing
 
     @property
     def vision_model(self) -> OpenCLIPVisionTower:
