@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import CheckpointError, save_pruned
 from .families import get_adapter
-from .slicing import build_pruned_model, mlp_tensor_names
+from .slicing import build_pruned_model, hidden_tensor_names
 
 METHODS = {"amp": "imported-amp", "dgmr": "imported-dgmr"}
 # Wrapper keys the repos' training code nests a state dict under, and prefixes DDP / FSDP wrappers add.
@@ -207,25 +207,28 @@ def imported_state_dict(state: dict, base, layout: OfficialLayout) -> tuple[dict
         if key not in converted and inside and key not in layout.optional:
             raise ImportMismatchError(f"missing key: the file has no tensor for {key!r} of the base model")
     widths, mlp_keys = [], set()
-    for index, (row_names, column_name) in enumerate(mlp_tensor_names(base)):
+    for index, names in enumerate(hidden_tensor_names(base)):
+        column_name = next(name for name, dim, _ in names if dim == 1)  # the output projection's columns
         column, column_key = converted[column_name]
         width, base_width = column.shape[1], base_state[column_name].shape[1]
         if not 0 < width <= base_width:
             raise ImportMismatchError(
                 f"layer {index}: MLP width {width} (from {column_key!r}) is not in 1..{base_width}, the base's width"
             )
-        for name in row_names:
+        for name, _, chunks in names:
+            if name == column_name:
+                continue
             tensor, file_key = converted[name]
-            if tensor.shape[0] != width or tensor.shape[1:] != base_state[name].shape[1:]:
+            if tensor.shape[0] != chunks * width or tensor.shape[1:] != base_state[name].shape[1:]:
                 raise ImportMismatchError(
-                    f"layer {index}: {file_key!r} has shape {tuple(tensor.shape)}, expected {width} rows of "
+                    f"layer {index}: {file_key!r} has shape {tuple(tensor.shape)}, expected {chunks * width} rows of "
                     f"{tuple(base_state[name].shape[1:])} (width {width} from {column_key!r})"
                 )
         if column.shape[0] != base_state[column_name].shape[0]:
             raise ImportMismatchError(f"layer {index}: {column_key!r} has {column.shape[0]} outputs, "
                                       f"the base {base_state[column_name].shape[0]}")  # fmt: skip
         widths.append(int(width))
-        mlp_keys.update([*row_names, column_name])
+        mlp_keys.update(name for name, _, _ in names)
     merged = dict(base_state)
     for key, (tensor, file_key) in converted.items():
         if key not in mlp_keys and tensor.shape != base_state[key].shape:
