@@ -1,56 +1,27 @@
 """Saving and loading pruned checkpoints (format: shared/reference/format.md, summarised in README).
 
-Saving is atomic: everything is written into a temporary sibling folder that is renamed into place, so a
-crash never leaves a half-written checkpoint at the target path.
+Saving is atomic (``outputs.atomic_directory``): everything is written into a temporary sibling folder that is
+renamed into place, so a crash never leaves a half-written checkpoint at the target path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from transformers import PreTrainedModel
 
 from . import models as amp_models
 from .models import amp_layer_widths
+from .errors import CheckpointError
+from .outputs import atomic_directory
 from .plan import PLAN_FILE, PrunePlan
 
 CONFIG_FILE = "config.json"
-
-
-class CheckpointError(ValueError):
-    pass
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``, on error it vanishes."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists: choose another output path or pass overwrite=True (--overwrite)")
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, trash / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _modeling_files(model: PreTrainedModel) -> list[Path]:
@@ -99,9 +70,15 @@ def read_config(path: str | os.PathLike) -> dict:
     if not config_path.is_file():
         raise CheckpointError(f"{path} is not a checkpoint folder: {CONFIG_FILE} is missing")
     try:
-        return json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}): the checkpoint is corrupt") from error
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path} is not valid JSON ({error}): the checkpoint is corrupt; re-save it") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{config_path} holds a JSON {type(config).__name__}, not an object of config fields: the checkpoint "
+            "is corrupt; re-save it"
+        )
+    return config
 
 
 def is_pruned_checkpoint(path: str | os.PathLike) -> bool:
@@ -122,5 +99,70 @@ def pruned_architecture(path: str | os.PathLike, config: dict | None = None,
 
 
 def load_pruned(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
-    """Load a pruned checkpoint as the exact class it was saved from (``config.architectures[0]``)."""
-    return amp_models.MODEL_CLASSES[pruned_architecture(path)].from_pretrained(path, **kwargs)
+    """Load a pruned checkpoint as the exact class it was saved from (``config.architectures[0]``); a damaged
+    checkpoint (weights, ``per_layer_config``, ``amp_plan.json``) is a ``CheckpointError`` naming the fix."""
+    model = from_pretrained_checked(amp_models.MODEL_CLASSES[pruned_architecture(path)], path, **kwargs)
+    load_plan(path, model)
+    return model
+
+
+# What transformers / safetensors raise for a folder whose files do not fit together (truncated or missing
+# weights, a config that disagrees with the tensors): at this boundary all of them mean a damaged checkpoint.
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError, EOFError)
+
+
+def from_pretrained_checked(model_cls, path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+    """``model_cls.from_pretrained(path)``, failing with a ``CheckpointError`` when the folder is damaged:
+    unreadable or truncated weights, tensors missing or of the wrong shape for config.json."""
+    from safetensors import SafetensorError
+
+    try:
+        model, info = model_cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    except CheckpointError:
+        raise
+    except (*_LOAD_ERRORS, SafetensorError) as error:
+        raise CheckpointError(
+            f"cannot load the weights in {path} ({type(error).__name__}: {_first_line(error)}): the checkpoint is "
+            "incomplete or corrupt; re-save it"
+        ) from error
+    broken = {kind: names for kind, names in info.items() if kind in ("missing_keys", "mismatched_keys") and names}
+    if broken:
+        raise CheckpointError(
+            f"{path}: the weights do not match config.json ({_summary(broken)}); the checkpoint is incomplete or "
+            "corrupt: re-save it"
+        )
+    return model
+
+
+def load_plan(path: str | os.PathLike, model: PreTrainedModel | None = None) -> PrunePlan | None:
+    """The checkpoint's ``amp_plan.json`` (None when it has none), checked against the model's widths."""
+    plan_file = Path(path) / PLAN_FILE
+    if not plan_file.is_file():
+        return None
+    try:
+        plan = PrunePlan.load(plan_file)
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{plan_file} is damaged ({_first_line(error)}): delete it or re-save the checkpoint") from error
+    if model is not None:
+        from .families import get_adapter
+
+        widths = get_adapter(model).widths(model)
+        if plan.widths != widths:
+            raise CheckpointError(
+                f"{plan_file} keeps widths {plan.widths} but the checkpoint's per_layer_config and tensors have "
+                f"{widths}: the plan is stale; delete {PLAN_FILE} or re-save the checkpoint"
+            )
+    return plan
+
+
+def _summary(broken: dict) -> str:
+    parts = []
+    for kind, names in broken.items():
+        names = sorted(str(n) for n in names)
+        parts.append(f"{len(names)} {kind.replace('_', ' ')}, e.g. {names[0]}")
+    return "; ".join(parts)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,6 +12,8 @@ import logging
 import sys
 
 from . import __version__
+from .errors import UsageError
+from .outputs import is_disk_full
 
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (
@@ -25,19 +27,8 @@ COMMAND_MODULES = (
 )
 
 
-class UsageError(Exception):
-    """Bad input the user can fix; printed without a traceback, exit code 2."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .config_utils import ConfigError
-    from .data import DataError
-    from .families import UnsupportedModelError
-    from .plan import PlanError
-
-    return (UsageError, ConfigError, DataError, CheckpointError, PlanError, UnsupportedModelError,
-            FileExistsError, FileNotFoundError)  # fmt: skip
+    return (UsageError, FileExistsError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
@@ -74,11 +65,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"amp-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if args.verbose or not is_disk_full(error):
+            raise
+        print(f"amp-hf {args.command}: error: no space left on the device ({error.strerror}: "
+              f"{error.filename or 'while writing'}); nothing was saved: free some space or choose another output",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print(f"amp-hf {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
         _close_process_group()
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; KEY=VALUE overrides may also follow the options (``prune --config C search.steps=4``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _close_process_group() -> None:

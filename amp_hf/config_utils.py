@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import yaml
+from .errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_directory
+from .outputs import atomic_directory, prepare_output
 from .data import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -154,9 +154,9 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
 
     started = time.time()
     settings = (VISION_QUICK if quick else VISION) if vision else (TEXT_QUICK if quick else TEXT)
-    output = Path(output)
+    output = prepare_output(output, overwrite=overwrite, flag="--overwrite")
     torch.manual_seed(0)
-    with atomic_directory(output, overwrite=overwrite) as staging:
+    with atomic_directory(output, overwrite=overwrite, flag="--overwrite") as staging:
         teacher_name = _teacher(vision, quick)
         checkpoint = staging / "checkpoint"
         report = _prune(teacher_name, checkpoint, settings)

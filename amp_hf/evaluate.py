@@ -55,6 +55,8 @@ from .eval_metrics import (
     zero_shot_logits,
 )
 from .families import UnsupportedModelError, get_adapter
+from .errors import OutputError
+from .outputs import default_mode, expand, prepare_output, record_written
 from .loading import load_model, resolve_model_path
 from .zero_shot import (
     DEFAULT_TEMPLATES,
@@ -425,8 +427,12 @@ def read_report(path: str | os.PathLike) -> dict:
     """A report written by ``write_report`` (a checkpoint folder means its ``eval_report.json``)."""
     path = Path(path)
     path = path / REPORT_FILE if path.is_dir() else path
-    report = json.loads(path.read_text())
-    if report.get("schema") != REPORT_SCHEMA:
+    try:
+        report = json.loads(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a JSON file") from error
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        report = report if isinstance(report, dict) else {}
         raise ValueError(f"{path} is not an amp-hf evaluation report (schema {report.get('schema')!r})")
     return report
 
@@ -440,8 +446,9 @@ def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: 
     if path.is_file():
         try:
             previous = read_report(path)
-        except ValueError:
-            previous = {}  # not ours or corrupt: replaced below
+        except ValueError as error:
+            raise OutputError(f"{path} exists and is not an amp-hf evaluation report ({error}): write the "
+                              "report to another path") from error
         if _same_model(previous.get("model"), model):
             kept = [row for row in previous.get("results", []) if _identity(row) not in new]
             rows = kept + rows
@@ -449,9 +456,15 @@ def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: 
               "results": rows}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        json.dump(report, file, indent=2)
-    os.replace(staging, path)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(report, file, indent=2)
+        os.chmod(staging, default_mode(directory=False))
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    record_written(path.parent, [path.name])
     return path
 
 
@@ -512,14 +525,30 @@ def register(subparsers) -> None:
 
 
 def _report_path(args) -> Path:
-    if args.output:
-        return Path(args.output)
-    folder = Path(args.checkpoint)
-    if folder.is_dir() and os.access(folder, os.W_OK):
-        return folder / REPORT_FILE
+    """Where the report goes, checked before anything is evaluated: a new file, or an existing amp-hf
+    evaluation report (merged), in a writable folder; never any other existing file."""
     from .cli import UsageError
 
-    raise UsageError(f"cannot write {REPORT_FILE} into {args.checkpoint} (not a writable folder): pass --output PATH")
+    if args.output:
+        path = expand(args.output)
+    else:
+        folder = expand(args.checkpoint)
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise UsageError(f"cannot write {REPORT_FILE} into {args.checkpoint} (not a writable folder): pass --output PATH")
+        path = folder / REPORT_FILE
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder: pass a file path, e.g. {path / REPORT_FILE}")
+    if path.exists():
+        try:
+            read_report(path)
+        except (OSError, ValueError) as error:
+            raise UsageError(
+                f"{path} exists and is not an amp-hf evaluation report (only a report is ever updated): pass "
+                "another --output"
+            ) from error
+    else:
+        prepare_output(path, overwrite=False, inputs=[args.checkpoint])  # parent: a writable folder, or creatable
+    return path
 
 
 def _lines(path: str | None) -> list[str] | None:

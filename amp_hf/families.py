@@ -31,12 +31,9 @@ from transformers import (
 
 from . import models as amp_models
 from .models.amp_layer_widths import NeuronMap, find_backbone, find_layer_stack, find_neuron_map, global_width_access
+from .errors import UnsupportedModelError  # noqa: F401  (raised here; re-exported)
 
 TEXT_SEQUENCE_LENGTH = 128  # native "input size" for text encoders in FLOP accounting
-
-
-class UnsupportedModelError(ValueError):
-    pass
 
 
 def _cls_token(outputs, batch) -> torch.Tensor:

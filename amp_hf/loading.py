@@ -8,7 +8,7 @@ from pathlib import Path
 
 import transformers
 
-from .checkpoint import CheckpointError, load_pruned, read_config
+from .checkpoint import CheckpointError, from_pretrained_checked, load_pruned, read_config
 from .families import get_adapter
 from .open_clip_family import is_open_clip_folder, load_open_clip_folder
 
@@ -40,14 +40,14 @@ def load_model(name_or_path: str, **kwargs):
         if str(config.get("model_type", "")).startswith("amp_"):
             return load_pruned(path, **kwargs)
         architecture = (config.get("architectures") or [None])[0]
-        model_cls = getattr(transformers, architecture, None) if architecture else None
+        model_cls = getattr(transformers, architecture, None) if isinstance(architecture, str) else None
         if model_cls is None:
             model_cls = transformers.AutoModel
-        model = model_cls.from_pretrained(path, **kwargs)
+        model = from_pretrained_checked(model_cls, path, **kwargs)
     elif Path(path).exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds config.json")
     elif "/" in path and not path.startswith((".", "/")):
-        model = transformers.AutoModel.from_pretrained(path, **kwargs)  # Hub id: only if the user's cache has it
+        model = from_pretrained_checked(transformers.AutoModel, path, **kwargs)  # Hub id: only if the user's cache has it
     else:
         raise CheckpointError(f"model {name_or_path!r} not found: pass a checkpoint folder or one of {sorted(EMBEDDED_MODELS)}")
     get_adapter(model)  # fail early, listing supported families, for an unsupported architecture

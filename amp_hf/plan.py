@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from .errors import PlanError
 
 PLAN_FILE = "amp_plan.json"
-
-
-class PlanError(ValueError):
-    pass
 
 
 @dataclass

@@ -11,19 +11,19 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from . import __version__
 from .accounting import compare_stats, model_stats
-from .checkpoint import atomic_directory, write_pruned
+from .checkpoint import write_pruned
 from .config_utils import ConfigError
 from .distributed import make_accelerator
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
 from .families import get_adapter
 from .loading import load_model, resolve_model_path
+from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
 from .reconstruct import ReconstructConfig, reconstruct
 from .selection import (
@@ -83,8 +83,20 @@ class PruneConfig:
     overwrite: bool = False
 
     def __post_init__(self):
+        self.model = expand_user(self.model)
+        self.output = expand_user(self.output)
+        self.scoring.scores_path = expand_user(self.scoring.scores_path)
         if self.method == "dgmr" and self.search.allocation != "adaptive":
             raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation")
+
+
+OVERWRITE = "overwrite=true"  # how the prune/score commands ask to replace an output
+
+
+def config_inputs(config: PruneConfig) -> list[str | None]:
+    """Every local path the run reads: outputs may neither contain nor replace them."""
+    data = [config.scoring.data, config.search_data, config.reconstruct.data]
+    return [config.model, config.scoring.scores_path, *(d.source for d in data if d is not None)]
 
 
 def _accelerator():
@@ -231,9 +243,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     torch.manual_seed(config.seed)
     if config.output is None:
         raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
-    output = Path(config.output)
-    if output.exists() and not config.overwrite and accelerator.is_main_process:
-        raise FileExistsError(f"{output} already exists: choose another output or pass overwrite=true")
+    output = prepare_output(config.output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
     model = load_model(config.model).to(accelerator.device)
     adapter = get_adapter(model)
     processor = load_processor(resolve_model_path(config.model), adapter)
@@ -261,7 +271,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     if reconstruction is not None:
         report["reconstruction"] = reconstruction
     if accelerator.is_main_process:
-        with atomic_directory(output, overwrite=config.overwrite) as staging:
+        with atomic_directory(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE) as staging:
             write_pruned(pruned, staging, plan, extras=[processor] if processor is not None else [])
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     accelerator.wait_for_everyone()
@@ -270,12 +280,13 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
 
 def run_score(config: PruneConfig, output: str, accelerator=None) -> NeuronScores:
     accelerator = accelerator or _accelerator()
+    output = prepare_output(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
     model = load_model(config.model).to(accelerator.device)
     processor = load_processor(resolve_model_path(config.model), get_adapter(model))
     scores = compute_scores(config, model, processor, accelerator)
     if accelerator.is_main_process:
         scores.metadata.setdefault("model", config.model)
-        with atomic_directory(output, overwrite=config.overwrite) as staging:
+        with atomic_directory(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE) as staging:
             scores.save(staging)
     accelerator.wait_for_everyone()
     return scores

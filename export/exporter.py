@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from amp_hf import __version__, atomic_directory, get_adapter
+from amp_hf import __version__, get_adapter
+from amp_hf.outputs import atomic_directory, expand, prepare_output
 from amp_hf.data import default_image_processor
 
 from . import tensorrt
@@ -69,6 +70,7 @@ def export_checkpoint(
     exactly as the model expects.
     """
     options = options or ExportOptions()
+    prepare_output(out_dir, overwrite=overwrite, inputs=[checkpoint], flag="--overwrite")
     model = load_checkpoint(checkpoint)
     return export_model(model, out_dir, options, overwrite=overwrite, source=checkpoint)
 
@@ -87,7 +89,8 @@ def export_model(
     architecture, spec = architecture_spec(model)  # UnsupportedModelError before anything is written
     if next(model.parameters()).dtype != torch.float32:  # trace and validate in float32; leave the caller's model be
         model = copy.deepcopy(model).float()
-    with atomic_directory(out_dir, overwrite=overwrite) as staging, _eval_mode(model):
+    out_dir = expand(out_dir)
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=[source], flag="--overwrite") as staging, _eval_mode(model):
         graphs, profiles = {}, {}
         for graph_spec in spec.graphs:
             graphs[graph_spec.name], profile = _export_one(model, graph_spec, options, staging)

@@ -243,7 +243,7 @@ def test_push_then_load_with_only_transformers(pruned, onnx_dir, hub_client, tmp
     assert code == 0, err
     repo = hub_client.repo(REPO_ID)
     assert len(repo.commits) == 2  # the repo's initial commit + exactly one push commit
-    local_files = {p.name for p in pruned["path"].iterdir()}
+    local_files = {p.name for p in pruned["path"].iterdir() if not p.name.startswith(".")}  # hidden: not pushed
     assert set(repo.files()) == local_files | {"README.md", "width_profile.png", "onnx/model.onnx"} | set(INITIAL_FILES)
     assert repo.files()["model.safetensors"] == (pruned["path"] / "model.safetensors").read_bytes()
 
@@ -346,7 +346,7 @@ def test_dry_run_lists_files_and_sends_nothing(pruned, onnx_dir, hub_client, cap
     assert code == 0
     assert hub_client.state.requests == []
     listed = {line.split()[2] for line in out.splitlines()[1:]}
-    assert listed == {p.name for p in pruned["path"].iterdir()} | {"README.md", "width_profile.png", "onnx/model.onnx"}
+    assert listed == {p.name for p in pruned["path"].iterdir() if not p.name.startswith(".")} | {"README.md", "width_profile.png", "onnx/model.onnx"}
     size = (pruned["path"] / "model.safetensors").stat().st_size
     assert f"{size / 1024:.1f} KiB  model.safetensors" in out
 

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_pruned, read_config
+from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned, read_config
 from ..data import DataError, default_image_processor, load_processor
 from ..families import FamilyAdapter, get_adapter
 from ..loading import load_model, resolve_model_path
-from ..plan import PLAN_FILE, PrunePlan
+from ..plan import PrunePlan
 from ..slicing import hidden_tensor_names
 from .features import FeatureModel
 
@@ -129,8 +129,7 @@ def load_pair(teacher_path: str, student_path: str) -> DistillPair:
     student = load_student(student_path)
     teacher = load_teacher(teacher_path)
     adapter = check_compatible(teacher, student)
-    plan_file = Path(student_path) / PLAN_FILE
-    plan = PrunePlan.load(plan_file) if plan_file.is_file() else None
+    plan = load_plan(student_path, student)  # checked against the student's widths: a stale plan is never copied
     processor = load_pair_processor(student_path, teacher_path, teacher, adapter)
     return DistillPair(teacher=teacher, student=student, adapter=adapter, plan=plan, processor=processor)
 

@@ -22,6 +22,7 @@ from .. import __version__
 from ..checkpoint import load_pruned, save_pruned
 from ..config_utils import ConfigError
 from ..data import DataError, model_inputs, prepare_dataset
+from ..outputs import prepare_output
 from .augment import AugmentedImages, ImageAugmentation
 from .config import DistillConfig
 from .features import FeatureModel, split_features
@@ -79,9 +80,8 @@ def run_distillation(config: DistillConfig, resume: bool = False) -> Path | None
     """
     from accelerate.utils import set_seed
 
-    output = Path(config.output)
-    if output.exists() and not config.overwrite:
-        raise FileExistsError(f"{output} already exists: choose another output or set overwrite=true")
+    output = prepare_output(config.output, overwrite=config.overwrite, flag="overwrite=true",
+                            inputs=[config.teacher, config.student, config.data.source, config.run_path])
     resume_from = resume_checkpoint(config, resume)
     pair = load_checked_pair(config)
     set_seed(config.seed)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..families import MlpStack, resolve
 from ..plan import PrunePlan, top_indices
 
@@ -269,8 +270,8 @@ def _check_reachable(cost: TowerCost, target: float) -> float:
     """The fraction of the cost the MLPs hold; a target at or above it cannot be met by MLP pruning."""
     removable = sum(p * f for p, f in zip(cost.per_neuron, cost.full_widths)) / cost.base_total
     if target >= removable:
-        raise ValueError(
-            f"target_reduction {target:.2f} is more than the MLPs hold ({removable:.2f} of the tower's cost): "
+        raise ConfigError(
+            f"search.target_reduction {target:.2f} is more than the MLPs hold ({removable:.2f} of the tower's cost): "
             "lower it, or set search.target_metric=mlp_params to count MLP parameters only"
         )
     return removable
