@@ -256,10 +256,10 @@ def import_official(
         raise CheckpointError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if layout != "auto" and layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}: choose auto or one of {', '.join(LAYOUTS)}")
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists: choose another output path or pass --overwrite")
-    weights = Path(weights)
+    from .outputs import expand, prepare_output
+
+    output = prepare_output(output, overwrite=overwrite, inputs=[weights, base_name], flag="--overwrite")
+    weights = expand(weights)
     state = read_state_dict(weights)
     base = load_model(base_name)
     adapter = get_adapter(base)
