@@ -351,8 +351,10 @@ def _check_tasks(tasks: Sequence[str], model: nn.Module, text_model: nn.Module |
     if "top1" in tasks and not name.endswith(CLASSIFIER_SUFFIXES):
         raise UnsupportedModelError(f"{name} has no classifier head: use --task knn (or zeroshot for CLIP/SigLIP)")
     image_text = [task for task in tasks if task in ("zeroshot", "retrieval")]
-    if image_text and get_adapter(model).name not in ("clip", "siglip"):
-        raise UnsupportedModelError(f"{'/'.join(image_text)} needs a CLIP or SigLIP model, not {name}: use --task knn")
+    if image_text and not get_adapter(model).image_text:
+        raise UnsupportedModelError(
+            f"{'/'.join(image_text)} needs a CLIP, SigLIP or open_clip model, not {name}: use --task knn"
+        )
     if "retrieval" in tasks or ("zeroshot" in tasks and not has_classifier):
         _text_model(model, text_model)  # raises without a text tower, naming --text-model / --classifier
 
@@ -380,6 +382,8 @@ def _text_model(model: nn.Module, text_model: nn.Module | None) -> nn.Module:
 def _tokenizer(text_model: nn.Module):
     from transformers import AutoTokenizer
 
+    if hasattr(text_model, "get_processor"):  # open_clip: its own tokenizer, from the stored config
+        return text_model.get_processor().tokenizer
     path = getattr(text_model, "name_or_path", "")
     try:
         return AutoTokenizer.from_pretrained(path)

@@ -77,6 +77,7 @@ class FamilyAdapter:
     notes: str = ""
     backbone_class: type | None = None
     neuron_maps: tuple[NeuronMap, ...] = ()
+    image_text: bool = False  # has an image-text embedding space (zero-shot classification, retrieval)
     _amp_to_stock: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -202,6 +203,7 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             modality="image",
             pool=_pooler_output,
             notes="vision tower pruned, text tower untouched; embedding: post-LN CLS before visual_projection",
+            image_text=True,
         ),
         FamilyAdapter(
             name="siglip",
@@ -212,6 +214,7 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             pool=_pooler_output,
             notes="encoder layers pruned; the attention-pooling head's MLP is kept whole; "
             "embedding: the pooling head's output",
+            image_text=True,
         ),
         FamilyAdapter(
             name="dinov2",

@@ -82,11 +82,17 @@ def wrap_open_clip(
     if len(set(widths)) != 1:
         raise OpenCLIPError(f"the open_clip image tower is already pruned (MLP widths {widths}): load its amp-hf folder")
     image_size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    text_cfg = model_cfg.get("text_cfg", {})
+    visual = model.visual
+    hidden_size = visual.trunk.num_features if hasattr(visual, "trunk") else visual.transformer.width
     config = AmpOpenCLIPConfig(
         open_clip_config={"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
         open_clip_model_name=model_name,
         num_hidden_layers=len(layers),
+        hidden_size=int(hidden_size),
         intermediate_size=widths[0],
+        max_position_embeddings=int(text_cfg.get("context_length", 77)),
+        vocab_size=int(text_cfg.get("vocab_size", 49408)),
         image_size=list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size),
         projection_dim=int(model_cfg.get("embed_dim", 0)),
     )
@@ -132,6 +138,7 @@ OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     model_classes={AmpOpenCLIPModel: AmpOpenCLIPModel},
     modality="image",
     pool=_wrapped_pool,
+    image_text=True,
     notes="open_clip CLIP / CustomTextCLIP (native or timm-trunk image tower) through the amp_open_clip wrapper; "
     "image tower pruned, text tower untouched; embedding: the pooled image feature before the projection",
 )

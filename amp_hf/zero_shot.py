@@ -59,7 +59,8 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
 
 def tokenize(tokenizer, texts: Sequence[str], model: nn.Module) -> dict[str, torch.Tensor]:
     """Tokenise as the model was trained: SigLIP pads to the full length, CLIP pads to the longest text."""
-    max_length = model.config.text_config.max_position_embeddings
+    text_config = getattr(model.config, "text_config", model.config)  # CLIP/SigLIP sub-config, or the model's own
+    max_length = text_config.max_position_embeddings
     padding = "max_length" if "Siglip" in type(model).__name__ else True
     return dict(tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="pt"))
 
@@ -95,10 +96,13 @@ def build_text_classifier(
 def classifier_key(model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> str:
     """Cache key: identical for every model sharing the text tower (pruned or not) and prompt set."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(_TEXT_TOWER_PREFIX):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    if hasattr(model, "text_tower_state_dict"):  # open_clip: the text tower is not under one prefix
+        text_tower = model.text_tower_state_dict()
+    else:
+        text_tower = {name: t for name, t in model.state_dict().items() if name.startswith(_TEXT_TOWER_PREFIX)}
+    for name, tensor in sorted(text_tower.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     prompts = [template.format(name) for name in classnames for template in templates]
     digest.update(json.dumps(tokenize(tokenizer, prompts, model)["input_ids"].tolist()).encode())
     digest.update(json.dumps([list(classnames), list(templates)]).encode())

@@ -383,7 +383,7 @@ def test_cli_errors_name_the_fix(digits_vit, clip_setup, tmp_path, capsys):
     checkpoint = str(digits_vit)
     # Tasks the model cannot run fail before anything is embedded.
     assert _cli(["eval", checkpoint, "--task", "knn", "zeroshot", "--output", str(tmp_path / "r.json")]) == 2
-    assert "needs a CLIP or SigLIP model" in capsys.readouterr().err
+    assert "needs a CLIP, SigLIP or open_clip model" in capsys.readouterr().err
     clip_dir = str(clip_setup["data_dir"].parent / "model")
     assert _cli(["eval", clip_dir, "--task", "knn", "top1", "--output", str(tmp_path / "r.json")]) == 2
     assert "no classifier head" in capsys.readouterr().err

@@ -131,3 +131,54 @@ def test_wrap_refuses_what_it_cannot_rebuild():
         amp_hf.wrap_open_clip(clip)
     with pytest.raises(amp_hf.CheckpointError, match="not an open_clip CLIP"):
         amp_hf.wrap_open_clip(torch.nn.Linear(2, 2), model_cfg=NATIVE_CFG)
+
+
+# -- zero-shot evaluation and the CE criterion ------------------------------------------------------------
+
+
+def test_zero_shot_classification_reuses_the_base_text_classifier(native, tmp_path):
+    import torch.nn.functional as F
+
+    from amp_hf.data import DataConfig
+    from amp_hf.evaluate import evaluate_zero_shot
+
+    data = DataConfig(source="digits", num_samples=24, batch_size=12)
+    templates = ("a photo of the number {}.", "a drawing of a {}.")
+    base_results = evaluate_zero_shot(native, data, templates=templates, cache_dir=tmp_path)
+    [cache_file] = list(tmp_path.iterdir())
+    pruned = amp_hf.slice_model(native, uneven_plan(native)).eval()
+    results = evaluate_zero_shot(pruned, data, templates=templates, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == [cache_file]  # same text tower: the cached classifier is reused
+    assert {r.metric for r in results} >= {"top1"}
+    assert all(0.0 <= r.value <= 1.0 for r in base_results + results)
+
+    # the classifier is open_clip's own: normalised mean over templates of encode_text(tokenize(prompt))
+    from amp_hf.zero_shot import load_text_classifier
+
+    classifier, classnames, _ = load_text_classifier(cache_file)
+    tokenizer = native.get_tokenizer()
+    with torch.no_grad():
+        expected = torch.stack([
+            F.normalize(F.normalize(native.open_clip_model.encode_text(tokenizer([t.format(c) for t in templates])),
+                                    dim=-1).mean(0), dim=0)
+            for c in classnames
+        ]).T  # fmt: skip
+    torch.testing.assert_close(classifier, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ce_criterion_uses_zero_shot_prompts(native):
+    import torch.nn.functional as F
+
+    from amp_hf.selection.criteria import CriterionConfig, build_criterion
+
+    classes = ["cat", "dog", "car"]
+    criterion = build_criterion(CriterionConfig(name="ce", class_names=classes))
+    criterion.prepare(native, amp_hf.get_adapter(native), native.get_processor())
+    batch = sample_batch()
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        loss = criterion(native, amp_hf.get_adapter(native), {"pixel_values": batch["pixel_values"], "labels": labels})
+        clip = native.open_clip_model
+        text = clip.encode_text(native.get_tokenizer()([f"a photo of a {c}." for c in classes]), normalize=True)
+        logits = clip.logit_scale.exp() * clip.encode_image(batch["pixel_values"], normalize=True) @ text.T
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels), atol=1e-5, rtol=1e-5)

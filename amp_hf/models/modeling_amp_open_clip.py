@@ -58,16 +58,20 @@ def build_open_clip_model(model_cfg: dict) -> nn.Module:
 
 class AmpOpenCLIPConfig(PreTrainedConfig):
     """``open_clip_config``: {"model_cfg": ..., "preprocess_cfg": ...} as in open_clip's Hub layout.
-    ``num_hidden_layers`` / ``intermediate_size``: the image tower's depth and its unpruned MLP width."""
+    ``num_hidden_layers`` / ``hidden_size`` / ``intermediate_size``: the image tower's depth, width and unpruned
+    MLP width. ``max_position_embeddings`` / ``vocab_size``: the text tower's context length and vocabulary."""
 
     model_type = "amp_open_clip"
     open_clip_config: dict | None = None
     open_clip_model_name: str | None = None  # the open_clip base id (built-in name or hf-hub:org/repo)
     num_hidden_layers: int = 0
+    hidden_size: int = 0
     intermediate_size: int = 0
     image_size: int | list[int] = 224
     num_channels: int = 3
     projection_dim: int = 0
+    max_position_embeddings: int = 77
+    vocab_size: int = 49408
     amp_pruning: dict | None = None
 
     @property
@@ -104,6 +108,58 @@ class OpenCLIPVisionTower(nn.Module):
         return BaseModelOutputWithPooling(
             last_hidden_state=tokens, pooler_output=pooled, hidden_states=(tokens,) if output_hidden_states else None
         )
+
+
+class OpenCLIPTokenizer:
+    """open_clip's tokenizer behind the call signature of a transformers tokenizer. open_clip text towers
+    take exactly ``context_length`` tokens (pad/truncate arguments are accepted and ignored) and find the end
+    token themselves, so only ``input_ids`` is returned."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, return_tensors="pt", **_):
+        texts = [text] if isinstance(text, str) else list(text)
+        return {"input_ids": self.tokenizer(texts)}
+
+
+class OpenCLIPProcessor:
+    """Images -> ``pixel_values`` with open_clip's eval transform, texts -> ``input_ids`` with its tokenizer,
+    both built from an ``open_clip_config`` ({"model_cfg", "preprocess_cfg"})."""
+
+    def __init__(self, open_clip_config: dict):
+        from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        self.open_clip_config = open_clip_config
+        text_cfg = open_clip_config.get("model_cfg", {}).get("text_cfg", {})
+        context_length = int(text_cfg.get("context_length", 77))
+        kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+        if "hf_tokenizer_name" in text_cfg:
+            tokenizer = HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length, **kwargs)
+        else:
+            tokenizer = SimpleTokenizer(context_length=context_length, **kwargs)
+        self.tokenizer = OpenCLIPTokenizer(tokenizer)
+        self.transform = image_transform_v2(PreprocessCfg(**open_clip_config.get("preprocess_cfg", {})), is_train=False)
+
+    @classmethod
+    def from_pretrained(cls, path):
+        with open(os.path.join(path, OPEN_CLIP_CONFIG_FILE)) as handle:
+            return cls(json.load(handle))
+
+    def __call__(self, images=None, text=None, return_tensors="pt", **kwargs):
+        batch = {}
+        if images is not None:
+            images = images if isinstance(images, (list, tuple)) else [images]
+            batch["pixel_values"] = torch.stack([self.transform(image) for image in images])
+        if text is not None:
+            batch.update(self.tokenizer(text))
+        return batch
+
+    def save_pretrained(self, save_directory, **_):
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, OPEN_CLIP_CONFIG_FILE), "w") as handle:
+            json.dump(self.open_clip_config, handle, indent=2)
 
 
 class AmpOpenCLIPPreTrainedModel(PreTrainedModel):
@@ -189,21 +245,26 @@ class AmpOpenCLIPModel(PerLayerMLPWidthsMixin, AmpOpenCLIPPreTrainedModel):
                           text_embeds=text_embeds, image_embeds=image_embeds)  # fmt: skip
 
     # -- open_clip side ----------------------------------------------------------------------------
-    def get_tokenizer(self):
-        """open_clip's tokenizer for this model (as ``open_clip.get_tokenizer`` builds it from the config)."""
-        from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.open_clip_model.logit_scale
 
-        text_cfg = self.config.model_cfg.get("text_cfg", {})
-        kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
-        if "hf_tokenizer_name" in text_cfg:
-            return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=self.config.context_length, **kwargs)
-        return SimpleTokenizer(context_length=self.config.context_length, **kwargs)
+    def get_processor(self) -> OpenCLIPProcessor:
+        """Images and texts as this model was trained on them (open_clip's transform and tokenizer)."""
+        return OpenCLIPProcessor(self.config.open_clip_config)
+
+    def get_tokenizer(self):
+        """open_clip's own tokenizer for this model (``tokenizer(texts)`` -> token-id tensor)."""
+        return self.get_processor().tokenizer.tokenizer
 
     def get_preprocess(self):
         """open_clip's eval image transform for this model (its ``preprocess_cfg``)."""
-        from open_clip.transform import PreprocessCfg, image_transform_v2
+        return self.get_processor().transform
 
-        return image_transform_v2(PreprocessCfg(**self.config.preprocess_cfg), is_train=False)
+    def text_tower_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a zero-shot text classifier depends on: everything outside the image tower."""
+        return {name: tensor for name, tensor in self.state_dict().items()
+                if not name.startswith("open_clip_model.visual.") and "logit_" not in name}  # fmt: skip
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
