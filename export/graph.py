@@ -48,7 +48,7 @@ EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go beside the graph (protob
 def dynamic_axes(spec: GraphSpec, options: ExportOptions) -> dict[str, dict[int, str]]:
     """Per input, the axes left dynamic: the batch; and the sequence of text unless TensorRT-bound."""
     axes = {name: {0: BATCH_AXIS} for name in spec.inputs}
-    if spec.modality == "text" and options.target != "tensorrt":
+    if spec.modality == "text" and options.target != "tensorrt" and not spec.fixed_sequence_length:
         for name in spec.inputs:
             axes[name][1] = SEQUENCE_AXIS
     return axes
@@ -56,6 +56,8 @@ def dynamic_axes(spec: GraphSpec, options: ExportOptions) -> dict[str, dict[int,
 
 def trace_sequence_length(model: nn.Module, spec: GraphSpec, options: ExportOptions) -> int | None:
     """The fixed text length of a TensorRT-profile text graph; None (trace at a short default) otherwise."""
+    if spec.modality == "text" and spec.fixed_sequence_length:
+        return max_sequence_length(model)
     if spec.modality != "text" or options.target != "tensorrt":
         return None
     longest = max_sequence_length(model)

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 from amp_hf import ADAPTERS, CheckpointError, UnsupportedModelError
 from amp_hf.checkpoint import read_config
 from amp_hf.loading import load_model
+from amp_hf.open_clip_family import is_open_clip_folder
 from amp_hf.outputs import expand
 from amp_hf.models import MODEL_CLASSES
 
@@ -30,6 +31,8 @@ def load_checkpoint(path: str | os.PathLike) -> PreTrainedModel:
             f"checkpoint folder {path} does not exist: pass a folder holding config.json and model.safetensors "
             "(a `save_pretrained` / `amp-hf prune` output)"
         )
+    if is_open_clip_folder(path):  # open_clip's Hub layout: wrapped as amp_open_clip
+        return load_model(str(path))
     config = read_config(path)  # CheckpointError for a missing or unreadable config.json
     architecture = (config.get("architectures") or [None])[0]
     architecture = architecture if isinstance(architecture, str) else None

@@ -46,6 +46,7 @@ class GraphSpec:
     forward: Callable[..., dict]
     embedding: Embedding | None = None
     text_padding: Literal["longest", "max_length"] = "longest"  # how the model's tokenizer is meant to pad
+    fixed_sequence_length: bool = False  # text graphs of models that take exactly their context length (open_clip)
 
     @property
     def filename(self) -> str:
@@ -116,6 +117,20 @@ def _siglip_text(model: nn.Module, input_ids: torch.Tensor) -> dict:
         "last_hidden_state": text.last_hidden_state,
         "text_embeds": text.pooler_output,
     }
+
+
+def _open_clip_vision(model: nn.Module, pixel_values: torch.Tensor) -> dict:
+    tower = model.vision_model(pixel_values=pixel_values)  # pooler_output: before the final projection
+    return {
+        "last_hidden_state": tower.last_hidden_state,
+        "pooler_output": tower.pooler_output,
+        "image_embeds": model.project_image(tower.pooler_output),
+    }
+
+
+def _open_clip_text(model: nn.Module, input_ids: torch.Tensor) -> dict:
+    # open_clip pools the end token it finds in the ids (no attention mask) and projects it
+    return {"text_embeds": model.get_text_features(input_ids=input_ids).pooler_output}
 
 
 # -- the table -------------------------------------------------------------------------------------------
@@ -203,6 +218,30 @@ SPECS: dict[str, ArchitectureSpec] = {
             ),
         ),
         zero_shot="sigmoid",
+    ),
+    "AmpOpenCLIPModel": ArchitectureSpec(
+        "zero-shot-image-classification",
+        (
+            GraphSpec(
+                "vision_model",
+                "image",
+                _PIXELS,
+                (*_HIDDEN_AND_POOLED, "image_embeds"),
+                _open_clip_vision,
+                Embedding("image_embeds"),
+            ),
+            GraphSpec(
+                "text_model",
+                "text",
+                ("input_ids",),
+                ("text_embeds",),
+                _open_clip_text,
+                Embedding("text_embeds"),
+                text_padding="max_length",
+                fixed_sequence_length=True,
+            ),
+        ),
+        zero_shot="softmax",
     ),
     "AmpBertModel": ArchitectureSpec(
         "feature-extraction",

@@ -182,3 +182,35 @@ def test_ce_criterion_uses_zero_shot_prompts(native):
         text = clip.encode_text(native.get_tokenizer()([f"a photo of a {c}." for c in classes]), normalize=True)
         logits = clip.logit_scale.exp() * clip.encode_image(batch["pixel_values"], normalize=True) @ text.T
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels), atol=1e-5, rtol=1e-5)
+
+
+# -- ONNX export --------------------------------------------------------------------------------------------
+
+
+def test_onnx_vision_and_text_graphs_match_pytorch(native, tmp_path):
+    import onnxruntime as ort
+
+    from amp_hf.cli import main
+
+    pruned = amp_hf.slice_model(native, uneven_plan(native)).eval()
+    checkpoint = amp_hf.save_pruned(pruned, tmp_path / "pruned", processor=pruned.get_processor())
+    assert main(["export", str(checkpoint), str(tmp_path / "onnx")]) == 0
+    metadata = json.loads((tmp_path / "onnx" / "amp_export.json").read_text())
+    graphs = metadata["graphs"]
+    assert set(graphs) == {"vision_model", "text_model"}
+    for graph in graphs.values():
+        assert all(output["passed"] for output in graph["validation"]["outputs"].values()), graph["validation"]
+    assert graphs["text_model"]["inputs"]["input_ids"]["shape"] == ["batch_size", 16]  # open_clip's context length
+
+    # real prompts through open_clip's tokenizer, one image: the graphs agree with the PyTorch model
+    tokens = pruned.get_tokenizer()(["a photo of a cat", "a diagram"]).numpy()
+    image = sample_batch()["pixel_values"][:1]
+    text_session = ort.InferenceSession(str(tmp_path / "onnx" / "text_model.onnx"), providers=["CPUExecutionProvider"])
+    vision_session = ort.InferenceSession(str(tmp_path / "onnx" / "vision_model.onnx"), providers=["CPUExecutionProvider"])
+    [text_embeds] = text_session.run(["text_embeds"], {"input_ids": tokens})
+    [image_embeds] = vision_session.run(["image_embeds"], {"pixel_values": image.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(text_embeds), pruned.get_text_features(torch.from_numpy(tokens)).pooler_output,
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(torch.from_numpy(image_embeds), pruned.get_image_features(image).pooler_output,
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -72,6 +72,9 @@ class AmpOpenCLIPConfig(PreTrainedConfig):
     projection_dim: int = 0
     max_position_embeddings: int = 77
     vocab_size: int = 49408
+    pad_token_id: int | None = 0  # open_clip's tokenizers pad with 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
     amp_pruning: dict | None = None
 
     @property
@@ -220,6 +223,13 @@ class AmpOpenCLIPModel(PerLayerMLPWidthsMixin, AmpOpenCLIPPreTrainedModel):
 
     def get_input_embeddings(self):
         return None
+
+    def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The image tower's final projection of its pooled feature (what ``encode_image`` ends with)."""
+        visual = self.open_clip_model.visual
+        if hasattr(visual, "trunk"):
+            return visual.head(pooled)
+        return pooled @ visual.proj if visual.proj is not None else pooled
 
     def get_image_features(self, pixel_values: torch.Tensor, **_) -> BaseModelOutputWithPooling:
         return BaseModelOutputWithPooling(pooler_output=self.open_clip_model.encode_image(pixel_values))
