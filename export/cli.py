@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from .errors import ExportError
-from .options import DTYPES, ORT_FUSIONS, QUANTIZATIONS, TARGETS, ExportOptions
+from .options import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    DTYPES,
+    ORT_FUSIONS,
+    QUANTIZATIONS,
+    TARGETS,
+    ExportOptions,
+)
 
 
 def register(subparsers) -> None:
@@ -34,7 +41,20 @@ def register(subparsers) -> None:
     export.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
-        help="int8 weights, activations quantized at run time",
+        help="int8-dynamic: int8 weights, activations quantized at run time; int8-static: QDQ int8 with "
+        "activation ranges calibrated on --calibration-data",
+    )
+    export.add_argument(
+        "--calibration-data",
+        metavar="SOURCE",
+        help="int8-static calibration source, any data.source (fortunes, fashion_mnist, digits, an image folder, "
+        "a save_to_disk folder); held-out examples of it measure the quantization error",
+    )
+    export.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=DEFAULT_CALIBRATION_SAMPLES,
+        help=f"examples to calibrate on (default: {DEFAULT_CALIBRATION_SAMPLES})",
     )
     export.add_argument(
         "--target",
@@ -102,6 +122,8 @@ def _run_export(args) -> int:
         external_data=True if args.external_data else None,
         sequence_length=args.sequence_length,
         tensorrt_batch=args.trt_batch,
+        calibration_data=args.calibration_data,
+        calibration_samples=args.calibration_samples,
     )
     try:
         result = export_checkpoint(args.checkpoint, args.out_dir, options, overwrite=args.overwrite)
@@ -115,6 +137,12 @@ def _run_export(args) -> int:
         print(
             f"{result.path / graph['file']}: validated on {graph['validation']['providers'][0]} (max abs diff: {diffs})"
         )
+        error = graph["validation"].get("quantization_error")
+        if error and "embedding_mean_cosine" in error:
+            print(
+                f"  quantization error on {error['samples']} held-out examples: embedding mean cosine to PyTorch "
+                f"{error['embedding_mean_cosine']:.4f}"
+            )
     if result.metadata["tensorrt"]:
         print(
             f"TensorRT: build with {result.path / 'trtexec.sh'}; ORT TensorRT-EP options in "

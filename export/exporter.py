@@ -27,7 +27,8 @@ from amp_hf.outputs import atomic_directory, expand, prepare_output
 from amp_hf.data import default_image_processor
 
 from . import tensorrt
-from .errors import TensorRTBlockerError
+from .calibration import Calibration, calibration_modality, load_calibration
+from .errors import ExportOptionError, TensorRTBlockerError
 from .graph import BATCH_AXIS, export_graph, save_graph, trace_sequence_length
 from .loading import load_checkpoint
 from .options import ExportOptions
@@ -40,7 +41,12 @@ from .specs import (
     max_sequence_length,
     vision_config,
 )
-from .validation import TOLERANCES, check_structure, compare_with_pytorch
+from .validation import (
+    TOLERANCES,
+    check_structure,
+    compare_with_pytorch,
+    quantization_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +88,22 @@ def export_model(
     overwrite: bool = False,
     source: str | os.PathLike | None = None,
     processors: tuple = (),
+    calibration: Calibration | list[dict] | None = None,
 ) -> ExportResult:
     """Export an in-memory model; ``processors`` (anything with ``save_pretrained``) go into the folder too,
-    as do the processor files of ``source`` (a checkpoint folder) when given."""
+    as do the processor files of ``source`` (a checkpoint folder) when given. ``calibration`` (model-input
+    batches, or a ``Calibration`` with held-out batches) calibrates ``int8-static`` instead of
+    ``options.calibration_data``."""
     options = options or ExportOptions()
     architecture, spec = architecture_spec(model)  # UnsupportedModelError before anything is written
     if next(model.parameters()).dtype != torch.float32:  # trace and validate in float32; leave the caller's model be
         model = copy.deepcopy(model).float()
     out_dir = expand(out_dir)
+    calibration = _calibration(model, spec, options, calibration, source)  # data errors before anything is written
     with atomic_directory(out_dir, overwrite=overwrite, inputs=[source], flag="--overwrite") as staging, _eval_mode(model):
         graphs, profiles = {}, {}
         for graph_spec in spec.graphs:
-            graphs[graph_spec.name], profile = _export_one(model, graph_spec, options, staging)
+            graphs[graph_spec.name], profile = _export_one(model, graph_spec, options, staging, calibration)
             if profile is not None:
                 profiles[graph_spec.name] = profile
         if profiles:
@@ -101,6 +111,7 @@ def export_model(
         preprocessing = _write_preprocessing(model, spec, staging, source, processors)
         model.config.save_pretrained(staging)
         metadata = _metadata(model, architecture, spec, options, graphs, profiles, preprocessing, source)
+        metadata["calibration"] = calibration.describe() if calibration is not None else None
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info(
         "exported %s to %s (%s)",
@@ -109,6 +120,22 @@ def export_model(
         ", ".join(g["file"] for g in graphs.values()),
     )
     return ExportResult(Path(out_dir), metadata)
+
+
+def _calibration(model, spec: ArchitectureSpec, options: ExportOptions, given, source) -> Calibration | None:
+    if options.quantize != "int8-static":
+        if given is not None:
+            raise ExportOptionError("calibration data calibrates --quantize int8-static only")
+        return None
+    calibration_modality(spec)
+    if given is not None:
+        return given if isinstance(given, Calibration) else Calibration(list(given))
+    if options.calibration_data is None:
+        raise ExportOptionError(
+            "--quantize int8-static needs calibration data: pass --calibration-data SOURCE (fortunes, "
+            "fashion_mnist, digits, an image folder, a save_to_disk folder), ideally the data you scored on"
+        )
+    return load_calibration(model, spec, options.calibration_data, options.calibration_samples, source)
 
 
 @contextlib.contextmanager
@@ -121,7 +148,13 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _export_one(model: nn.Module, spec: GraphSpec, options: ExportOptions, directory: Path) -> tuple[dict, dict | None]:
+def _export_one(
+    model: nn.Module,
+    spec: GraphSpec,
+    options: ExportOptions,
+    directory: Path,
+    calibration: Calibration | None = None,
+) -> tuple[dict, dict | None]:
     logger.info(
         "exporting %s (%s, opset %d, %s)",
         spec.filename,
@@ -129,7 +162,7 @@ def _export_one(model: nn.Module, spec: GraphSpec, options: ExportOptions, direc
         options.resolved_opset,
         options.dtype,
     )
-    proto = export_graph(model, spec, options)
+    proto = export_graph(model, spec, options, calibration.batches if calibration is not None else None)
     if options.graph_dtype == "fp16":
         proto = to_float16(proto)
     profile = None
@@ -155,6 +188,16 @@ def _export_one(model: nn.Module, spec: GraphSpec, options: ExportOptions, direc
         "op_counts": _op_counts(graph),
         "validation": {**checks, **comparison},
     }
+    if calibration is not None and calibration.holdout:
+        error = quantization_error(path, model, spec, calibration.holdout)
+        entry["validation"]["quantization_error"] = error
+        logger.info(
+            "%s: int8 vs PyTorch float32 on %d held-out examples of %s: embedding mean cosine %s",
+            spec.filename,
+            error["samples"],
+            calibration.describe()["source"],
+            f"{error['embedding_mean_cosine']:.4f}" if "embedding_mean_cosine" in error else "n/a",
+        )
     if spec.modality == "text":
         entry["text_padding"] = spec.text_padding
         entry["max_sequence_length"] = max_sequence_length(model)

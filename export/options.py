@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .errors import ExportOptionError
 
 DTYPES = ("fp32", "fp16")
 ORT_FUSIONS = ("cpu", "cuda")
-QUANTIZATIONS = ("int8-dynamic",)
+QUANTIZATIONS = ("int8-dynamic", "int8-static")
+DEFAULT_CALIBRATION_SAMPLES = 128
 TARGETS = ("onnx", "tensorrt")
 DEFAULT_OPSET = {
     "onnx": 18,
@@ -27,6 +29,9 @@ class ExportOptions:
     the weights into ``<graph>.onnx.data`` only when they exceed ``EXTERNAL_DATA_BYTES``.
     ``sequence_length`` is the fixed text length of TensorRT-profile text graphs (default: the model's own
     maximum, 128 tokens for BERT-style encoders); ``tensorrt_batch`` is the (min, opt, max) batch profile.
+    ``quantize="int8-static"`` calibrates activation ranges on ``calibration_samples`` examples of the data
+    source ``calibration_data`` (any ``data.source``: ``fortunes``, ``fashion_mnist``, an image folder, ...)
+    and reports the quantization error on held-out examples of the same source.
     """
 
     opset: int | None = None
@@ -37,6 +42,8 @@ class ExportOptions:
     external_data: bool | None = None
     sequence_length: int | None = None
     tensorrt_batch: tuple[int, int, int] = (1, 8, 32)
+    calibration_data: str | None = None
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
 
     def __post_init__(self):
         _choice("dtype", self.dtype, DTYPES)
@@ -48,7 +55,11 @@ class ExportOptions:
         if self.opset is not None and self.opset < MIN_OPSET:
             raise ExportOptionError(f"opset {self.opset} is too old: use {MIN_OPSET} or newer (LayerNormalization)")
         if self.quantize and self.dtype == "fp16":
-            raise ExportOptionError("--quantize int8-dynamic quantizes a float32 graph: drop --dtype fp16")
+            raise ExportOptionError(f"--quantize {self.quantize} quantizes a float32 graph: drop --dtype fp16")
+        if self.calibration_data is not None and self.quantize != "int8-static":
+            raise ExportOptionError("--calibration-data calibrates --quantize int8-static: add it, or drop the data")
+        if self.calibration_samples < 1:
+            raise ExportOptionError(f"--calibration-samples must be positive; got {self.calibration_samples}")
         if self.target == "tensorrt":
             self._check_tensorrt()
         elif self.sequence_length is not None:
@@ -65,10 +76,15 @@ class ExportOptions:
                 "--ort-fusions writes ONNX Runtime contrib ops TensorRT cannot parse: drop it for --target tensorrt "
                 "(TensorRT fuses attention and normalisation itself)"
             )
-        if self.quantize:
+        if self.quantize == "int8-dynamic":
             raise ExportOptionError(
                 "--quantize int8-dynamic emits DynamicQuantizeLinear/MatMulInteger, which TensorRT rejects: "
                 "drop it for --target tensorrt (use TensorRT's own int8 calibration instead)"
+            )
+        if self.quantize:
+            raise ExportOptionError(
+                "--quantize int8-static writes ONNX Runtime's uint8 QDQ layout; TensorRT's explicit quantization "
+                "needs symmetric int8: drop it for --target tensorrt (use TensorRT's own int8 calibration instead)"
             )
         if self.sequence_length is not None and self.sequence_length < 1:
             raise ExportOptionError(f"--sequence-length must be positive; got {self.sequence_length}")
@@ -90,6 +106,10 @@ class ExportOptions:
         values = asdict(self)
         values["tensorrt_batch"] = list(self.tensorrt_batch)
         values["opset"] = self.resolved_opset
+        if self.calibration_data is not None:  # a source name, never a local path (the metadata may be pushed)
+            values["calibration_data"] = Path(self.calibration_data).name
+        else:
+            del values["calibration_samples"]
         return values
 
 

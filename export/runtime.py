@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ExportOptionError
+from .specs import Embedding
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,16 @@ def select_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [name for name in PROVIDER_PREFERENCE if name in available]
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
+    """All graph optimisations; ``threads`` intra-op threads. ``spinning=False`` lets idle worker threads sleep at
+    once instead of busy-waiting for the next run: slower for one session run back to back, but fair when several
+    sessions (or PyTorch) take turns on the same cores, as in the benchmarks."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -57,11 +63,12 @@ def create_session(
     providers: Sequence[str],
     provider_options: dict[str, dict] | None = None,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An inference session over ``providers`` (each with its options from ``provider_options``, if any)."""
     provider_options = provider_options or {}
     entries = [(name, provider_options[name]) if name in provider_options else name for name in providers]
-    return ort.InferenceSession(str(path), session_options(threads), providers=entries)
+    return ort.InferenceSession(str(path), session_options(threads, spinning), providers=entries)
 
 
 class ExportRunner:
@@ -198,13 +205,7 @@ class ExportRunner:
             raise ExportOptionError(
                 f"{self.metadata['architecture']} exports a classification head only: read run()['logits'] instead"
             )
-        output = self.run(graph, **inputs)[embedding["output"]]
-        if embedding["pooling"] == "cls":
-            return output[:, 0]
-        if embedding["pooling"] == "masked_mean":
-            mask = inputs["attention_mask"][..., None].astype(output.dtype)
-            return (output * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        return output
+        return Embedding(**embedding).pool(self.run(graph, **inputs), inputs)
 
     def zero_shot(self, images, labels: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
         """Per image, the probability of each label (CLIP: softmax over labels; SigLIP: independent sigmoids)."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,16 @@ class Embedding:
 
     output: str
     pooling: Literal["none", "cls", "masked_mean"] = "none"
+
+    def pool(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """One embedding per example from a graph's (or the model's) ``outputs`` for ``inputs``."""
+        output = outputs[self.output]
+        if self.pooling == "cls":
+            return output[:, 0]
+        if self.pooling == "masked_mean":
+            mask = np.asarray(inputs["attention_mask"])[..., None].astype(output.dtype)
+            return (output * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        return output
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3),
     "fp16": Tolerance(atol=2e-2, rtol=2e-2),
     "int8-dynamic": Tolerance(atol=0.1, rtol=0.1, relative_to_range=True),
+    "int8-static": Tolerance(atol=0.1, rtol=0.1, relative_to_range=True),
 }
 
 
@@ -123,6 +124,7 @@ def compare_with_pytorch(
         passed = bool(np.all(difference <= atol + tolerance.rtol * np.abs(reference)))
         report[name] = {
             "max_abs_diff": max_diff,
+            "mean_cosine": mean_cosine(actual, reference),
             "atol": atol,
             "rtol": tolerance.rtol,
             "passed": passed,
@@ -141,3 +143,63 @@ def compare_with_pytorch(
         "providers": session.get_providers(),
         "tolerance": asdict(tolerance),
     }
+
+
+def mean_cosine(actual: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over examples (axis 0) of the cosine similarity of each example's flattened values."""
+    a = actual.reshape(len(actual), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean((a * b).sum(axis=1) / np.clip(norms, 1e-12, None))) if len(a) else 1.0
+
+
+def quantization_error(
+    path: Path,
+    model: nn.Module,
+    spec: GraphSpec,
+    batches: list[dict[str, torch.Tensor]],
+) -> dict:
+    """How far a quantized graph is from PyTorch (float32) on real inputs (held-out calibration-source data):
+    max abs difference and mean cosine of every output, and the mean cosine of the embedding users read."""
+    session = create_session(path, ["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    module = GraphModule(model, spec).eval()
+    onnx_parts: dict[str, list] = {name: [] for name in names}
+    torch_parts: dict[str, list] = {name: [] for name in names}
+    embeddings: dict[str, list] = {"onnx": [], "torch": []}
+    for batch in batches:
+        feeds = {name: batch[name].numpy() for name in spec.inputs}
+        onnx_out = dict(zip(names, session.run(names, feeds)))
+        with torch.no_grad():
+            torch_out = {name: value.float().numpy() for name, value in module(**batch_for(spec, batch)).items()}
+        for name in names:  # text outputs differ in length from batch to batch: compare per example
+            onnx_parts[name].extend(_rows(onnx_out[name], feeds))
+            torch_parts[name].extend(_rows(torch_out[name], feeds))
+        if spec.embedding is not None:
+            embeddings["onnx"].append(spec.embedding.pool(onnx_out, feeds))
+            embeddings["torch"].append(spec.embedding.pool(torch_out, feeds))
+    outputs = {}
+    for name in names:
+        pairs = list(zip(onnx_parts[name], torch_parts[name]))
+        outputs[name] = {
+            "max_abs_diff": max((float(np.abs(a - b).max()) for a, b in pairs if a.size), default=0.0),
+            "mean_cosine": float(np.mean([mean_cosine(a[None], b[None]) for a, b in pairs])) if pairs else 1.0,
+        }
+    report = {"samples": sum(len(part) for part in embeddings["onnx"]) or len(onnx_parts[names[0]]),
+              "outputs": outputs}  # fmt: skip
+    if spec.embedding is not None and embeddings["onnx"]:
+        report["embedding_mean_cosine"] = mean_cosine(np.concatenate(embeddings["onnx"]),
+                                                      np.concatenate(embeddings["torch"]))  # fmt: skip
+    return report
+
+
+def batch_for(spec: GraphSpec, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: batch[name] for name in spec.inputs}
+
+
+def _rows(values: np.ndarray, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each example's values; a text graph's per-token outputs keep only the real (unpadded) tokens."""
+    mask = feeds.get("attention_mask")
+    if mask is not None and values.ndim >= 2 and values.shape[:2] == mask.shape:
+        return [row[m.astype(bool)] for row, m in zip(values, mask)]
+    return list(values)

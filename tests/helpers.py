@@ -38,3 +38,39 @@ def accelerate_launch(args: list[str], cwd: Path, num_processes: int = 2, timeou
                 "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "-m", "amp_hf"]
     return subprocess.run(launcher + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def polygraphy_check(graph: Path, batch: int = 2) -> dict:
+    """NVIDIA's polygraphy on an ONNX graph, on CPU: ``inspect model`` (opset, every input / output shape) and
+    ``check lint`` (ONNX checker + a real ONNX Runtime run at ``batch``), each as the CLI users run.
+
+    Returns ``{"opset": int, "io": {name: [dims]}, "lint": report, "lint_passed": bool, "lint_log": str}``; dims
+    are ints or axis names.
+    """
+    import json
+    import re
+    import tempfile
+
+    polygraphy = str(Path(sys.executable).with_name("polygraphy"))
+    inspected = subprocess.run([polygraphy, "inspect", "model", str(graph)], capture_output=True, text=True,
+                               timeout=300, check=False)  # fmt: skip
+    assert inspected.returncode == 0, inspected.stdout + inspected.stderr
+    opset = int(re.search(r"ONNX Opset: (\d+)", inspected.stdout).group(1))
+    io = {}
+    for name, shape in re.findall(r"\{?(\w+) \[dtype=\w+, shape=\(([^)]*)\)\]", inspected.stdout):
+        io[name] = [int(d) if d.strip().isdigit() else d.strip().strip("'") for d in shape.split(",") if d.strip()]
+    shapes = [f"{name}:[{','.join(str(batch if isinstance(d, str) else d) for d in dims)}]"
+              for name, dims in io.items() if name in _graph_inputs(graph)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        report_path = Path(scratch) / "lint.json"
+        linted = subprocess.run([polygraphy, "check", "lint", str(graph), "--input-shapes", *shapes, "-o",
+                                 str(report_path)], capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return {"opset": opset, "io": io, "lint": report, "lint_passed": linted.returncode == 0,
+            "lint_log": linted.stdout + linted.stderr}  # fmt: skip
+
+
+def _graph_inputs(graph: Path) -> set[str]:
+    import onnx
+
+    return {value.name for value in onnx.load(str(graph), load_external_data=False).graph.input}

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 import tiny_models
 import torch
+from helpers import polygraphy_check
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
@@ -32,6 +33,7 @@ from export import (
     ExportOptions,
     ExportRunner,
     ValidationError,
+    calibration,
     export_checkpoint,
     load_checkpoint,
     tensorrt,
@@ -204,8 +206,15 @@ def test_family_exports_and_matches_pytorch(name, exported):
             ExportOptions(quantize="int8-dynamic"),
             lambda proto: {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in proto.graph.node},
         ),
+        (  # calibrated on scikit-learn's digits (8x8 greyscale, resized by the model's processor)
+            ExportOptions(quantize="int8-static", calibration_data="digits", calibration_samples=16),
+            lambda proto: (
+                {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= {n.op_type for n in proto.graph.node}
+                and "DynamicQuantizeLinear" not in {n.op_type for n in proto.graph.node}
+            ),
+        ),
     ],
-    ids=["fp16", "int8-dynamic"],
+    ids=["fp16", "int8-dynamic", "int8-static"],
 )
 def test_precision_variants_run_on_ort_cpu_within_tolerance(options, check_graph, tmp_path):
     checkpoint = save_tiny_checkpoint("dinov2_swiglu", tmp_path / "checkpoint")
@@ -225,6 +234,10 @@ def test_precision_variants_run_on_ort_cpu_within_tolerance(options, check_graph
         assert value.dtype == np.float32  # float32 in and out, whatever the graph computes in
         np.testing.assert_allclose(value, reference, atol=tolerance.atol_for(reference), rtol=tolerance.rtol)
         assert not np.allclose(value, reference, atol=1e-6, rtol=0)  # it really is lower precision
+    if options.quantize == "int8-static":
+        error = result.metadata["graphs"]["model"]["validation"]["quantization_error"]
+        assert error["samples"] == calibration.HOLDOUT_SAMPLES and 0.9 < error["embedding_mean_cosine"] < 1
+        assert result.metadata["calibration"] == {"source": "digits", "samples": 16, "holdout_samples": 32}
 
 
 def _layer_norms_compute_in_fp32(proto: onnx.ModelProto) -> bool:
@@ -250,6 +263,52 @@ def test_cli_export_with_ort_fusions_produces_fused_ops_that_validate(tmp_path, 
         reference,
         atol=1e-4,
     )
+
+
+def test_int8_static_calibrates_on_the_given_source_and_reports_held_out_error(tmp_path, capsys):
+    checkpoint = save_tiny_checkpoint("bert", tmp_path / "checkpoint")
+    generator = np.random.default_rng(0)
+    texts = [" ".join(generator.choice(WORDS[4:], size=generator.integers(2, 12))) for _ in range(48)]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    out = tmp_path / "onnx"
+    code = _cli("export", str(checkpoint), str(out), "--quantize", "int8-static", "--calibration-data", str(data),
+                "--calibration-samples", "16")  # fmt: skip
+    assert code == 0
+    assert "quantization error on 32 held-out examples: embedding mean cosine" in capsys.readouterr().out
+    metadata_text = (out / "amp_export.json").read_text()
+    assert str(data) not in metadata_text  # only the data source's name is recorded, never a local path
+    metadata = json.loads(metadata_text)
+    assert metadata["calibration"] == {"source": "texts.jsonl", "samples": 16, "holdout_samples": 32}
+    assert metadata["options"]["calibration_data"] == "texts.jsonl"
+    proto = onnx.load(str(out / "model.onnx"))
+    # The activation scale of the first quantized matmul input (the embeddings' LayerNorm output) is the
+    # uint8 min/max range of that activation over exactly the 16 calibration texts.
+    model = load_checkpoint(checkpoint)
+    spec = architecture_spec(model)[1]
+    batches = calibration.load_calibration(model, spec, str(data), 16, checkpoint).batches
+    assert sum(len(b["input_ids"]) for b in batches) == 16
+    with torch.no_grad():
+        hidden = torch.cat([model.embeddings(input_ids=b["input_ids"]).flatten() for b in batches])
+    expected_scale = (max(hidden.max().item(), 0) - min(hidden.min().item(), 0)) / 255
+    first_norm = next(n for n in proto.graph.node if n.op_type == "LayerNormalization").output[0]
+    quantize = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == first_norm)
+    scales = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert float(scales[quantize.input[1]]) == pytest.approx(expected_scale, rel=1e-4)
+    # Recomputed independently on fresh inputs: close to PyTorch, but really int8.
+    inputs = fresh_inputs(model, "text", 5, length=9)
+    with torch.no_grad():
+        reference = model(**inputs).last_hidden_state.numpy()
+    actual = ort_outputs(out / "model.onnx", inputs)["last_hidden_state"]
+    assert 0.95 < validation.mean_cosine(actual, reference) < 1 - 1e-7
+
+
+def test_int8_static_refuses_two_tower_models(exported, tmp_path, capsys):
+    checkpoint, _ = exported("clip")
+    out = tmp_path / "onnx"
+    assert _cli("export", str(checkpoint), str(out), "--quantize", "int8-static", "--calibration-data", "digits") == 2
+    assert "calibrates one modality" in capsys.readouterr().err
+    assert no_partial_output(out)
 
 
 # -- TensorRT profile -----------------------------------------------------------------------------------------
@@ -290,6 +349,8 @@ def test_tensorrt_profile_is_static_but_for_batch_and_on_the_allow_list(tmp_path
         "--maxShapes=pixel_values:16x3x32x32 --saveEngine=vision_model.plan --fp16" in script
     )
     assert f"--maxShapes=input_ids:16x{text_length},attention_mask:16x{text_length}" in script
+    for entry in result.metadata["graphs"].values():
+        assert_tensorrt_ready_by_polygraphy(out / entry["file"], opset=17)
     provider_options = json.loads((out / "ort_tensorrt_options.json").read_text())
     assert provider_options["vision_model"]["trt_profile_opt_shapes"] == "pixel_values:4x3x32x32"
     assert provider_options["text_model"]["trt_fp16_enable"] is True
@@ -304,6 +365,33 @@ def test_tensorrt_profile_is_static_but_for_batch_and_on_the_allow_list(tmp_path
         reference,
         atol=1e-4,
     )
+
+
+def assert_tensorrt_ready_by_polygraphy(graph: Path, opset: int) -> None:
+    """NVIDIA's own tool agrees: static shapes but for the batch, the opset, and a clean lint."""
+    checked = polygraphy_check(graph, batch=3)
+    assert checked["opset"] == opset
+    assert checked["io"] and all(
+        dims[0] == "batch_size" and all(isinstance(d, int) for d in dims[1:]) for dims in checked["io"].values()
+    ), checked["io"]
+    assert checked["lint_passed"], checked["lint_log"]
+    assert checked["lint"]["summary"]["failing"] == [] and checked["lint"]["lint_entries"] == []
+
+
+def test_polygraphy_check_catches_dynamic_axes_and_lint_errors(exported, tmp_path):
+    """The polygraphy check can fail: a plain ONNX text graph has a dynamic sequence axis, and a graph adding
+    a float to an int64 tensor fails the lint."""
+    _, out = exported("bert")
+    plain = polygraphy_check(out / "model.onnx")
+    assert plain["io"]["input_ids"] == ["batch_size", "sequence_length"] and plain["lint_passed"]
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch_size", 4])
+    i = onnx.helper.make_tensor_value_info("i", onnx.TensorProto.INT64, ["batch_size", 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch_size", 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["x", "i"], ["y"])], "bad", [x, i], [y])
+    bad = tmp_path / "bad.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), bad)
+    linted = polygraphy_check(bad)
+    assert not linted["lint_passed"] and linted["lint"]["lint_entries"], linted["lint_log"]
 
 
 def test_blocker_report_names_every_problem():
@@ -331,6 +419,9 @@ def test_blocker_report_names_every_problem():
         ({"dtype": "bf16"}, "unknown dtype 'bf16'"),
         ({"opset": 13}, "too old"),
         ({"tensorrt_batch": (8, 1, 32)}, "MIN <= OPT <= MAX"),
+        ({"target": "tensorrt", "quantize": "int8-static"}, "symmetric int8"),
+        ({"calibration_data": "digits"}, "calibrates --quantize int8-static"),
+        ({"quantize": "int8-static", "calibration_samples": 0}, "must be positive"),
     ],
 )
 def test_impossible_option_combinations_are_refused(kwargs, message):
@@ -454,6 +545,7 @@ def test_unsupported_model_is_a_clear_error_from_the_real_cli(tmp_path):
         (["--dtype", "fp8"], "invalid choice: 'fp8'"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["--target", "tensorrt", "--quantize", "int8-dynamic"], "TensorRT rejects"),
+        (["--quantize", "int8-static"], "needs calibration data: pass --calibration-data SOURCE"),
     ],
 )
 def test_unknown_or_conflicting_options_are_clear_errors(args, message, exported, tmp_path, capsys):
