@@ -25,7 +25,7 @@ from .families import get_adapter
 from .loading import load_model, resolve_model_path
 from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
-from .reconstruct import ReconstructConfig, reconstruct
+from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct, search_refit_summary
 from .selection import (
     CriterionConfig,
     CriterionEvaluator,
@@ -88,6 +88,12 @@ class PruneConfig:
         self.scoring.scores_path = expand_user(self.scoring.scores_path)
         if self.method == "dgmr" and self.search.allocation != "adaptive":
             raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation")
+        if self.method == "dgmr" and self.search.reconstruct:
+            raise ValueError("method dgmr keeps a uniform width and runs no search: use reconstruct.enabled=true "
+                             "instead of search.reconstruct")
+        if self.search.reconstruct and self.reconstruct.enabled:
+            raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
+                             "model is the searched one): drop reconstruct.enabled")
 
 
 OVERWRITE = "overwrite=true"  # how the prune/score commands ask to replace an output
@@ -186,21 +192,30 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
     progress = accelerator.is_local_main_process
     details.update(steps=search.steps, delta_e_mode=search.delta_e_mode, acceptance=search.acceptance,
                    search_batches=len(batches),
-                   search_batch_size=global_batch)
+                   search_batch_size=global_batch, reconstruct=search.reconstruct)
+    refit = None
+    if search.reconstruct:  # the refit's statistics: the reconstruction's calibration data, as reconstruct.* sets
+        data = config.reconstruct.calibration_data(config.scoring.data)
+        calibration = list(_loader(data, processor, adapter, model, accelerator, shuffle=True))
+        refit = SearchRefit(model, evaluator, config.reconstruct, search.cache_gb, calibration)
+        details["reconstruct_data"] = f"{data.source}:{data.split}"
     if search.allocation == "adaptive":
         result = adaptive_search(model, scores.abs, evaluator, search.delta_e * scale, search.steps,
-                                 search.round_to, progress=progress, acceptance=search.acceptance)
+                                 search.round_to, progress=progress, acceptance=search.acceptance, refit=refit)
         details["delta_e"] = search.delta_e
     else:
         result, achieved = budget_search(model, scores.abs, evaluator, search.target_reduction, cost, search.steps,
                                          search.round_to, search.tolerance, search.max_budget_iterations,
-                                         upper=scale, acceptance=search.acceptance, progress=progress)
+                                         upper=scale, acceptance=search.acceptance, progress=progress, refit=refit)
         details.update(target_reduction=search.target_reduction, target_metric=search.target_metric,
                        achieved_reduction=achieved, delta_e=result.delta_e / scale)
     details.update(delta_e_nats=result.delta_e, reference_entropy=result.reference_entropy,
                    final_entropy=result.final_entropy)
     plan = PrunePlan(full, result.kept, config.method, details)
-    return plan, {"search_log": result.log, "evaluations": result.evaluations}
+    info = {"search_log": result.log, "evaluations": result.evaluations}
+    if refit is not None:
+        info.update(search_refit=result.refit, output_projections=result.projections)
+    return plan, info
 
 
 def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores) -> dict:
@@ -222,8 +237,13 @@ def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores
 
 
 def slice_and_reconstruct(config: PruneConfig, model, plan: PrunePlan, amp_pruning: dict, processor,
-                          accelerator) -> tuple[torch.nn.Module, dict | None]:
-    """The pruned model: plainly sliced, or (``reconstruct.enabled``) with refit output projections."""
+                          accelerator, search_info: dict | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """The pruned model: plainly sliced, or (``reconstruct.enabled``) with refit output projections, or
+    (``search.reconstruct``) with the output projections the search refit."""
+    if search_info is not None and "output_projections" in search_info:
+        pruned = slice_model(model, plan, amp_pruning)
+        refit = install_search_refit(pruned, search_info.pop("output_projections"), search_info.pop("search_refit"))
+        return pruned, {"summary": search_refit_summary(refit), **refit}
     if not config.reconstruct.enabled:
         return slice_model(model, plan, amp_pruning), None
     data = config.reconstruct.calibration_data(config.scoring.data)
@@ -251,7 +271,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     scores = scores or compute_scores(config, model, processor, accelerator)
     plan, search_info = allocate(config, model, scores, processor, accelerator)
     pruned, reconstruction = slice_and_reconstruct(config, model, plan, provenance(config, model, plan, scores),
-                                                   processor, accelerator)
+                                                   processor, accelerator, search_info)
     before, after = model_stats(model), model_stats(pruned)
     pruned.config.amp_pruning.update(params_before=before["params_tower"], params_after=after["params_tower"],
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])

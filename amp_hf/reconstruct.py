@@ -36,7 +36,7 @@ from .data import DataConfig, DataError, model_inputs
 from .families import MlpStack, resolve
 from .layer_stack import run_layer
 from .plan import PrunePlan
-from .refit import accumulate_gram, new_gram, refit_output_projection
+from .refit import RefitResult, accumulate_gram, new_gram, refit_output_projection
 from .selection import CRITERIA, CriterionConfig, CriterionEvaluator, build_criterion
 from .slicing import slice_model
 
@@ -144,6 +144,74 @@ class ReconstructionReport:
         }
 
 
+class _InputCaptured(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+@torch.no_grad()
+def _layer_input(stack: MlpStack, index: int, batch: dict) -> torch.Tensor:
+    """The input of layer ``index`` for ``batch`` (a forward pass stopped there)."""
+
+    def capture(module, args):
+        raise _InputCaptured(args[0])
+
+    handle = stack.layers[index].register_forward_pre_hook(capture)
+    try:
+        stack.backbone(**model_inputs(batch))
+    except _InputCaptured as captured:
+        return captured.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"layer {index} of {type(stack.model).__name__} did not run in the forward pass")
+
+
+def _output(stack: MlpStack, index: int) -> nn.Linear:
+    layer, neuron_map = stack.mlps()[index]
+    return neuron_map.output(layer)
+
+
+@torch.no_grad()
+def projection_grams(model: nn.Module | MlpStack, index: int, batches: Sequence[dict], inputs: Sequence | None,
+                     is_fit: Sequence[bool], accelerator=None, keep_outputs: bool = False):
+    """Fit and held-out Gram matrices (``refit.new_gram``) of the input of layer ``index``'s MLP output
+    projection, summed over the batches marked fit / held out and all-reduced across processes; and the
+    layer's outputs when ``keep_outputs`` (else Nones).
+
+    ``inputs``: each batch's input to the layer (None entries, or ``inputs=None``: computed by a forward pass
+    through the layers before it).
+    """
+    stack = resolve(model)
+    width = _output(stack, index).in_features
+    device = next(stack.model.parameters()).device
+    grams = {True: new_gram(width, device), False: new_gram(width, device)}
+    outputs = []
+    for position, (batch, fit) in enumerate(zip(batches, is_fit)):
+        hidden = inputs[position] if inputs is not None else None
+        if hidden is None and index > 0:
+            hidden = _layer_input(stack, index, batch)
+
+        def collect(h, batch=batch, gram=grams[fit]):
+            accumulate_gram(gram, h, _token_mask(batch, h))
+
+        output = run_layer(stack, index, batch, hidden, collect)
+        outputs.append(output if keep_outputs else None)
+    fit, heldout = (_reduce(grams[k], accelerator).cpu() for k in (True, False))
+    return fit, heldout, outputs
+
+
+def corrected_projection(original: nn.Linear, kept: Sequence[int], delta: torch.Tensor):
+    """(weight, bias) of the sliced output projection plus the refit correction ``delta`` (``refit`` layout:
+    kept columns, then the bias), in ``original``'s dtype and device."""
+    weight = original.weight.detach().to("cpu", torch.float64)[:, list(kept)] + delta[:, : len(kept)]
+    bias = None
+    if original.bias is not None:
+        bias = (original.bias.detach().to("cpu", torch.float64) + delta[:, len(kept)]).to(
+            original.bias.device, original.bias.dtype)
+    return weight.to(original.weight.device, original.weight.dtype), bias
+
+
 def _token_mask(batch: dict, hidden: torch.Tensor) -> torch.Tensor | None:
     """Text encoders: the attention mask (padding tokens do not count); images: every token counts."""
     mask = batch.get("attention_mask")
@@ -221,44 +289,24 @@ class _Refitter:
         self.versions: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self.tokens = (0, 0)
 
-    @staticmethod
-    def _output(stack: MlpStack, index: int) -> nn.Linear:
-        layer, neuron_map = stack.mlps()[index]
-        return neuron_map.output(layer)
-
     def grams(self, index: int, inputs: list) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Fit and held-out Gram matrices of layer ``index`` of the original model on ``inputs``, and the
         original layer's outputs (kept only in independent mode, where they feed the next layer)."""
-        width = self.plan.original_widths[index]
-        device = next(self.model.model.parameters()).device
-        grams = {True: new_gram(width, device), False: new_gram(width, device)}
-        outputs = []
-        for batch, hidden, is_fit in zip(self.batches, inputs, self.is_fit):
-            def collect(h, batch=batch, gram=grams[is_fit]):
-                accumulate_gram(gram, h, _token_mask(batch, h))
-
-            output = run_layer(self.model, index, batch, hidden, collect)
-            outputs.append(output if self.config.mode == "independent" else None)
-        fit, heldout = (_reduce(grams[k], self.accelerator).cpu() for k in (True, False))
-        return fit, heldout, outputs
+        return projection_grams(self.model, index, self.batches, inputs, self.is_fit, self.accelerator,
+                                keep_outputs=self.config.mode == "independent")
 
     def refit_layer(self, index: int, gram_fit: torch.Tensor, gram_heldout: torch.Tensor) -> LayerReport:
-        original = self._output(self.model, index)
+        original = _output(self.model, index)
         kept = self.plan.kept[index]
         result = refit_output_projection(original.weight, original.bias, kept, gram_fit, gram_heldout,
                                          self.config.dampings)
         for note in result.notes:
             logger.warning("reconstruct layer %d: %s", index, note)
         if result.delta is not None:
-            target = self._output(self.pruned, index)
-            weight = original.weight.detach().to("cpu", torch.float64)[:, kept] + result.delta[:, : len(kept)]
-            bias = None
-            if target.bias is not None:
-                bias = (original.bias.detach().to("cpu", torch.float64) + result.delta[:, len(kept)]).to(
-                    target.bias.device, target.bias.dtype)
+            target = _output(self.pruned, index)
             self.versions[index] = {
-                "sliced": (target.weight.detach().clone(), None if bias is None else target.bias.detach().clone()),
-                "reconstructed": (weight.to(target.weight.device, target.weight.dtype), bias),
+                "sliced": (target.weight.detach().clone(), None if target.bias is None else target.bias.detach().clone()),
+                "reconstructed": corrected_projection(original, kept, result.delta),
             }
             self.install(index, "reconstructed")
         return LayerReport(
@@ -286,10 +334,131 @@ class _Refitter:
     @torch.no_grad()
     def install(self, index: int, version: Literal["sliced", "reconstructed"]) -> None:
         weight, bias = self.versions[index][version]
-        target = self._output(self.pruned, index)
+        target = _output(self.pruned, index)
         target.weight.copy_(weight)
         if bias is not None:
             target.bias.copy_(bias)
+
+
+class SearchRefit:
+    """The refit inside AMP's search (``search.reconstruct``): for every candidate width of the searched layer,
+    the closed-form refit of its output projection, so the criterion is measured on the refit model.
+
+    The search runs last to first, so when layer l is searched everything before it is the original network:
+    its Gram statistics come from cached layer inputs (the original activations, as in ``mode=independent``),
+    once per layer, fit on the calibration ``batches`` (default: the evaluator's search batches) minus the
+    held-out ones (``heldout_fraction``), damping chosen on the held-out ones; each candidate is then one small
+    solve. The
+    statistics and solves are kept for the budget mode's repeated searches (within ``memory_gb``) and are
+    all-reduced across processes like the evaluator's criterion, so N processes find the 1-process answer.
+    ``guard`` (``end_to_end_check``): the search also evaluates the accepted width plainly sliced and keeps the
+    slice when it is closer to the reference by more than ``revert_margin`` of its gap.
+    """
+
+    def __init__(self, model: nn.Module | MlpStack, evaluator: CriterionEvaluator,
+                 config: ReconstructConfig | None = None, memory_gb: float = 4.0,
+                 batches: Sequence[dict] | None = None):
+        self.stack, self.evaluator = resolve(model), evaluator
+        self.config = config or ReconstructConfig(enabled=True)
+        # Where the layer inputs come from: the evaluator's own cache, or a cache of the calibration batches
+        # (filled by one pass of the original model before the first layer is searched).
+        self.inputs = evaluator if batches is None else CriterionEvaluator(
+            self.stack, None, list(batches), evaluator.accelerator, memory_gb)
+        fit, heldout = split_heldout(self.inputs.batches, self.config.heldout_fraction)
+        self.is_fit = [True] * len(fit) + [False] * len(heldout)
+        self.guard = self.config.end_to_end_check
+        self.memory = memory_gb * 2**30
+        self._grams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._solutions: dict[tuple[int, tuple[int, ...]], tuple[tuple | None, RefitResult]] = {}
+        self._cache_tried = False
+        self.tokens = (0, 0)
+
+    def prepare(self, layer: int) -> None:
+        """Gram statistics of ``layer``; call it while that layer and every layer before it are original."""
+        if layer in self._grams:
+            return
+        if self.inputs.layer_inputs is None and self.inputs is not self.evaluator and not self._cache_tried:
+            self._cache_tried = True
+            self.inputs.cache_inputs()  # false when over the memory budget: prefix passes per layer instead
+        cached = self.inputs.layer_inputs
+        fit, heldout, _ = projection_grams(self.stack, layer, self.inputs.batches,
+                                           cached[layer] if cached is not None else None, self.is_fit,
+                                           self.evaluator.accelerator)
+        self.tokens = (int(fit[-1, -1]), int(heldout[-1, -1]))
+        size = 2 * fit.numel() * fit.element_size()
+        for other in [k for k in self._grams if k != layer]:  # keep the newest statistics within the budget
+            if size * (len(self._grams) + 1) <= self.memory:
+                break
+            del self._grams[other]
+        self._grams[layer] = (fit, heldout)
+
+    def _solve(self, layer: int, kept: list[int], full: nn.Linear) -> tuple[tuple | None, RefitResult]:
+        key = (layer, tuple(kept))
+        if key not in self._solutions:
+            if layer not in self._grams:
+                raise RuntimeError(f"SearchRefit.prepare({layer}) must run before the layer's candidates")
+            fit, heldout = self._grams[layer]
+            result = refit_output_projection(full.weight, full.bias, kept, fit, heldout, self.config.dampings)
+            projection = corrected_projection(full, kept, result.delta) if result.delta is not None else None
+            if len(self._solutions) * full.weight.numel() * full.weight.element_size() > self.memory:
+                self._solutions.clear()
+            self._solutions[key] = (projection, result)
+        return self._solutions[key]
+
+    def projection(self, layer: int, kept: list[int], full: nn.Linear) -> tuple | None:
+        """(weight, bias) of the refit output projection keeping ``kept`` (ascending) of ``full``'s inputs; None
+        when the refit would not beat plain slicing on the held-out tokens (or keeps every neuron)."""
+        return self._solve(layer, kept, full)[0]
+
+    def prefers_sliced(self, sliced: float, refit: float, reference: float) -> bool:
+        """The guard: plain slicing is closer to the reference by more than the margin of its own gap."""
+        required = self.config.revert_margin * abs(sliced - reference)
+        return abs(sliced - reference) < abs(refit - reference) - required
+
+    def report(self, layer: int, kept: list[int], refit: bool) -> dict:
+        """The chosen state of ``layer``: whether it holds the refit, its damping and held-out errors."""
+        key = (layer, tuple(kept))
+        result = self._solutions[key][1] if key in self._solutions else None
+        reason = None if refit else (result.reason if result is not None and result.reason else
+                                     "end-to-end: plain slicing is closer to the reference" if result is not None
+                                     else "keeps every neuron")
+        return {"layer": layer, "width": len(kept), "status": "reconstructed" if refit else "sliced",
+                "reason": reason, "damping": result.damping if result is not None and refit else None,
+                "error_sliced": result.error_sliced if result is not None else None,
+                "error_reconstructed": result.error_refit if result is not None and refit else None,
+                "notes": list(result.notes) if result is not None else []}
+
+
+@torch.no_grad()
+def install_search_refit(pruned: nn.Module, projections: dict[int, tuple], layers: list[dict]) -> dict:
+    """Put the output projections the search refit (``SearchRefit``; ``layers``: its per-layer reports) into
+    the sliced model ``pruned`` and record them in its provenance; returns that provenance."""
+    stack = resolve(pruned)
+    for index, (weight, bias) in projections.items():
+        linear = _output(stack, index)
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    provenance = {
+        "mode": "in_search",
+        "kept": "reconstructed" if projections else "sliced",
+        "layers_reconstructed": sorted(projections),
+        "damping": [layer["damping"] for layer in layers],
+        "layer_fallbacks": {str(layer["layer"]): layer["reason"] for layer in layers if layer["status"] == "sliced"},
+        "heldout_error": {
+            "sliced": [layer["error_sliced"] for layer in layers],
+            "reconstructed": [layer["error_sliced"] if layer["error_reconstructed"] is None
+                              else layer["error_reconstructed"] for layer in layers],
+        },
+    }
+    pruned.config.amp_pruning["reconstruction"] = provenance
+    return {**provenance, "layers": layers}
+
+
+def search_refit_summary(refit: dict) -> str:
+    """One line for the command line."""
+    return (f"reconstruction (in the search): {len(refit['layers_reconstructed'])}/{len(refit['damping'])} layers "
+            "refit; the saved model is the one the search evaluated")
 
 
 def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict,

@@ -39,3 +39,44 @@ def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=
         if best_value is not None:
             reference = best_value
     return widths
+
+
+def oracle_refit_search(model, scores, batches, criterion, delta_e, steps=6, heldout_fraction=0.25,
+                        acceptance="rise"):
+    """The reconstruction-aware search by definition: every candidate is the whole model sliced and then
+    reconstructed (``amp_hf.reconstruct``, independent mode: each layer fit on the original network's
+    activations, as the search sees them; no end-to-end fallback), run end to end. Returns the widths and the
+    final reconstructed model."""
+    from amp_hf.reconstruct import ReconstructConfig, reconstruct
+
+    adapter = amp_hf.get_adapter(model)
+    full = adapter.widths(model)
+    order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
+    config = ReconstructConfig(enabled=True, mode="independent", end_to_end_check=False,
+                               heldout_fraction=heldout_fraction)
+
+    def rebuild(widths):
+        plan = amp_hf.PrunePlan(full, [order[i][:w].tolist() for i, w in enumerate(widths)])
+        return reconstruct(model, plan, batches, config, criterion=criterion)[0]
+
+    def entropy(widths):
+        rebuilt = rebuild(widths)
+        with torch.no_grad():
+            return float(torch.stack([criterion(rebuilt, adapter, b).double() for b in batches]).mean())
+
+    widths = list(full)
+    reference = entropy(widths)
+    for layer in range(len(full) - 1, -1, -1):
+        lo, hi, best, best_value = 0, full[layer], full[layer], None
+        for _ in range(steps):
+            width = round_width((lo + hi) // 2, full[layer], 1)
+            value = entropy(widths[:layer] + [width] + widths[layer + 1:])
+            rise = value - reference
+            if rise <= delta_e if acceptance == "rise" else abs(rise) <= delta_e:
+                hi, best, best_value = width, width, value
+            else:
+                lo = width
+        widths[layer] = best
+        if best_value is not None:
+            reference = best_value
+    return widths, rebuild(widths), reference

@@ -38,6 +38,10 @@ class SearchConfig:
     max_budget_iterations: int = 14
     round_to: int = 1  # every kept width a multiple of this (8/64 suit GPU GEMMs and TensorRT)
     cache_gb: float = 4.0  # memory for cached layer inputs (fast search); above it, full passes
+    # adaptive/budget: evaluate every candidate width after the closed-form refit of that layer's output
+    # projection (the ``reconstruct`` section's damping and held-out settings), so ΔE is measured on the model
+    # that is saved; the refit weights found by the search are the ones saved.
+    reconstruct: bool = False
 
     def __post_init__(self):
         if self.steps < 1:
@@ -46,6 +50,13 @@ class SearchConfig:
             raise ValueError("search.round_to must be >= 1")
         if self.delta_e < 0:
             raise ValueError("search.delta_e must be >= 0")
+        if self.reconstruct and self.allocation in ("uniform", "global"):
+            # Their widths and kept neurons come from the scores alone, so a refit in the loop would keep the
+            # same neurons as refitting afterwards; that is reconstruct.enabled (mode=independent).
+            raise ValueError(
+                f"search.reconstruct applies to search.allocation=adaptive or budget; allocation={self.allocation} "
+                "does not evaluate candidates, so the refit cannot change its choice: use reconstruct.enabled=true"
+            )
         if self.allocation != "adaptive":
             if self.target_reduction is None or not 0 < self.target_reduction < 1:
                 raise ValueError(
@@ -125,11 +136,22 @@ class LayerWidthSwapper:
     def kept(self, layer_index: int, width: int) -> list[int]:
         return sorted(self.orders[layer_index][:width].tolist())
 
-    def install(self, layer_index: int, width: int) -> None:
+    def full_output(self, layer_index: int) -> nn.Linear:
+        """The layer's original (full-width) MLP output projection."""
+        return self.full[layer_index][self.mlps[layer_index][1].columns]
+
+    def install(self, layer_index: int, width: int, output: tuple | None = None) -> None:
+        """Install the top-``width`` neurons; ``output``: (weight, bias) replacing the sliced output projection's
+        (a refit), in the kept neurons' ascending order."""
         layer, neuron_map = self.mlps[layer_index]
         full = self.full[layer_index]
         device = next(iter(full.values())).weight.device
         neuron_map.install(layer, full, torch.as_tensor(self.kept(layer_index, width)).to(device))
+        if output is not None:
+            projection = neuron_map.output(layer)
+            projection.weight.data = output[0]
+            if output[1] is not None:
+                projection.bias.data = output[1]  # a new tensor: the full layer's bias is shared, never written
 
     def restore(self) -> None:
         for (layer, neuron_map), modules in zip(self.mlps, self.full):
@@ -158,6 +180,10 @@ class SearchResult:
     kept: list[list[int]] = field(default_factory=list)
     log: list[dict] = field(default_factory=list)
     evaluations: int = 0
+    # search.reconstruct: the refit output projections (weight, bias) of the layers that hold one, and every
+    # layer's refit report (status, damping, held-out errors)
+    projections: dict[int, tuple] = field(default_factory=dict)
+    refit: list[dict] = field(default_factory=list)
 
 
 def accepts(value: float, reference: float, delta_e: float, acceptance: str = "rise") -> bool:
@@ -170,7 +196,8 @@ def accepts(value: float, reference: float, delta_e: float, acceptance: str = "r
 
 
 def adaptive_search(model: nn.Module | MlpStack, scores, evaluator, delta_e: float, steps: int = 6, round_to: int = 1,
-                    progress: bool = True, memo: dict | None = None, acceptance: str = "rise") -> SearchResult:
+                    progress: bool = True, memo: dict | None = None, acceptance: str = "rise",
+                    refit=None) -> SearchResult:
     """AMP §1.5: layers last -> first, ``steps`` halvings each; a candidate is accepted when the criterion
     rises by at most ``delta_e`` over the chained reference (the last accepted value); with
     ``acceptance="change"``, when it moves by at most ``delta_e`` either way.
@@ -178,6 +205,11 @@ def adaptive_search(model: nn.Module | MlpStack, scores, evaluator, delta_e: flo
     ``memo``: criterion values by network state, shared by searches over the same model, scores and batches
     (budget mode's ΔE bisection): a candidate's value depends only on the searched layer, its width and the
     widths already chosen above it, so a state another search has evaluated is not evaluated again.
+
+    ``refit`` (``amp_hf.reconstruct.SearchRefit``, ``search.reconstruct``): every candidate is evaluated with
+    its output projection refit in closed form; with the refit's end-to-end guard, the accepted width is also
+    evaluated plainly sliced and keeps whichever is closer to the reference. The result's last accepted value
+    is then the criterion of exactly the model the result describes (widths, ``projections``).
     """
     stack = resolve(model)
     widths = stack.widths()
@@ -193,36 +225,71 @@ def adaptive_search(model: nn.Module | MlpStack, scores, evaluator, delta_e: flo
     first_reference = reference
     log = []
     chosen = list(widths)
+    # the memo's state of a layer: its width, plus (with refit) whether it holds the refit or the plain slice
+    states: list = list(widths) if refit is None else [(w, "sliced") for w in widths]
+    projections: dict[int, tuple] = {}
+    reports: list[dict] = [{} for _ in widths]
     with candidate_widths(stack, scores) as swapper:
+
+        def install(layer: int, width: int, version: str = "refit") -> tuple:
+            """Install a candidate; returns its memo state (and the projection it holds, if refit)."""
+            projection = None
+            if refit is not None and version == "refit":
+                projection = refit.projection(layer, swapper.kept(layer, width), swapper.full_output(layer))
+            swapper.install(layer, width, projection)
+            if refit is None:
+                return width, None
+            return (width, "refit" if projection is not None else "sliced"), projection
+
         for layer in tqdm(range(len(widths) - 1, -1, -1), desc="AMP search", disable=not progress):
+            if refit is not None:
+                refit.prepare(layer)  # statistics of this layer's inputs: everything up to it is still original
             full = widths[layer]
             lo, hi, best, best_value = 0, full, full, None
             for step in range(steps):
                 width = round_width((lo + hi) // 2, full, round_to)
-                swapper.install(layer, width)
-                value = evaluate((layer, width, *chosen[layer + 1:]), layer if fast else 0)
+                state, projection = install(layer, width)
+                value = evaluate((layer, state, *states[layer + 1:]), layer if fast else 0)
                 accepted = accepts(value, reference, delta_e, acceptance)
-                log.append({"layer": layer, "step": step, "width": width, "entropy": value, "accepted": accepted})
+                entry = {"layer": layer, "step": step, "width": width, "entropy": value, "accepted": accepted}
+                if refit is not None:
+                    entry["refit"] = projection is not None
+                log.append(entry)
                 if accepted:
                     hi, best, best_value = width, width, value
                 else:
                     lo = width
-            swapper.install(layer, best)
-            chosen[layer] = best
+            state, projection = install(layer, best)
+            if refit is not None and projection is not None and best_value is not None and refit.guard:
+                sliced_state, _ = install(layer, best, "sliced")
+                value = evaluate((layer, sliced_state, *states[layer + 1:]), layer if fast else 0)
+                if accepts(value, reference, delta_e, acceptance) and refit.prefers_sliced(value, best_value, reference):
+                    state, projection, best_value = sliced_state, None, value
+                else:
+                    install(layer, best)
+                log.append({"layer": layer, "step": "guard", "width": best, "entropy": value,
+                            "kept": "refit" if projection is not None else "sliced"})
+            chosen[layer], states[layer] = best, state
+            if projection is not None:
+                projections[layer] = projection
+            if refit is not None:
+                reports[layer] = refit.report(layer, swapper.kept(layer, best), projection is not None)
             if best_value is not None:
                 reference = best_value
         kept = [swapper.kept(i, w) for i, w in enumerate(chosen)]
-    return SearchResult(chosen, first_reference, reference, delta_e, kept, log, evaluator.evaluations)
+    return SearchResult(chosen, first_reference, reference, delta_e, kept, log, evaluator.evaluations,
+                        projections, reports if refit is not None else [])
 
 
 def budget_search(model, scores, evaluator, target: float, cost: TowerCost, steps: int = 6, round_to: int = 1,
                   tolerance: float = 0.02, max_iterations: int = 14, upper: float | None = None,
-                  share_evaluations: bool = True, acceptance: str = "rise", progress: bool = True):
+                  share_evaluations: bool = True, acceptance: str = "rise", progress: bool = True, refit=None):
     """Find the ΔE whose adaptive search removes ``target`` of the tower's cost (within ``tolerance``).
 
     Bisection on log ΔE; the achieved reduction grows with ΔE. Returns the closest result if the tolerance
     cannot be met at the width resolution (a warning says so). ``share_evaluations``: the searches share one
-    memo of evaluated states (same answer, fewer passes; off only to measure the saving).
+    memo of evaluated states (same answer, fewer passes; off only to measure the saving). ``refit``: as in
+    ``adaptive_search`` (its statistics and solves are shared by the searches too).
     """
     if not evaluator.layer_inputs:
         evaluator.cache_inputs()
@@ -234,7 +301,7 @@ def budget_search(model, scores, evaluator, target: float, cost: TowerCost, step
     for iteration in range(max_iterations):
         delta_e = math.sqrt(low * high) if iteration else high
         result = adaptive_search(model, scores, evaluator, delta_e, steps, round_to, progress=False,
-                                 memo=memo if share_evaluations else None, acceptance=acceptance)
+                                 memo=memo if share_evaluations else None, acceptance=acceptance, refit=refit)
         achieved = cost.reduction(result.widths)
         history.append({"delta_e": delta_e, "reduction": achieved, "widths": result.widths})
         logger.info("budget search: ΔE=%.3g removes %.1f%% (target %.1f%%)", delta_e, 100 * achieved, 100 * target)

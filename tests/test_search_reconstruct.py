@@ -1,0 +1,177 @@
+"""Reconstruction-aware search (search.reconstruct): candidates are evaluated after the closed-form refit of
+their output projection. Checked against the definition (every candidate sliced and reconstructed from
+scratch), keep-all = identity, budget mode, the saved model = the searched model, and 2 processes = 1."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from helpers import REPO, accelerate_launch
+from oracle_search import oracle_refit_search
+from safetensors.torch import load_file
+from tiny_models import build
+
+import amp_hf
+from amp_hf.cli import main
+from amp_hf.families import resolve
+from amp_hf.reconstruct import ReconstructConfig, SearchRefit
+from amp_hf.selection import (
+    CriterionConfig,
+    CriterionEvaluator,
+    adaptive_search,
+    budget_search,
+    build_criterion,
+    taylor_scores,
+    tower_cost,
+)
+
+RAW = ReconstructConfig(enabled=True, end_to_end_check=False)  # the refit alone, no end-to-end guard
+
+
+def image_batches(model, count=4, size=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    config = amp_hf.get_adapter(model).backbone(model).config
+    return [{"pixel_values": torch.randn(size, 3, config.image_size, config.image_size, generator=generator)}
+            for _ in range(count)]
+
+
+def text_batches(count=4, size=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        mask = torch.ones(size, 12, dtype=torch.long)
+        mask[: size // 2, 8:] = 0  # padding tokens must not enter the statistics
+        batches.append({"input_ids": torch.randint(1, 99, (size, 12), generator=generator), "attention_mask": mask})
+    return batches
+
+
+def setup(name, count=4):
+    model = build(name).eval()
+    batches = text_batches(count) if name == "bert" else image_batches(model, count)
+    criterion = build_criterion(CriterionConfig(name="entropy", temp_inv=15.0))
+    return model, batches, criterion, taylor_scores(model, batches, criterion).abs
+
+
+def output_linear(model, layer):
+    module, neuron_map = resolve(model).mlps()[layer]
+    return neuron_map.output(module)
+
+
+@pytest.mark.parametrize("name, delta_e", [("vit", 0.002), pytest.param("bert", 0.002, marks=pytest.mark.slow)])
+def test_search_evaluates_the_reconstructed_model_by_definition(name, delta_e):
+    model, batches, criterion, scores = setup(name)
+    evaluator = CriterionEvaluator(model, criterion, batches)
+    result = adaptive_search(model, scores, evaluator, delta_e, progress=False, refit=SearchRefit(model, evaluator, RAW))
+    widths, rebuilt, final = oracle_refit_search(model, scores, batches, criterion, delta_e)
+    assert result.widths == widths
+    full = amp_hf.get_adapter(model).widths(model)
+    assert result.widths != full and result.projections  # something was pruned and refit
+    assert result.final_entropy == pytest.approx(final, rel=1e-6, abs=1e-9)
+    for layer, (weight, bias) in result.projections.items():  # the very weights reconstruction computes
+        torch.testing.assert_close(weight, output_linear(rebuilt, layer).weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bias, output_linear(rebuilt, layer).bias, rtol=1e-5, atol=1e-6)
+    assert {r["layer"] for r in result.refit if r["status"] == "reconstructed"} == set(result.projections)
+    assert amp_hf.get_adapter(model).widths(model) == full  # the model is left as it was
+
+
+def test_keeping_every_neuron_is_the_identity():
+    model, batches, criterion, scores = setup("vit")
+    evaluator = CriterionEvaluator(model, criterion, batches)
+    refit = SearchRefit(model, evaluator, RAW)
+    evaluator.cache_inputs()
+    refit.prepare(2)
+    width = amp_hf.get_adapter(model).widths(model)[2]
+    assert refit.projection(2, list(range(width)), output_linear(model, 2)) is None
+    # ΔE = 0 with the change rule: only candidates that do not move the criterion at all could pass
+    result = adaptive_search(model, scores, evaluator, 0.0, steps=3, progress=False, acceptance="change",
+                             refit=refit)
+    assert result.widths == amp_hf.get_adapter(model).widths(model) and not result.projections
+    assert result.final_entropy == result.reference_entropy
+    assert {r["reason"] for r in result.refit} == {"keeps every neuron"}
+
+
+def test_budget_mode_with_refit_reuses_its_searches_and_meets_the_target():
+    model, batches, criterion, scores = setup("vit", count=2)
+    cost = tower_cost(model, "params")
+    evaluator = CriterionEvaluator(model, criterion, batches)
+    result, achieved = budget_search(model, scores, evaluator, 0.3, cost, steps=4, tolerance=0.03,
+                                     refit=SearchRefit(model, evaluator), progress=False)
+    assert abs(achieved - 0.3) <= 0.03
+    fresh_evaluator = CriterionEvaluator(model, criterion, batches)
+    fresh = adaptive_search(model, scores, fresh_evaluator, result.delta_e, steps=4, progress=False,
+                            refit=SearchRefit(model, fresh_evaluator))
+    assert fresh.widths == result.widths and fresh.final_entropy == result.final_entropy
+    assert fresh.projections.keys() == result.projections.keys()
+    for layer in fresh.projections:
+        torch.testing.assert_close(fresh.projections[layer][0], result.projections[layer][0], rtol=0, atol=0)
+
+
+# -- the command line: the saved model is the searched model ------------------------------------------------
+
+
+PRUNE = ["prune", "search.reconstruct=true", "search.allocation=adaptive", "search.delta_e=0.003",
+         "scoring.data.source=digits", "scoring.data.num_samples=64", "scoring.data.batch_size=16"]
+
+
+def test_saved_model_is_the_searched_model(vit_checkpoint, tmp_path, capsys):
+    from amp_hf.data import DataConfig, load_processor
+    from amp_hf.distributed import make_accelerator
+    from amp_hf.pruning import PruneConfig, ScoringConfig, _search_batches
+
+    output = tmp_path / "pruned"
+    assert main([*PRUNE, f"model={vit_checkpoint}", f"output={output}"]) == 0
+    assert "reconstruction (in the search): " in capsys.readouterr().out
+    report = json.loads((output / "prune_report.json").read_text())
+    provenance = json.loads((output / "config.json").read_text())["amp_pruning"]
+    assert provenance["reconstruct"] is True and provenance["reconstruction"]["mode"] == "in_search"
+    assert provenance["reconstruction"]["layers_reconstructed"]  # the search really refit something
+    assert report["widths"] != report["original_widths"]
+
+    saved = amp_hf.load_model(str(output)).eval()
+    base = amp_hf.load_model(str(vit_checkpoint)).eval()
+    processor = load_processor(str(vit_checkpoint), amp_hf.get_adapter(base))
+    data = DataConfig(source="digits", num_samples=64, batch_size=16)
+    config = PruneConfig(model=str(vit_checkpoint), scoring=ScoringConfig(data=data))
+    batches = _search_batches(config, base, processor, make_accelerator(split_batches=True))
+    criterion = build_criterion(CriterionConfig())
+    value = CriterionEvaluator(saved, criterion, batches).evaluate()
+    assert value == pytest.approx(report["details"]["final_entropy"], rel=1e-5)
+    # and the refit mattered: plain slicing of the same widths measures something else
+    plain = amp_hf.slice_model(base, amp_hf.PrunePlan.load(output))
+    assert CriterionEvaluator(plain, criterion, batches).evaluate() != pytest.approx(value, rel=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.allocation=uniform", "use reconstruct.enabled=true"),
+    ("reconstruct.enabled=true", "drop reconstruct.enabled"),
+])
+def test_search_reconstruct_conflicts_fail_with_the_fix(vit_checkpoint, tmp_path, capsys, override, message):
+    args = [*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path / 'never'}", override,
+            "search.target_reduction=0.3"]
+    assert main(args) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.multiprocess
+def test_two_processes_search_like_one(vit_checkpoint, tmp_path):
+    args = [*PRUNE, f"model={vit_checkpoint}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same summation order as the 1-thread processes of the 2-process run
+    try:
+        assert main([*args, f"output={tmp_path / 'one'}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = accelerate_launch([*args, f"output={tmp_path / 'two'}"], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / name / "prune_report.json").read_text()) for name in ("one", "two")]
+    assert reports[1]["widths"] == reports[0]["widths"] and reports[1]["num_processes"] == 2
+    assert reports[1]["reconstruction"]["layers_reconstructed"] == reports[0]["reconstruction"]["layers_reconstructed"]
+    assert reports[1]["details"]["final_entropy"] == pytest.approx(reports[0]["details"]["final_entropy"], rel=1e-6)
+    one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
