@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ pytest.importorskip("open_clip")
 import torch
 from helpers import run_without_amp_hf
 from tiny_open_clip import (
+    EVA_E_CFG,
+    EVA_L_CFG,
     NATIVE_CFG,
     build_open_clip,
     sample_batch,
@@ -20,6 +23,8 @@ from transformers import AutoModel
 
 import amp_hf
 from amp_hf.models import AmpOpenCLIPModel
+
+TESTS = Path(__file__).parent
 
 
 def outputs(model, batch):
@@ -45,72 +50,103 @@ def uneven_plan(model, seed=0):
                             method="random")  # fmt: skip
 
 
+TOWERS = {"native": NATIVE_CFG, "eva02_e": EVA_E_CFG, "eva02_l": EVA_L_CFG}
+
+
+def wrapped(name: str, seed: int = 0) -> AmpOpenCLIPModel:
+    return amp_hf.wrap_open_clip(build_open_clip(TOWERS[name], seed=seed), model_cfg=TOWERS[name], model_name=name)
+
+
 @pytest.fixture(scope="module")
 def native():
-    return amp_hf.wrap_open_clip(build_open_clip(), model_cfg=NATIVE_CFG, model_name="tiny-native")
+    return wrapped("native")
 
 
-def test_wrapper_matches_open_clip(native):
-    clip = native.open_clip_model
+@pytest.fixture(scope="module", params=sorted(TOWERS))
+def tower(request):
+    return wrapped(request.param)
+
+
+def test_wrapper_matches_open_clip(tower):
+    clip = tower.open_clip_model
     batch = sample_batch()
-    out = outputs(native, batch)
+    out = outputs(tower, batch)
     with torch.no_grad():
         torch.testing.assert_close(out["image"], clip.encode_image(batch["pixel_values"]))
         torch.testing.assert_close(out["text"], clip.encode_text(batch["input_ids"]))
         image, text, scale = clip(batch["pixel_values"], batch["input_ids"])[:3]
-    torch.testing.assert_close(out["logits_per_image"], scale * image @ text.T)
-    adapter = amp_hf.get_adapter(native)
-    assert adapter.name == "open_clip" and adapter.widths(native) == [64, 64, 64]
-    # the criterion's embedding: the pooled feature before the projection
-    pre_projection = adapter.embed(native, {"pixel_values": batch["pixel_values"]})
-    torch.testing.assert_close(pre_projection @ clip.visual.proj, out["image"])
+        torch.testing.assert_close(out["logits_per_image"], scale * image @ text.T)
+        # the criterion's embedding: the pooled image feature before the final projection
+        pre_projection = amp_hf.get_adapter(tower).embed(tower, {"pixel_values": batch["pixel_values"]})
+        torch.testing.assert_close(tower.project_image(pre_projection), out["image"])
+    assert amp_hf.get_adapter(tower).name == "open_clip"
 
 
-def test_keep_all_is_exact(native):
+def test_keep_all_is_exact(tower):
     batch = sample_batch()
-    sliced = amp_hf.slice_model(native, amp_hf.keep_all_plan(native))
-    assert_outputs_close(outputs(sliced, batch), outputs(native, batch), atol=0)
+    sliced = amp_hf.slice_model(tower, amp_hf.keep_all_plan(tower))
+    assert_outputs_close(outputs(sliced, batch), outputs(tower, batch), atol=0)
 
 
-def test_slice_save_reload_both_ways(native, tmp_path):
+@pytest.fixture(scope="module")
+def saved_towers(tmp_path_factory):
+    """Each tower kind sliced unevenly and saved, with the sliced model's outputs."""
+    root = tmp_path_factory.mktemp("saved")
     batch = sample_batch()
-    plan = uneven_plan(native)
-    pruned = amp_hf.slice_model(native, plan).eval()
-    assert amp_hf.get_adapter(pruned).widths(pruned) == [21, 64, 5]
-    expected = outputs(pruned, batch)
-    path = amp_hf.save_pruned(pruned, tmp_path / "pruned", plan=plan)
-    config = json.loads((path / "config.json").read_text())
-    assert config["model_type"] == "amp_open_clip"
-    assert [v["intermediate_size"] for v in config["per_layer_config"].values()] == [21, 64, 5]
-    assert json.loads((path / "open_clip_config.json").read_text())["model_cfg"] == NATIVE_CFG
+    cases = {}
+    for name in sorted(TOWERS):
+        model = wrapped(name)
+        plan = uneven_plan(model)
+        pruned = amp_hf.slice_model(model, plan).eval()
+        path = amp_hf.save_pruned(pruned, root / name, plan=plan)
+        cases[name] = (path, plan.widths, outputs(pruned, batch))
+    torch.save({"batch": batch, "expected": {name: case[2] for name, case in cases.items()}}, root / "expected.pt")
+    return root, cases
 
-    for reloaded in (AutoModel.from_pretrained(path), amp_hf.load_model(str(path))):
-        assert type(reloaded) is AmpOpenCLIPModel
-        assert_outputs_close(outputs(reloaded.eval(), batch), expected)
 
-    torch.save({"batch": batch, "expected": expected}, tmp_path / "expected.pt")
+def test_slice_save_reload_in_process(saved_towers):
+    root, cases = saved_towers
+    batch = sample_batch()
+    for name, (path, widths, expected) in cases.items():
+        config = json.loads((path / "config.json").read_text())
+        assert config["model_type"] == "amp_open_clip"
+        assert [v["intermediate_size"] for v in config["per_layer_config"].values()] == widths
+        assert json.loads((path / "open_clip_config.json").read_text())["model_cfg"] == TOWERS[name]
+        for reloaded in (AutoModel.from_pretrained(path), amp_hf.load_model(str(path))):
+            assert type(reloaded) is AmpOpenCLIPModel
+            assert amp_hf.get_adapter(reloaded).widths(reloaded) == widths
+            assert_outputs_close(outputs(reloaded.eval(), batch), expected)
+
+
+def test_reload_with_only_transformers_and_open_clip(saved_towers):
+    """trust_remote_code: the flat modeling file, open_clip and timm (the EVA trunks), no amp_hf."""
+    root, cases = saved_towers
     code = f"""
-import torch, open_clip
+import sys, torch, open_clip
 from transformers import AutoModel
-model = AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
-assert "transformers_modules" in type(model).__module__, type(model).__module__
-assert isinstance(model.open_clip_model, open_clip.CLIP)
-data = torch.load({str(tmp_path / "expected.pt")!r})
+sys.path.insert(0, {str(TESTS)!r})
+from tiny_open_clip import register_tiny_eva_trunks  # the tiny timm architectures (timm's registry, not amp_hf)
+register_tiny_eva_trunks()
+data = torch.load({str(root / "expected.pt")!r})
 batch = data["batch"]
-with torch.no_grad():
-    out = model(**batch)
-    got = {{"image": model.get_image_features(batch["pixel_values"]).pooler_output,
-            "text": model.get_text_features(batch["input_ids"]).pooler_output,
-            "logits_per_image": out.logits_per_image}}
-for key, value in data["expected"].items():
-    torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5)
-tokens = model.get_tokenizer()(["a photo of a cat"])
-assert tokens.shape == (1, 16), tokens.shape
-print("ok", [m.mlp.c_fc.out_features for m in model.open_clip_model.visual.transformer.resblocks])
+for name, expected in sorted(data["expected"].items()):
+    model = AutoModel.from_pretrained({str(root)!r} + "/" + name, trust_remote_code=True).eval()
+    assert "transformers_modules" in type(model).__module__, type(model).__module__
+    assert isinstance(model.open_clip_model, (open_clip.CLIP, open_clip.CustomTextCLIP))
+    with torch.no_grad():
+        out = model(**batch)
+        got = {{"image": model.get_image_features(batch["pixel_values"]).pooler_output,
+                "text": model.get_text_features(batch["input_ids"]).pooler_output,
+                "logits_per_image": out.logits_per_image}}
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5)
+    assert model.get_tokenizer()(["a photo of a cat"]).shape == (1, 16)
+    print("ok", name, model.config.amp_pruning["widths"])
 """
-    result = run_without_amp_hf(code, cwd=tmp_path)
+    result = run_without_amp_hf(code, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ok [21, 64, 5]" in result.stdout
+    for name, (_, widths, _) in cases.items():
+        assert f"ok {name} {widths}" in result.stdout, result.stdout
 
 
 def test_open_clip_hub_folder_loads_through_load_model(tmp_path):

@@ -14,6 +14,46 @@ NATIVE_CFG = {
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "head_width": 16, "mlp_ratio": 2, "patch_size": 8},
     "text_cfg": TEXT_CFG,
 }
+# open_clip's timm towers build their trunk by timm model name: tiny EVA02 trunks registered under test names.
+# EVA02-E style: plain Mlp, post-norm blocks (EVA02-CLIP-bigE-14(-plus)); EVA02-L style: SwiGLU with a LayerNorm
+# over the hidden width (scale_mlp), separate q/k/v projections.
+EVA_E_TIMM = "amp_test_eva02_e_tiny"
+EVA_L_TIMM = "amp_test_eva02_l_tiny"
+EVA_E_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "timm_model_name": EVA_E_TIMM, "timm_model_pretrained": False,
+                   "timm_pool": "token", "timm_proj": None},
+    "text_cfg": TEXT_CFG,
+    "custom_text": True,
+}
+EVA_L_CFG = {**EVA_E_CFG, "vision_cfg": {**EVA_E_CFG["vision_cfg"], "timm_model_name": EVA_L_TIMM}}
+
+
+def register_tiny_eva_trunks() -> None:
+    """Register the tiny EVA02 trunks with timm (idempotent)."""
+    import timm
+    from timm.models import register_model
+    from timm.models.eva import _create_eva
+
+    if timm.is_model(EVA_E_TIMM):
+        return
+    base = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, use_rot_pos_emb=True,
+                ref_feat_shape=(4, 4))  # fmt: skip
+
+    def eva_e(pretrained=False, **kwargs):
+        args = dict(base, mlp_ratio=2.5, use_post_norm=True, global_pool=kwargs.pop("global_pool", "token"))
+        return _create_eva(EVA_E_TIMM, pretrained=pretrained, **dict(args, **kwargs))
+
+    def eva_l(pretrained=False, **kwargs):
+        args = dict(base, mlp_ratio=4 * 2 / 3, qkv_fused=False, swiglu_mlp=True, scale_mlp=True,
+                    scale_attn_inner=True, global_pool=kwargs.pop("global_pool", "token"))  # fmt: skip
+        return _create_eva(EVA_L_TIMM, pretrained=pretrained, **dict(args, **kwargs))
+
+    eva_e.__name__, eva_l.__name__ = EVA_E_TIMM, EVA_L_TIMM
+    register_model(eva_e)
+    register_model(eva_l)
+
+
 PREPROCESS_CFG = {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic"}
 
 
@@ -21,6 +61,8 @@ def build_open_clip(model_cfg: dict = NATIVE_CFG, seed: int = 0):
     """The open_clip CLIP of ``model_cfg`` with seeded random weights (eval mode)."""
     from amp_hf.models.modeling_amp_open_clip import build_open_clip_model
 
+    if "timm_model_name" in model_cfg["vision_cfg"]:
+        register_tiny_eva_trunks()
     torch.manual_seed(seed)
     model = build_open_clip_model(copy.deepcopy(model_cfg)).eval()
     with torch.no_grad():  # open_clip zero-inits some biases; random values make slicing mistakes visible

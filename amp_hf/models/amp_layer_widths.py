@@ -173,9 +173,12 @@ def _resized(neuron_map: NeuronMap, name: str, module: nn.Module, width: int) ->
     if isinstance(module, nn.Linear):
         in_features, out_features = _hidden_sizes(neuron_map, name, module, width)
         return nn.Linear(in_features, out_features, bias=module.bias is not None, **factory)
-    if isinstance(module, nn.LayerNorm):  # timm's LayerNorm subclasses take the same arguments
-        return type(module)(width, eps=module.eps, elementwise_affine=module.elementwise_affine,
-                            bias=module.bias is not None, **factory)
+    if isinstance(module, nn.LayerNorm):
+        kwargs = {"eps": module.eps, "bias": module.bias is not None, **factory}
+        try:
+            return type(module)(width, elementwise_affine=module.elementwise_affine, **kwargs)
+        except TypeError:  # timm's LayerNorm (EVA02 SwiGLU's norm) names it `affine`
+            return type(module)(width, affine=module.elementwise_affine, **kwargs)
     if isinstance(module, nn.RMSNorm):
         return type(module)(width, eps=module.eps, elementwise_affine=module.elementwise_affine, **factory)
     raise TypeError(f"cannot rebuild {type(module).__name__} at another hidden width (NeuronMap.vectors)")

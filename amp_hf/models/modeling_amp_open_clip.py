@@ -26,10 +26,14 @@ OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 
 # The hidden neurons of one image-tower block's MLP (see NeuronMap), tried in order: open_clip's
 # CustomResidualAttentionBlock with scale_fc (a LayerNorm over the hidden width), its ResidualAttentionBlock
-# (Sequential c_fc, gelu, c_proj), and timm's Mlp in timm-trunk towers (its norm is Identity by default).
+# (Sequential c_fc, gelu, c_proj); in timm-trunk towers (EVA02) timm's SwiGLU (separate gate / value
+# projections, norm over the hidden width with scale_mlp), GluMlp (one fused [gate; value] fc1) and Mlp
+# (their norm is Identity unless scale_mlp).
 NEURON_MAPS = (
     NeuronMap(rows=("mlp.c_fc",), columns="mlp.c_proj", vectors=("mlp.ln",)),
     NeuronMap(rows=("mlp.c_fc",), columns="mlp.c_proj"),
+    NeuronMap(rows=("mlp.fc1_g", "mlp.fc1_x"), columns="mlp.fc2", vectors=("mlp.norm",)),
+    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", chunks=2, vectors=("mlp.norm",)),
     NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", vectors=("mlp.norm",)),
 )
 
@@ -227,8 +231,8 @@ class AmpOpenCLIPModel(PerLayerMLPWidthsMixin, AmpOpenCLIPPreTrainedModel):
     def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
         """The image tower's final projection of its pooled feature (what ``encode_image`` ends with)."""
         visual = self.open_clip_model.visual
-        if hasattr(visual, "trunk"):
-            return visual.head(pooled)
+        if hasattr(visual, "trunk"):  # the trunk's own head (timm_proj null, e.g. EVA02-E), then open_clip's
+            return visual.head(visual.trunk.head(pooled))
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     def get_image_features(self, pixel_values: torch.Tensor, **_) -> BaseModelOutputWithPooling:
