@@ -11,6 +11,8 @@ Supported layouts (``LAYOUTS``; the README lists them with the files they come f
   distilled open_clip checkpoints). The text tower comes from the base.
 - ``open_clip-clip``: a whole open_clip ``CLIP`` state dict (``visual.*`` + text tower; DGMR ``distill.pth`` /
   ``ft.pth`` for ViT-g-14-prune1/2).
+- ``eva_clip-visual``: an EVA-CLIP ``EVAVisionTransformer`` state dict (AMP's EVA02-CLIP-bigE-14-plus files),
+  imported into an open_clip EVA02 model (its image tower a timm ``Eva`` trunk); names as timm renames them.
 - ``dinov2``: a facebookresearch ``DinoVisionTransformer`` state dict (DGMR ``dinov2/distill.pth``, AMP's
   DINOv2 ``model_layer.pth``), flat or block-chunked, imported into a transformers ``Dinov2Model``.
 """
@@ -49,6 +51,7 @@ class OfficialLayout:
     matches: Callable[[dict], bool]  # does a (prefix-stripped) file state dict look like this layout?
     convert: Callable[[dict, dict], dict]  # (file state dict, base state dict) -> {base key: (tensor, file key)}
     image_tower_prefix: str | None = None  # set: the file holds only this part; the rest comes from the base
+    base_prefix: str = ""  # the base model's tensors must include some under this prefix (its tower kind)
     optional: tuple[str, ...] = ()  # base keys the file may lack (taken from the base)
 
 
@@ -60,6 +63,35 @@ _NATIVE_MLP = "transformer.resblocks.0.mlp.c_fc.weight"
 
 def _prefixed(prefix: str) -> Callable[[dict, dict], dict]:
     return lambda state, base: {prefix + key: (value, key) for key, value in state.items()}
+
+
+# -- EVA-CLIP's EVAVisionTransformer -> the timm Eva trunk of an open_clip EVA02 model ---------------------------
+
+_TIMM_TRUNK = _OPEN_CLIP + "visual.trunk."
+# EVA-CLIP module names -> timm's (as timm's own eva.checkpoint_filter_fn renames them)
+_EVA_CLIP_RENAMES = (
+    ("mlp.ffn_ln.", "mlp.norm."),
+    ("attn.inner_attn_ln.", "attn.norm."),
+    ("mlp.w1.", "mlp.fc1_g."),
+    ("mlp.w2.", "mlp.fc1_x."),
+    ("mlp.w3.", "mlp.fc2."),
+)
+
+
+def _convert_eva_clip(state: dict, base: dict) -> dict:
+    converted = {}
+    separate_qkv = "blocks.0.attn.q_proj.weight" in state
+    for key, value in state.items():
+        if "rope." in key:  # rotary tables: buffers rebuilt from the config
+            continue
+        target = key
+        for old, new in _EVA_CLIP_RENAMES:
+            target = target.replace(old, new)
+        if separate_qkv:  # EVA-CLIP keeps q/v biases beside bias-free projections; timm puts them inside
+            target = target.replace("attn.q_bias", "attn.q_proj.bias").replace("attn.v_bias", "attn.v_proj.bias")
+        # EVA-CLIP's `head` is the image projection: the trunk's head in open_clip's EVA02 configs (timm_proj null)
+        converted[_TIMM_TRUNK + target] = (value, key)
+    return converted
 
 
 # -- DINOv2 (facebookresearch) -> transformers Dinov2Model ------------------------------------------------
@@ -125,6 +157,7 @@ LAYOUTS: dict[str, OfficialLayout] = {
             matches=lambda state: _NATIVE_MLP in state and "conv1.weight" in state,
             convert=_prefixed(_OPEN_CLIP + "visual."),
             image_tower_prefix=_OPEN_CLIP + "visual.",
+            base_prefix=_OPEN_CLIP + "visual.transformer.",
         ),
         OfficialLayout(
             name="open_clip-clip",
@@ -132,6 +165,17 @@ LAYOUTS: dict[str, OfficialLayout] = {
             description="whole open_clip CLIP state dict (DGMR ViT-g-14-prune* distill.pth / ft.pth)",
             matches=lambda state: "visual." + _NATIVE_MLP in state,
             convert=_prefixed(_OPEN_CLIP),
+            base_prefix=_OPEN_CLIP + "visual.transformer.",
+        ),
+        OfficialLayout(
+            name="eva_clip-visual",
+            family="open_clip",
+            description="EVA-CLIP EVAVisionTransformer state dict (AMP EVA02-CLIP-bigE-14-plus model_layer.pth)",
+            matches=lambda state: "cls_token" in state and "patch_embed.proj.weight" in state
+            and any(re.match(r"^blocks\.0\.mlp\.(fc2|w3)\.weight$", key) for key in state),
+            convert=_convert_eva_clip,
+            image_tower_prefix=_OPEN_CLIP + "visual.",
+            base_prefix=_TIMM_TRUNK,
         ),
         OfficialLayout(
             name="dinov2",
@@ -177,9 +221,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def detect_layout(state: dict, family: str) -> OfficialLayout:
+def detect_layout(state: dict, family: str, base_keys=()) -> OfficialLayout:
     for layout in LAYOUTS.values():
-        if layout.family == family and layout.matches(state):
+        fits_base = not layout.base_prefix or any(key.startswith(layout.base_prefix) for key in base_keys)
+        if layout.family == family and fits_base and layout.matches(state):
             return layout
     supported = ", ".join(f"{layout.name} ({layout.description})" for layout in LAYOUTS.values())
     raise ImportMismatchError(
@@ -263,7 +308,7 @@ def import_official(
     state = read_state_dict(weights)
     base = load_model(base_name)
     adapter = get_adapter(base)
-    chosen = detect_layout(state, adapter.name) if layout == "auto" else LAYOUTS[layout]
+    chosen = detect_layout(state, adapter.name, base.state_dict()) if layout == "auto" else LAYOUTS[layout]
     if chosen.family != adapter.name:
         raise ImportMismatchError(f"layout {chosen.name} imports into {chosen.family} models, not {adapter.name}")
     merged, widths = imported_state_dict(state, base, chosen)

@@ -71,3 +71,45 @@ def test_open_clip_mismatches_fail_clearly(open_clip_case, tmp_path, capsys):
         message = capsys.readouterr().err
         assert expected in message and "Traceback" not in message, message
         assert not (tmp_path / "out").exists()
+
+
+# -- EVA-CLIP vision towers (AMP's EVA02-CLIP files) into open_clip EVA02 models with timm trunks ----------------
+
+
+def to_eva_clip(state: dict) -> dict:
+    """A timm-trunk image tower's tensors with EVA-CLIP's EVAVisionTransformer names (its own code)."""
+    prefix = OPEN_CLIP + "visual.trunk."
+    swiglu = any(key.endswith(".mlp.fc1_g.weight") for key in state)  # EVA-CLIP's SwiGLU: w1, w2, ffn_ln, w3
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        key = key[len(prefix):]
+        key = key.replace("mlp.norm.", "mlp.ffn_ln.").replace("attn.norm.", "attn.inner_attn_ln.")
+        key = key.replace("mlp.fc1_g.", "mlp.w1.").replace("mlp.fc1_x.", "mlp.w2.")
+        if swiglu:
+            key = key.replace("mlp.fc2.", "mlp.w3.")
+        key = key.replace("attn.q_proj.bias", "attn.q_bias").replace("attn.v_proj.bias", "attn.v_bias")
+        out[key] = value
+    out["rope.freqs_cos"] = torch.zeros(16, 8)  # EVA-CLIP saves its rotary tables; they are rebuilt, not loaded
+    out["rope.freqs_sin"] = torch.zeros(16, 8)
+    return out
+
+
+@pytest.mark.parametrize("config_name", ["eva02_e", "eva02_l"])
+def test_amp_eva_clip_files_import(tmp_path, config_name):
+    from tiny_open_clip import EVA_E_CFG, EVA_L_CFG
+
+    model_cfg = {"eva02_e": EVA_E_CFG, "eva02_l": EVA_L_CFG}[config_name]
+    clip = build_open_clip(model_cfg, seed=6)
+    save_open_clip_folder(clip, tmp_path / "base", model_cfg)
+    base = amp_hf.wrap_open_clip(clip, model_cfg=model_cfg)
+    pruned = amp_hf.slice_model(base, hand_plan(base)).eval()
+    file_state = to_eva_clip(pruned.state_dict())
+    assert "blocks.0.mlp.fc1.weight" in file_state or "blocks.0.mlp.w1.weight" in file_state
+    torch.save(file_state, tmp_path / "model_layer.pth")
+    assert run_import(tmp_path / "model_layer.pth", tmp_path / "base", tmp_path / "out") == 0
+    imported = amp_hf.load_model(str(tmp_path / "out"))
+    assert imported.config.amp_pruning["source_layout"] == "eva_clip-visual"
+    assert amp_hf.get_adapter(imported).widths(imported) == amp_hf.get_adapter(pruned).widths(pruned)
+    assert_same_outputs(imported, pruned, sample_batch())

@@ -57,7 +57,12 @@ def build_open_clip_model(model_cfg: dict) -> nn.Module:
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     if "hf_model_name" in cfg.get("text_cfg", {}):
         cfg["text_cfg"]["hf_model_pretrained"] = False
-    return (CustomTextCLIP if custom_text else CLIP)(**cfg)
+    try:
+        return (CustomTextCLIP if custom_text else CLIP)(**cfg)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):  # timm trunk name this timm does not know
+            raise ValueError(f"the image tower's timm model is unknown to this timm ({error}): upgrade timm") from error
+        raise
 
 
 class AmpOpenCLIPConfig(PreTrainedConfig):
@@ -103,6 +108,12 @@ class OpenCLIPVisionTower(nn.Module):
         super().__init__()
         object.__setattr__(self, "visual", visual)  # keep it out of _modules (no duplicate state-dict keys)
         self.config = config
+
+    def named_parameters(self, *args, **kwargs):  # the image tower's own (parameter counts, devices)
+        return self.visual.named_parameters(*args, **kwargs)
+
+    def parameters(self, recurse: bool = True):
+        return self.visual.parameters(recurse)
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **_) -> BaseModelOutputWithPooling:
         visual = self.visual
