@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import torch
 
 from .checkpoint import CheckpointError, save_pruned
@@ -285,6 +284,13 @@ def imported_state_dict(state: dict, base, layout: OfficialLayout) -> tuple[dict
     return merged, widths
 
 
+def _base_label(base_name: str) -> str:
+    """What provenance records of the base: a Hub id for a Hugging Face cache snapshot, else the folder name
+    (never an absolute local path: the checkpoint may be pushed)."""
+    snapshot = re.search(r"models--([^/]+)--([^/]+)/snapshots/", Path(base_name).as_posix())
+    return f"{snapshot[1]}/{snapshot[2]}" if snapshot else Path(base_name).name
+
+
 def import_official(
     weights: str | os.PathLike,
     base_name: str,
@@ -312,7 +318,7 @@ def import_official(
     if chosen.family != adapter.name:
         raise ImportMismatchError(f"layout {chosen.name} imports into {chosen.family} models, not {adapter.name}")
     merged, widths = imported_state_dict(state, base, chosen)
-    base_label = getattr(base.config, "open_clip_model_name", None) or Path(str(base_name)).name
+    base_label = getattr(base.config, "open_clip_model_name", None) or _base_label(str(base_name))
     amp_pruning = {
         "method": METHODS[method],
         "source_file": weights.name,

@@ -10,6 +10,7 @@ without it for every other family.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -115,10 +116,15 @@ def load_open_clip_folder(path: str | os.PathLike, model_name: str | None = None
         raise OpenCLIPError(f"{path / OPEN_CLIP_CONFIG_FILE} has no model_cfg: not an open_clip Hub folder")
     if not any((path / name).is_file() for name in OPEN_CLIP_WEIGHT_FILES):
         raise OpenCLIPError(f"{path} holds no open_clip weights (one of {', '.join(OPEN_CLIP_WEIGHT_FILES)})")
+    root = logging.getLogger()  # open_clip reports every loading step at INFO on the root logger
+    previous = root.level
+    root.setLevel(max(previous, logging.WARNING))
     try:
         model = open_clip.create_model(f"local-dir:{path}")
     except RuntimeError as error:  # e.g. a timm trunk this timm does not know, or weights that do not fit
         raise OpenCLIPError(f"open_clip could not build {path}: {error}") from error
+    finally:
+        root.setLevel(previous)
     preprocess = {**open_clip.get_model_preprocess_cfg(model), **stored.get("preprocess_cfg", {})}
     return wrap_open_clip(model, model_cfg=stored["model_cfg"], model_name=model_name, preprocess_cfg=preprocess)
 

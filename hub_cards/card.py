@@ -33,12 +33,17 @@ STAT_LABELS = {
     "flops_total": "FLOPs per sample (whole model)",
     "flops_tower": "FLOPs per sample (pruned tower)",
 }
-METHOD_NAMES = {"amp": "AMP", "dgmr": "DGMR"}
+METHOD_NAMES = {"amp": "AMP", "dgmr": "DGMR", "imported-amp": "AMP (official weights)",
+                "imported-dgmr": "DGMR (official weights)"}
 METHOD_DESCRIPTIONS = {
     "amp": "AMP (Adaptive MLP Pruning): first-order Taylor importance under a label-free entropy criterion, "
     "with each layer's width found by binary search",
     "dgmr": "DGMR (Diversity-Guided MLP Reduction): data-free Gram-Schmidt selection of the most diverse "
     "input-weight rows",
+    "imported-amp": "AMP, imported with `amp-hf import` from the official visresearch/AMP pruned weights "
+    "(the source file's name, SHA-256 and layout are in the settings)",
+    "imported-dgmr": "DGMR, imported with `amp-hf import` from the official visresearch/DGMR pruned weights "
+    "(the source file's name, SHA-256 and layout are in the settings)",
     "magnitude": "weight magnitude (input-row norm x output-column norm)",
     "random": "uniformly random neurons (a baseline)",
 }
@@ -263,11 +268,12 @@ def _distillation_summary(facts: CheckpointFacts) -> str | None:
 
 
 def _base_model_markdown(facts: CheckpointFacts) -> str | None:
+    open_clip = f" (open_clip `{facts.open_clip_model}`)" if facts.open_clip_model else ""
     if facts.base_model:
-        return f"[{facts.base_model}](https://huggingface.co/{facts.base_model})"
+        return f"[{facts.base_model}](https://huggingface.co/{facts.base_model}){open_clip}"
     if facts.base_model_path:
-        return f"`{Path(facts.base_model_path).name}` (a local model)"
-    return None
+        return f"`{Path(facts.base_model_path).name}` (a local model){open_clip}"
+    return f"open_clip `{facts.open_clip_model}`" if facts.open_clip_model else None
 
 
 def _width_rows(facts: CheckpointFacts) -> list[dict]:

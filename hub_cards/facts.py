@@ -42,6 +42,7 @@ from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
 logger = logging.getLogger(__name__)
 
 PRUNE_REPORT_FILE = "prune_report.json"  # amp_hf.pruning.REPORT_FILE
+_OPEN_CLIP_HUB = "hf-hub:"
 EVAL_REPORT_GLOB = "eval_report*.json"  # amp_hf.evaluate.REPORT_FILE and any renamed copies
 EXPORT_METADATA_FILE = "amp_export.json"  # export.runtime.METADATA_FILE
 ONNX_SUBFOLDER = "onnx"
@@ -114,6 +115,7 @@ class CheckpointFacts:
     transformers_version: str | None = None  # the version that saved the checkpoint
     has_image_processor: bool = False
     has_tokenizer: bool = False
+    open_clip_model: str | None = None  # the open_clip base id an amp_open_clip model was built from
 
     @property
     def family(self) -> str:
@@ -131,7 +133,7 @@ class CheckpointFacts:
             return "image-classification"
         if self.architecture.endswith("ForSequenceClassification"):
             return "text-classification"
-        if self.architecture in ("AmpCLIPModel", "AmpSiglipModel"):  # image + text towers
+        if self.architecture in ("AmpCLIPModel", "AmpSiglipModel", "AmpOpenCLIPModel"):  # image + text towers
             return "zero-shot-image-classification"
         return "image-feature-extraction" if self.adapter.modality == "image" else "feature-extraction"
 
@@ -165,6 +167,10 @@ def gather_facts(
     base_id, base_path, base_revision = _split_base_model(
         base_model or provenance.get("base_model"), provenance.get("base_model_revision")
     )
+    open_clip_model = config.get("open_clip_model_name")
+    open_clip_hub_id = str(open_clip_model or "").removeprefix(_OPEN_CLIP_HUB).strip("/")
+    if base_id is None and str(open_clip_model).startswith(_OPEN_CLIP_HUB) and _is_hub_id(open_clip_hub_id):
+        base_id = open_clip_hub_id  # open_clip's `hf-hub:org/name` base
     onnx_folder = _onnx_folder(path, onnx_dir)
     export_metadata = (_read_json(onnx_folder / EXPORT_METADATA_FILE) or {}) if onnx_folder else {}
     return CheckpointFacts(
@@ -189,7 +195,8 @@ def gather_facts(
         auto_map=dict(config.get("auto_map") or {}),
         transformers_version=config.get("transformers_version"),
         has_image_processor=(path / "preprocessor_config.json").is_file(),
-        has_tokenizer=(path / "tokenizer_config.json").is_file(),
+        has_tokenizer=(path / "tokenizer_config.json").is_file() or (path / "open_clip_config.json").is_file(),
+        open_clip_model=open_clip_model,
     )
 
 

@@ -105,7 +105,7 @@ def saved_towers(tmp_path_factory):
 
 
 def test_slice_save_reload_in_process(saved_towers):
-    root, cases = saved_towers
+    _, cases = saved_towers
     batch = sample_batch()
     for name, (path, widths, expected) in cases.items():
         config = json.loads((path / "config.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("open_clip")
@@ -113,3 +115,21 @@ def test_amp_eva_clip_files_import(tmp_path, config_name):
     assert imported.config.amp_pruning["source_layout"] == "eva_clip-visual"
     assert amp_hf.get_adapter(imported).widths(imported) == amp_hf.get_adapter(pruned).widths(pruned)
     assert_same_outputs(imported, pruned, sample_batch())
+
+
+def test_card_of_an_imported_model_names_its_source_and_zero_shot_results(open_clip_case, tmp_path):
+    """The card of an imported official file: the open_clip base, the source file, and zero-shot results."""
+    from hub_cards.card import write_card
+
+    root, pruned = open_clip_case
+    prefix = OPEN_CLIP + "visual."
+    torch.save({k[len(prefix):]: v for k, v in pruned.state_dict().items() if k.startswith(prefix)}, tmp_path / "model_layer.pth")
+    out = tmp_path / "imported"
+    assert run_import(tmp_path / "model_layer.pth", root / "base", out) == 0
+    (out / "eval_report.json").write_text(json.dumps({"model": str(out), "results": [
+        {"task": "zeroshot", "dataset": "digits", "split": "test", "metric": "top1", "value": 0.125}]}))  # fmt: skip
+    write_card(out, base_model="laion/CLIP-ViT-g-14-laion2B-s34B-b88K")
+    card = (out / "README.md").read_text()
+    assert "laion/CLIP-ViT-g-14-laion2B-s34B-b88K" in card and "open_clip" in card
+    assert "official visresearch/AMP pruned weights" in card and "model_layer.pth" in card
+    assert "zero-shot-image-classification" in card and "0.125" in card
