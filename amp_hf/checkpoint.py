@@ -121,6 +121,11 @@ def from_pretrained_checked(model_cls, path: str | os.PathLike, **kwargs) -> Pre
     except CheckpointError:
         raise
     except (*_LOAD_ERRORS, SafetensorError) as error:
+        if "mismatch" in str(error):
+            raise CheckpointError(
+                f"cannot load {path}: tensor shapes in the weights disagree with config.json (sizes or "
+                "per_layer_config were changed, or the files come from different saves); re-save the checkpoint"
+            ) from error
         raise CheckpointError(
             f"cannot load the weights in {path} ({type(error).__name__}: {_first_line(error)}): the checkpoint is "
             "incomplete or corrupt; re-save it"

@@ -7,6 +7,7 @@ in a long run's config is caught before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -45,11 +46,38 @@ def merge(base: dict, update: dict) -> dict:
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"key {key!r} appears twice (line {key_node.start_mark.line + 1}): merge the two entries into one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder: pass a YAML file (see configs/ for examples)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8") from error
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{line} ({problem}): fix the file") from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values at top level")
     return values

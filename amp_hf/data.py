@@ -249,11 +249,31 @@ class ProcessedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        row = self.dataset[int(index)]
+        try:
+            row = self.dataset[int(index)]
+            if self.modality == "image":
+                row[self.input_column].load()  # decode now, so a damaged file is named here
+        except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for files it cannot decode
+            if self.modality != "image":
+                raise
+            raise DataError(
+                f"cannot read image {self._origin(int(index))} ({type(error).__name__}: {error}): remove or "
+                "replace the file"
+            ) from error
         item = {"input": row[self.input_column]}
         if self.label_column is not None:
             item["label"] = int(row[self.label_column])
         return item
+
+    def _origin(self, index: int) -> str:
+        """The file (or row) an image came from, read without decoding it."""
+        import datasets
+
+        try:
+            raw = self.dataset.cast_column(self.input_column, datasets.Image(decode=False))[index][self.input_column]
+            return str(raw.get("path") or f"row {index}")
+        except Exception:  # the row cannot even be described: fall back to its position
+            return f"row {index}"
 
     def collate(self, rows: list[dict]) -> dict:
         inputs = [r["input"] for r in rows]

@@ -153,6 +153,10 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
     from .loading import load_model, resolve_model_path
 
     started = time.time()
+    if push:  # the repo id, offline mode and the token are checked before the demo, not after it
+        from hub_cards.push import check_push_target
+
+        check_push_target(push)
     settings = (VISION_QUICK if quick else VISION) if vision else (TEXT_QUICK if quick else TEXT)
     output = prepare_output(output, overwrite=overwrite, flag="--overwrite")
     torch.manual_seed(0)
@@ -234,7 +238,16 @@ def _max_diff(validation: dict):
 
 
 def cmd_demo(args) -> int:
-    summary = run_demo(args.output, quick=args.quick, vision=args.vision, push=args.push, overwrite=args.overwrite)
+    from .errors import UsageError
+
+    try:
+        from hub_cards.push import HubPushError
+    except ImportError:  # a build without hub_cards: --push is refused by run_demo's import
+        HubPushError = UsageError
+    try:
+        summary = run_demo(args.output, quick=args.quick, vision=args.vision, push=args.push, overwrite=args.overwrite)
+    except HubPushError as error:
+        raise UsageError(str(error)) from error
     print(format_summary(summary))
     return 0
 

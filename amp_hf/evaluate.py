@@ -24,6 +24,7 @@ keeps the rest, so one report accumulates every evaluation of a checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import logging
@@ -509,9 +510,9 @@ def register(subparsers) -> None:
                         "models, fortunes for text models; retrieval needs one with captions)")  # fmt: skip
     parser.add_argument("--split", default="test", help="split to evaluate (kNN queries), default: test")
     parser.add_argument("--train-split", default="train", help="kNN memory-bank split (default: train)")
-    parser.add_argument("--num-samples", type=int, help="evaluate a seeded random subset of this size")
-    parser.add_argument("--num-train-samples", type=int, help="kNN memory-bank subset size (default: whole split)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-samples", type=positive_int, help="evaluate a seeded random subset of this size")
+    parser.add_argument("--num-train-samples", type=positive_int, help="kNN memory-bank subset size (default: whole split)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
     parser.add_argument("--teacher", help="fidelity: the unpruned model (default: base_model in the provenance)")
     parser.add_argument("--text-model", help="zeroshot/retrieval: model whose text tower to use (default: the "
@@ -526,6 +527,17 @@ def register(subparsers) -> None:
     parser.add_argument("--caption-column", help=f"retrieval caption column (default: {'/'.join(CAPTION_COLUMNS)})")
     parser.add_argument("--output", help=f"report path (default: <checkpoint>/{REPORT_FILE})")
     parser.set_defaults(func=run_eval)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so a 0 is a usage error, not a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _report_path(args) -> Path:

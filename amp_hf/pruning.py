@@ -34,6 +34,7 @@ from .selection import (
     adaptive_search,
     budget_search,
     build_criterion,
+    check_budget_reachable,
     dgmr_scores,
     global_widths,
     magnitude_scores,
@@ -54,6 +55,10 @@ class ScoringConfig:
     data: DataConfig = field(default_factory=DataConfig)
     max_batches: int | None = None
     scores_path: str | None = None  # reuse scores saved by `amp-hf score` instead of recomputing
+
+    def __post_init__(self):
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"scoring.max_batches must be >= 1 (or null for every batch); got {self.max_batches}")
 
 
 @dataclass
@@ -129,7 +134,7 @@ def _loader(data: DataConfig, processor, adapter, model, accelerator, shuffle: b
 def compute_scores(config: PruneConfig, model, processor, accelerator) -> NeuronScores:
     """Per-layer neuron scores for ``config.method`` (Taylor/criterion for amp, data-free otherwise)."""
     if config.scoring.scores_path:
-        return NeuronScores.load(config.scoring.scores_path)
+        return load_scores(config.scoring.scores_path, model)
     adapter = get_adapter(model)
     if config.method == "amp":
         criterion = build_criterion(config.criterion)
@@ -148,6 +153,59 @@ def compute_scores(config: PruneConfig, model, processor, accelerator) -> Neuron
     else:
         values = random_scores(model, config.seed)
     return NeuronScores(abs=values, signed=values, num_samples=0, metadata={"method": config.method})
+
+
+def load_scores(path: str, model) -> NeuronScores:
+    """Scores saved by ``amp-hf score``, checked against ``model``'s MLP widths."""
+    try:
+        scores = NeuronScores.load(path)
+    except FileNotFoundError as error:
+        raise ConfigError(f"scoring.scores_path: {error}") from error
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"scoring.scores_path {path} is damaged ({type(error).__name__}: {error}): re-run `amp-hf score`"
+        ) from error
+    check_scores_fit(scores, model, f"scores in {path}")
+    return scores
+
+
+def check_scores_fit(scores: NeuronScores, model, what: str = "the scores") -> None:
+    """Scores must have one vector per MLP, each as long as that MLP is wide."""
+    widths = get_adapter(model).widths(model)
+    lengths = [len(s) for s in scores.abs]
+    if lengths != widths or [len(s) for s in scores.signed] != widths:
+        raise ConfigError(
+            f"{what} were computed for a model with MLP widths {lengths}, but {get_adapter(model).name} model "
+            f"{getattr(model.config, '_name_or_path', '')} has {widths}: re-run `amp-hf score` on this model"
+        )
+
+
+def check_before_compute(config: PruneConfig, model) -> None:
+    """What can be refused from the config and the model alone, before any scoring or search."""
+    widths = get_adapter(model).widths(model)
+    search = config.search
+    if config.method == "dgmr":
+        width = _dgmr_width(config, model)
+        narrow = [layer for layer, full in enumerate(widths) if width >= full]
+        if narrow:
+            raise ConfigError(
+                f"the DGMR width {width} (dgmr.width, or dgmr.ratio x hidden size) is >= the width "
+                f"{widths[narrow[0]]} of layer {narrow[0]}, which would keep every neuron there: choose a smaller "
+                "dgmr.width / dgmr.ratio"
+            )
+        return
+    if search.round_to > 1 and search.round_to >= min(widths):
+        layer = widths.index(min(widths))
+        raise ConfigError(
+            f"search.round_to={search.round_to} is >= the width {widths[layer]} of layer {layer}: that layer could "
+            "only keep every neuron; choose a smaller search.round_to"
+        )
+    if search.allocation in ("uniform", "global", "budget"):
+        cost = tower_cost(model, search.target_metric)
+        if search.allocation == "budget":
+            check_budget_reachable(cost, search.target_reduction, search.tolerance, search.steps, search.round_to)
+        else:
+            uniform_widths(cost, search.target_reduction, search.round_to)  # refuses an unreachable target
 
 
 def _dgmr_width(config: PruneConfig, model) -> int:
@@ -207,6 +265,12 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
         result, achieved = budget_search(model, scores.abs, evaluator, search.target_reduction, cost, search.steps,
                                          search.round_to, search.tolerance, search.max_budget_iterations,
                                          upper=scale, acceptance=search.acceptance, progress=progress, refit=refit)
+        if abs(achieved - search.target_reduction) > search.tolerance:  # never save what was not asked for
+            raise ConfigError(
+                f"the budget search reached {achieved:.1%} for the {search.target_reduction:.1%} target "
+                f"(tolerance ±{search.tolerance:.1%}), so nothing was saved: raise search.steps (finer widths), "
+                "search.max_budget_iterations or search.tolerance, or change the target"
+            )
         details.update(target_reduction=search.target_reduction, target_metric=search.target_metric,
                        achieved_reduction=achieved, delta_e=result.delta_e / scale)
     details.update(delta_e_nats=result.delta_e, reference_entropy=result.reference_entropy,
@@ -268,6 +332,9 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     adapter = get_adapter(model)
     processor = load_processor(resolve_model_path(config.model), adapter)
 
+    check_before_compute(config, model)
+    if scores is not None:
+        check_scores_fit(scores, model)
     scores = scores or compute_scores(config, model, processor, accelerator)
     plan, search_info = allocate(config, model, scores, processor, accelerator)
     pruned, reconstruction = slice_and_reconstruct(config, model, plan, provenance(config, model, plan, scores),

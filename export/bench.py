@@ -56,6 +56,8 @@ class BenchConfig:
             raise ValueError("prune_fraction must lie in (0, 1)")
         if self.repeats < 1 or self.warmup < 0 or not self.batch_sizes or not self.threads:
             raise ValueError("repeats >= 1, warmup >= 0, and non-empty batch_sizes / threads are required")
+        if min(self.batch_sizes) < 1 or min(self.threads) < 1:
+            raise ValueError(f"batch_sizes and threads must be >= 1; got {self.batch_sizes} and {self.threads}")
 
 
 def build_models(config: BenchConfig) -> dict[str, torch.nn.Module]:

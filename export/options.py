@@ -19,6 +19,13 @@ DEFAULT_OPSET = {
 MIN_OPSET = 17  # LayerNormalization stays one op from here on
 
 
+def max_opset() -> int:
+    """The newest opset of the installed onnx package."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """Options of one export (see ``amp-hf export --help``).
@@ -54,6 +61,11 @@ class ExportOptions:
             _choice("quantize", self.quantize, QUANTIZATIONS)
         if self.opset is not None and self.opset < MIN_OPSET:
             raise ExportOptionError(f"opset {self.opset} is too old: use {MIN_OPSET} or newer (LayerNormalization)")
+        if self.opset is not None and self.opset > max_opset():
+            raise ExportOptionError(
+                f"opset {self.opset} does not exist yet: the installed onnx knows opsets up to {max_opset()} "
+                f"(default {DEFAULT_OPSET['onnx']})"
+            )
         if self.quantize and self.dtype == "fp16":
             raise ExportOptionError(f"--quantize {self.quantize} quantizes a float32 graph: drop --dtype fp16")
         if self.calibration_data is not None and self.quantize != "int8-static":

@@ -8,7 +8,7 @@ from pathlib import Path
 from amp_hf.cli import UsageError
 
 from .card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
-from .push import HubPushError, plan_upload, push_to_hub
+from .push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options("--revision", help="branch to commit to (created from main if missing)")
     options("--create-pr", action="store_true", help="open a pull request instead of committing directly")
     options("--dry-run", action="store_true", help="list the files and sizes that would be sent; send nothing")
+    options("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+            help=f"how long each Hub request may wait for an answer (default: {DEFAULT_TIMEOUT:g}; timeouts are retried)")
     options("--token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments are visible to other users)")
     options("--commit-message", help="commit title (default: 'Upload <architecture> pruned with amp-hf <version>')")
     options("--keep-card", action="store_true",
@@ -77,7 +79,7 @@ def run_push(args: argparse.Namespace) -> int:
             return 0
         result = push_to_hub(
             plan, private=args.private or None, revision=args.revision, create_pr=args.create_pr, token=args.token,
-            commit_message=args.commit_message,
+            commit_message=args.commit_message, timeout=args.timeout,
         )  # fmt: skip
     except (HubPushError, CardTemplateError) as error:
         raise UsageError(str(error)) from error

@@ -16,10 +16,11 @@ Nothing here touches the network until ``push_to_hub`` is called; ``plan_upload`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +38,10 @@ from .facts import ONNX_SUBFOLDER, gather_facts
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# huggingface_hub's HTTP client waits forever by default: a Hub (or proxy) that accepts the connection and never
+# answers would hang the push. Every request gets this long to connect and between bytes; with the default
+# retries a silent endpoint fails in under a minute.
+DEFAULT_TIMEOUT = 10.0
 TRANSIENT_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_EXCEPTIONS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 STALE_PARENT_STATUS_CODES = frozenset({409, 412})  # the branch moved since we read its head
@@ -163,19 +168,10 @@ def _folder_files(folder: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def push_to_hub(
-    plan: UploadPlan,
-    *,
-    private: bool | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-    token: str | None = None,
-    commit_message: str | None = None,
-    commit_description: str | None = None,
-    backoff: Backoff | None = None,
-) -> PushResult:
-    """Create the repo if needed and send ``plan`` in one commit (or one pull request with ``create_pr``)."""
-    backoff = backoff or DEFAULT_BACKOFF
+def check_push_target(repo_id: str, token: str | None = None) -> str:
+    """Everything about a push that can be checked without the network (repo id, offline mode, a token);
+    returns the token. ``amp-hf demo --push`` calls it before the demo runs."""
+    _check_repo_id(repo_id)
     if constants.is_offline_mode():
         raise HubPushError(
             "offline mode is on (HF_HUB_OFFLINE=1), so nothing can be pushed: unset HF_HUB_OFFLINE to push, "
@@ -187,6 +183,62 @@ def push_to_hub(
             "no Hugging Face token found: run `hf auth login`, set HF_TOKEN, or pass --token "
             f"(create a token with write access at {constants.ENDPOINT}/settings/tokens)"
         )
+    return token
+
+
+@contextlib.contextmanager
+def http_timeouts(seconds: float) -> Iterator[None]:
+    """Give every huggingface_hub request ``seconds`` to connect and between bytes (it sets none by default)."""
+    from huggingface_hub.utils import _http as hub_http, set_client_factory
+
+    previous = getattr(hub_http, "_GLOBAL_CLIENT_FACTORY", hub_http.default_client_factory)
+
+    def bound(request: httpx2.Request) -> None:
+        # HfApi passes timeout=None on many calls, which overrides a client default; fill in what is unset
+        timeouts = dict(request.extensions.get("timeout") or {})
+        for phase in ("connect", "read", "write", "pool"):
+            if timeouts.get(phase) is None:
+                timeouts[phase] = seconds
+        request.extensions["timeout"] = timeouts
+
+    def with_timeouts():
+        client = previous()
+        client.timeout = httpx2.Timeout(seconds)
+        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks.get("request", []), bound]}
+        return client
+
+    set_client_factory(with_timeouts)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+def push_to_hub(
+    plan: UploadPlan,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    backoff: Backoff | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> PushResult:
+    """Create the repo if needed and send ``plan`` in one commit (or one pull request with ``create_pr``).
+
+    Every request may wait ``timeout`` seconds for the Hub; timeouts count as transient and are retried."""
+    backoff = backoff or DEFAULT_BACKOFF
+    if not timeout > 0:
+        raise HubPushError(f"the timeout must be a positive number of seconds; got {timeout}")
+    token = check_push_target(plan.repo_id, token)
+    with http_timeouts(timeout):
+        return _push(plan, private, revision, create_pr, token, commit_message, commit_description, backoff, timeout)
+
+
+def _push(plan: UploadPlan, private, revision, create_pr, token, commit_message, commit_description, backoff,
+          timeout) -> PushResult:
     api = HfApi(token=token)
     created = False
     try:
@@ -206,7 +258,7 @@ def push_to_hub(
 
         commit = _retrying(commit_once, "committing", backoff if not create_pr else Backoff(attempts=1))
     except Exception as error:
-        message = explain_failure(error, repo_id=plan.repo_id, endpoint=api.endpoint, branch=revision)
+        message = explain_failure(error, repo_id=plan.repo_id, endpoint=api.endpoint, branch=revision, timeout=timeout)
         if message is None:
             raise
         if created:
@@ -266,11 +318,18 @@ def _retrying(call: Callable[[], T], what: str, backoff: Backoff) -> T:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def explain_failure(error: BaseException, *, repo_id: str, endpoint: str, branch: str | None) -> str | None:
+def explain_failure(error: BaseException, *, repo_id: str, endpoint: str, branch: str | None,
+                    timeout: float | None = None) -> str | None:
     """A message naming the fix for a failed push, or None for errors that are bugs (re-raised as they are)."""
     namespace, name = repo_id.split("/", 1)
     if isinstance(error, OfflineModeIsEnabled):
         return "offline mode is on (HF_HUB_OFFLINE=1): unset it to push, or use --dry-run to only list the files"
+    if isinstance(error, httpx2.TimeoutException):
+        waited = f" within {timeout:g} s" if timeout else ""
+        return (
+            f"the Hub at {endpoint} did not answer{waited} ({type(error).__name__}), also when retried; nothing was "
+            "committed. Check your connection, proxy and HF_ENDPOINT, or allow longer with --timeout SECONDS."
+        )
     if isinstance(error, httpx2.TransportError):
         return (
             f"could not reach the Hub at {endpoint} ({type(error).__name__}: {error}); nothing was committed. "

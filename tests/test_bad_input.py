@@ -61,6 +61,7 @@ class Case:
     argv: list[str]  # "{ws}" is replaced by the workspace path
     message: str  # a regular expression the one error line must match
     setup: Callable[[Path], None] | None = None
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # a fault to inject (e.g. a full disk)
 
     def args(self, root: Path) -> list[str]:
         return [arg.replace("{ws}", str(root)) for arg in self.argv]
@@ -80,8 +81,123 @@ def _amp_output_inside_input(root: Path) -> None:
 
 
 def _distill_config(root: Path) -> None:
-    (root / "distill.yaml").write_text(f"teacher: {root / 'vit'}\nstudent: {root / 'pruned'}\n")
+    (root / "distill.yaml").write_text(
+        f"teacher: {root / 'vit'}\nstudent: {root / 'pruned'}\n"
+        "data: {source: digits, num_samples: 32, batch_size: 16}\nlogging: {tensorboard: false}\n"
+    )
 
+
+def _copy(name: str, change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Setup: a copy of the pruned checkpoint at ``name``, damaged by ``change``."""
+
+    def setup(root: Path) -> None:
+        shutil.copytree(root / "pruned", root / name)
+        change(root / name)
+
+    return setup
+
+
+def _truncate_weights(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _drop_a_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors["layers.0.mlp.fc2.weight"]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _edit_json(name: str, edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        values = json.loads((folder / name).read_text())
+        result = edit(values)
+        (folder / name).write_text(json.dumps(values if result is None else result))
+
+    return change
+
+
+def _widen_first_layer(config: dict) -> None:
+    config["per_layer_config"]["0"]["intermediate_size"] += 8
+
+
+def _drop_kept_neurons(plan: dict) -> None:
+    plan["kept"][0] = plan["kept"][0][:-3]
+
+
+def _write(name: str, content: str | bytes) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def _scores_for(widths: list[int]) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        import torch
+
+        from amp_hf.selection import NeuronScores
+
+        vectors = [torch.rand(w, dtype=torch.float64) for w in widths]
+        NeuronScores(abs=vectors, signed=[v.clone() for v in vectors], num_samples=8).save(root / "other-scores")
+
+    return setup
+
+
+def _corrupt_images(root: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (root / "images" / label).mkdir(parents=True)
+        for index in range(4):
+            pixels = np.random.RandomState(index).randint(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / label / f"{index}.png")
+    damaged = root / "images" / "a" / "1.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+
+
+DISTILL = ["distill", "--config", "distill.yaml", "output=distilled", "--resume"]
+
+
+def _run_folder(*, run_config: str | None = None, steps: tuple[str, ...] = ("step_00000001",),
+                weights: bytes | None = None) -> Callable[[Path], None]:
+    """Setup: a distillation run folder ``distilled.run`` with the given damage."""
+
+    def setup(root: Path) -> None:
+        from amp_hf.config_utils import load_config
+        from amp_hf.distill.config import DistillConfig
+        from amp_hf.distill.run_state import write_run_config
+
+        _distill_config(root)
+        write_run_config(load_config(DistillConfig, root / "distill.yaml", ["output=distilled"]))
+        run = root / "distilled.run"
+        if run_config is not None:
+            (run / "run_config.yaml").write_text(run_config)
+        for step in steps:
+            (run / "checkpoints" / step).mkdir(parents=True)
+            if weights is not None:
+                (run / "checkpoints" / step / "model.safetensors").write_bytes(weights)
+
+    return setup
+
+
+def _disk_full(monkeypatch) -> None:
+    import errno
+
+    import amp_hf.pruning
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+
+    monkeypatch.setattr(amp_hf.pruning, "write_pruned", full)
+
+
+DIGITS = ["scoring.data.source=digits", "scoring.data.num_samples=32", "scoring.data.batch_size=16"]
 
 CASES = [
     # overwrite never destroys inputs or other people's files
@@ -119,18 +235,105 @@ CASES = [
     Case("eval-output-is-a-folder", ["eval", "pruned", "--output", "mine"], r"--output mine is a folder"),
     Case("eval-output-parent-is-a-file", ["eval", "pruned", "--output", "notes.txt/report.json"],
          r"notes.txt is a file, not a folder"),
+    Case("disk-full-while-saving", ["prune", "model=vit", "output=out", *MAGNITUDE],
+         r"no space left on the device .*nothing was saved: free some space", patch=_disk_full),
+    # damaged checkpoints, through the one loading path
+    Case("stats-truncated-weights", ["stats", "broken"], r"cannot load the weights in broken .*corrupt; re-save it",
+         _copy("broken", _truncate_weights)),
+    Case("eval-missing-weights", ["eval", "broken", "--output", "report.json"],
+         r"weights do not match config.json \(1 missing keys, e.g. layers.0.mlp.fc2.weight\)",
+         _copy("broken", _drop_a_tensor)),
+    Case("stats-tampered-per-layer-config", ["stats", "broken"], r"tensor shapes in the weights disagree with config",
+         _copy("broken", _edit_json("config.json", _widen_first_layer))),
+    Case("eval-config-not-an-object", ["eval", "broken", "--output", "report.json"],
+         r"config.json holds a JSON list, not an object", _copy("broken", _write("config.json", "[1, 2]"))),
+    Case("stale-plan", ["stats", "broken"], r"amp_plan.json keeps widths \[27, 30, 30\] .* the plan is stale",
+         _copy("broken", _edit_json("amp_plan.json", _drop_kept_neurons))),
+    Case("distill-stale-plan", ["distill", "--config", "distill.yaml", "student=broken", "output=out"],
+         r"the plan is stale", lambda root: (_distill_config(root), _copy("broken", _edit_json(
+             "amp_plan.json", _drop_kept_neurons))(root))),
+    Case("scores-for-other-widths", ["prune", "model=vit", "output=out", "scoring.scores_path=other-scores"],
+         r"scores in other-scores were computed for a model with MLP widths \[48, 48, 48\], but .* has \[64, 64, 64\]",
+         _scores_for([48, 48, 48])),
+    Case("scores-for-other-layer-count", ["prune", "model=vit", "output=out", "scoring.scores_path=other-scores",
+                                          "search.allocation=global", "search.target_reduction=0.2"],
+         r"MLP widths \[64, 64\], but", _scores_for([64, 64])),
+    Case("corrupt-image-in-folder", ["prune", "model=vit", "output=out", "scoring.data.source=images",
+                                     "scoring.data.batch_size=4"],
+         r"cannot read image .*images/a/1.png .*remove or replace the file", _corrupt_images),
+    # configs: files, keys and numbers
+    Case("yaml-duplicate-key", ["prune", "--config", "c.yaml", "output=out"],
+         r"c.yaml: key 'search' appears twice \(line 3\)", _write("c.yaml", "search:\n  steps: 3\nsearch:\n  steps: 4\n")),
+    Case("yaml-does-not-parse", ["prune", "--config", "c.yaml", "output=out"], r"c.yaml is not valid YAML at line",
+         _write("c.yaml", "search: [1, 2\nmodel: vit\n")),
+    Case("yaml-not-utf8", ["prune", "--config", "c.yaml", "output=out"], r"c.yaml is not UTF-8 text",
+         _write("c.yaml", b"model: \xff\xfevit\n")),
+    Case("config-is-a-folder", ["prune", "--config", "mine", "output=out"], r"config mine is a folder: pass a YAML file"),
+    Case("unknown-split", ["prune", "model=vit", "output=out", "scoring.data.split=trian"],
+         r"split 'trian' does not exist in the built-in source 'digits': use one of train, test"),
+    Case("negative-tolerance", ["prune", "model=vit", "output=out", "search.tolerance=-1"],
+         r"search.tolerance .* must lie in \(0, 1\)"),
+    Case("negative-cache", ["prune", "model=vit", "output=out", "search.cache_gb=-1"], r"search.cache_gb must be >= 0"),
+    Case("max-length-zero", ["prune", "model=vit", "output=out", "scoring.data.max_length=0"],
+         r"max_length \(tokens per text\) must be >= 1"),
+    Case("budget-iterations-zero", ["prune", "model=vit", "output=out", "search.max_budget_iterations=0"],
+         r"max_budget_iterations must be >= 1"),
+    Case("max-batches-zero", ["prune", "model=vit", "output=out", "scoring.max_batches=0"],
+         r"scoring.max_batches must be >= 1"),
+    Case("eval-batch-size-zero", ["eval", "pruned", "--batch-size", "0"], r"--batch-size: expected an integer >= 1"),
+    Case("bench-batch-size-zero", ["bench", "batch_sizes=[0]"], r"batch_sizes and threads must be >= 1"),
+    Case("export-opset-99", ["export", "pruned", "onnx", "--opset", "99"], r"opset 99 does not exist yet"),
+    Case("uniform-target-above-mlps", ["prune", "model=vit", "output=out", "method=magnitude",
+                                       "search.allocation=uniform", "search.target_reduction=0.6"],
+         r"search.target_reduction 0.60 is more than the MLPs hold \(0.37 of the tower's cost\)"),
+    Case("budget-target-above-mlps", ["prune", "model=vit", "output=out", "search.allocation=budget",
+                                      "search.target_reduction=0.5", *DIGITS],
+         r"search.target_reduction 0.50 is more than the MLPs hold \(0.37"),
+    Case("budget-target-beyond-width-resolution", ["prune", "model=vit", "output=out", "search.allocation=budget",
+                                                   "search.target_reduction=0.33", "search.steps=2", *DIGITS],
+         r"search.target_reduction=0.33 cannot be reached: even at the search's smallest widths \(H/2\^2\) pruning "
+         r"removes 27.9% of the cost \(the MLPs hold 37.2%\)"),
+    Case("budget-result-outside-tolerance", ["prune", "model=vit", "output=out", "search.allocation=budget",
+                                             "search.target_reduction=0.09", "search.tolerance=0.01",
+                                             "search.steps=1", *DIGITS],
+         r"budget search reached .* for the 9.0% target \(tolerance ±1.0%\), so nothing was saved"),
+    Case("round-to-at-layer-width", ["prune", "model=vit", "output=out", "search.round_to=64"],
+         r"search.round_to=64 is >= the width 64 of layer 0"),
+    Case("dgmr-width-at-layer-width", ["prune", "model=vit", "output=out", "method=dgmr", "dgmr.width=64"],
+         r"the DGMR width 64 .* is >= the width 64 of layer 0"),
+    Case("overrides-after-an-unknown-option", ["prune", "--config", "mine", "--frobnicate", "output=out"],
+         r"unrecognized arguments: --frobnicate"),
+    # distillation runs that cannot be resumed
+    Case("resume-stray-step-latest", DISTILL, r"nothing to resume: no checkpoint under .*start without --resume",
+         _run_folder(steps=("step_latest",))),
+    Case("resume-corrupt-run-config", DISTILL, r"run_config.yaml is damaged .* start over without --resume",
+         _run_folder(run_config="teacher: [unclosed\n")),
+    Case("resume-truncated-weights", DISTILL,
+         r"cannot resume from .*step_00000002: the checkpoint is damaged .* delete it to resume from step 1",
+         _run_folder(steps=("step_00000001", "step_00000002"), weights=b"\x00" * 100)),
+    Case("resume-missing-progress", DISTILL,
+         r"cannot resume from .*step_00000001: the checkpoint is damaged .* start over without --resume",
+         _run_folder()),
+    # pushes that cannot happen are refused before the work
+    Case("demo-push-bad-repo-id", ["demo", "--quick", "--output", "demo", "--push", "bad name!!"],
+         r"'bad name!!' is not a valid repo id"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_exits_2_with_one_line_and_touches_nothing(case, workspace, capsys):
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(case, workspace, capsys, monkeypatch):
     if case.setup:
         case.setup(workspace)
+    if case.patch:
+        case.patch(monkeypatch)
     before = snapshot(workspace)
-    code = main(case.args(workspace))
+    try:
+        code = main(case.args(workspace))
+    except SystemExit as exit:  # argparse's own usage errors
+        code = exit.code
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("amp-hf ")]
+    errors = [line for line in err.splitlines() if line.startswith("amp-hf") and ": error: " in line]
     assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err
     assert re.search(case.message, errors[0]), errors[0]
     assert code == 2
@@ -169,3 +372,49 @@ def test_outputs_get_umask_permissions_and_tilde_is_expanded(workspace, monkeypa
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     assert json.loads((out / ".amp-hf-output.json").read_text())["written_by"] == "amp-hf"
+
+
+def test_push_to_a_hub_that_never_answers_fails_within_a_minute(workspace, monkeypatch, capsys):
+    """A loopback server that accepts connections and never sends a byte: the push times out, retries, then
+    reports, instead of hanging (huggingface_hub sets no timeout of its own)."""
+    import socket
+    import threading
+    import time
+
+    from huggingface_hub import constants
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_ignore():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_ignore, daemon=True)
+    thread.start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_TOKEN", "dummy")
+    started = time.monotonic()
+    try:
+        code = main(["push", "pruned", "someone/tiny", "--timeout", "1"])
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert re.search(r"did not answer within 1 s .* also when retried; nothing was committed", err), err
+    assert len(held) >= 2  # the request was retried
+    assert elapsed < 60

@@ -11,17 +11,19 @@ Layout of ``<run_dir>``::
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import yaml
 
-from ..config_utils import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .config import DistillConfig, config_fingerprint
 
 RUN_CONFIG = "run_config.yaml"
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step_"
+_STEP_NAME = re.compile(rf"{STEP_PREFIX}\d+")
 
 
 class TrainingProgress:
@@ -53,7 +55,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     folder = run_dir / CHECKPOINTS
     if not folder.is_dir():
         return []
-    steps = [int(p.name[len(STEP_PREFIX):]) for p in folder.iterdir() if p.name.startswith(STEP_PREFIX)]
+    # anything else there (a hand-made step_latest link, a copy) is not one of our checkpoints
+    steps = [int(p.name[len(STEP_PREFIX):]) for p in folder.iterdir() if _STEP_NAME.fullmatch(p.name) and p.is_dir()]
     return sorted(steps)
 
 
@@ -76,7 +79,15 @@ def resume_checkpoint(config: DistillConfig, resume: bool) -> Path | None:
         raise FileNotFoundError(f"nothing to resume: no checkpoint under {run_dir / CHECKPOINTS}; start without --resume")
     if not (run_dir / RUN_CONFIG).is_file():
         raise ConfigError(f"{run_dir / RUN_CONFIG} is missing, so the run cannot be checked before resuming: restore it")
-    saved = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
+    try:
+        saved = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        saved = error
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"{run_dir / RUN_CONFIG} is damaged (not the YAML amp-hf wrote), so the run cannot be checked before "
+            f"resuming: restore it, or start over without --resume after moving {run_dir} away"
+        )
     current = config_fingerprint(config)
     changed = sorted(_differences(saved, current))
     if changed:
@@ -85,6 +96,22 @@ def resume_checkpoint(config: DistillConfig, resume: bool) -> Path | None:
             f"values (see {run_dir / RUN_CONFIG}) or start a new run with another run_dir"
         )
     return checkpoint_path(run_dir, steps[-1])
+
+
+def load_run_checkpoint(accelerator, run_dir: Path, checkpoint: Path) -> None:
+    """``accelerator.load_state``; a damaged checkpoint is a ``CheckpointError`` naming it and the way out."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except ConfigError:
+        raise
+    except Exception as error:  # torch/safetensors/pickle errors of every kind: the files do not load
+        earlier = [step for step in checkpoint_steps(run_dir) if checkpoint_path(run_dir, step) != checkpoint]
+        way_out = (f"delete it to resume from step {earlier[-1]}" if earlier
+                   else f"start over without --resume after moving {run_dir} away")  # fmt: skip
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: the checkpoint is damaged ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'unreadable'}); {way_out}"
+        ) from error
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

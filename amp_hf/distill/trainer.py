@@ -29,7 +29,7 @@ from .features import FeatureModel, split_features
 from .losses import distillation_losses
 from .metrics import MetricsLog
 from .pairing import DistillPair, has_classifier, load_pair, select_trainable
-from .run_state import TrainingProgress, resume_checkpoint, save_checkpoint, write_run_config
+from .run_state import TrainingProgress, load_run_checkpoint, resume_checkpoint, save_checkpoint, write_run_config
 from .schedule import Schedule, build_optimizer, build_schedule
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def build_loop(config: DistillConfig, pair: DistillPair, accelerator, resume_fro
     progress = TrainingProgress(accelerator.num_processes)
     accelerator.register_for_checkpointing(progress)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        load_run_checkpoint(accelerator, config.run_path, resume_from)
         if accelerator.is_main_process:
             logger.info("resumed from %s (step %d)", resume_from, progress.step)
     accelerator.init_trackers("distill")

@@ -57,6 +57,12 @@ class SearchConfig:
                 f"search.reconstruct applies to search.allocation=adaptive or budget; allocation={self.allocation} "
                 "does not evaluate candidates, so the refit cannot change its choice: use reconstruct.enabled=true"
             )
+        if not 0 < self.tolerance < 1:
+            raise ValueError(f"search.tolerance (|achieved - target| allowed) must lie in (0, 1), e.g. 0.02; got {self.tolerance}")
+        if self.max_budget_iterations < 1:
+            raise ValueError(f"search.max_budget_iterations must be >= 1 (default 14); got {self.max_budget_iterations}")
+        if self.cache_gb < 0:
+            raise ValueError(f"search.cache_gb must be >= 0 (0 = no input cache); got {self.cache_gb}")
         if self.allocation != "adaptive":
             if self.target_reduction is None or not 0 < self.target_reduction < 1:
                 raise ValueError(
@@ -342,6 +348,29 @@ def _check_reachable(cost: TowerCost, target: float) -> float:
             "lower it, or set search.target_metric=mlp_params to count MLP parameters only"
         )
     return removable
+
+
+def smallest_search_widths(full_widths, steps: int, round_to: int = 1) -> list[int]:
+    """The widths the adaptive search reaches when every candidate is accepted (its lower limit)."""
+    smallest = []
+    for full in full_widths:
+        hi = full
+        for _ in range(steps):
+            hi = round_width(hi // 2, full, round_to)
+        smallest.append(hi)
+    return smallest
+
+
+def check_budget_reachable(cost: TowerCost, target: float, tolerance: float, steps: int, round_to: int = 1) -> None:
+    """Budget mode, before any scoring: refuse a target the search cannot come within ``tolerance`` of."""
+    removable = _check_reachable(cost, target)
+    most = cost.reduction(smallest_search_widths(cost.full_widths, steps, round_to))
+    if target - tolerance > most:
+        raise ConfigError(
+            f"search.target_reduction={target:g} cannot be reached: even at the search's smallest widths "
+            f"(H/2^{steps}) pruning removes {most:.1%} of the cost (the MLPs hold {removable:.1%}); lower the target, "
+            "raise search.steps, or set search.target_metric=mlp_params"
+        )
 
 
 def uniform_widths(cost: TowerCost, target: float, round_to: int = 1) -> list[int]:
