@@ -95,18 +95,26 @@ def uneven_widths(config: BenchConfig) -> list[int]:
     return [int(min(max(w | 1, 1), config.intermediate_size)) for w in widths]
 
 
-def _median_ms(runners: dict[str, Callable], warmup: int, repeats: int) -> dict[str, float]:
-    """Median latency (ms) of every runner, the runners interleaved round by round."""
+def interleaved_samples(runners: dict[str, Callable], warmup: int, repeats: int, progress=None) -> dict[str, list]:
+    """Latencies (ms) of every runner, the runners taking turns round by round after ``warmup`` runs each."""
     for run in runners.values():
         for _ in range(warmup):
             run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
             start = time.perf_counter()
             run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
+            samples[name].append((time.perf_counter() - start) * 1000)
+        if progress is not None:
+            progress.update()
+    return samples
+
+
+def _median_ms(runners: dict[str, Callable], warmup: int, repeats: int) -> dict[str, float]:
+    """Median latency (ms) of every runner, the runners interleaved round by round."""
+    samples = interleaved_samples(runners, warmup, repeats)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def run_benchmark(config: BenchConfig) -> dict:

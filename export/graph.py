@@ -88,7 +88,7 @@ def export_graph(
         },
         opset_version=options.resolved_opset,
         ort_fusions=options.ort_fusions,
-        quantizer=_quantizer(options, calibration),
+        quantizer=quantizer_for(options, calibration),
     )
     try:
         with _quiet_exporter(), export_patches(), torch.no_grad():
@@ -97,11 +97,11 @@ def export_graph(
         raise ExportError(f"tracing {spec.name} of {type(model).__name__} failed: {error}") from error
     _name_dynamic_axes(program, axes)
     proto = ir.to_proto(program)
-    _drop_initializer_value_info(proto)
+    drop_initializer_value_info(proto)
     return proto
 
 
-def _drop_initializer_value_info(model: onnx.ModelProto) -> None:
+def drop_initializer_value_info(model: onnx.ModelProto) -> None:
     """Initializers carry their own type and shape; a second, stale copy in ``value_info`` (the fusions leave
     some) fails strict shape inference."""
     initializers = {tensor.name for tensor in model.graph.initializer}
@@ -130,7 +130,8 @@ def _quiet_exporter() -> Iterator[None]:
 _NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "")  # "": onnxruntime.quantization logs to the root
 
 
-def _quantizer(options: ExportOptions, calibration: list[dict] | None) -> OnnxRuntimeQuantizer | None:
+def quantizer_for(options: ExportOptions, calibration: list[dict] | None) -> OnnxRuntimeQuantizer | None:
+    """The ONNX Runtime quantizer of ``options.quantize`` (None for float graphs)."""
     if options.quantize == "int8-dynamic":
         # Per-channel int8 weights keep the narrow rows/columns of pruned MLPs accurate; activations are
         # quantized per batch at run time (no calibration data needed).
