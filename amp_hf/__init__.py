@@ -12,6 +12,7 @@ from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint,
 from .loading import load_model, resolve_model_path
 from .families import ADAPTERS, FamilyAdapter, MlpStack, UnsupportedModelError, get_adapter, resolve, supported_models
 from .open_clip_family import load_open_clip_folder, wrap_open_clip
+from .timm_family import load_timm_folder, wrap_timm
 from .plan import PlanError, PrunePlan, top_indices
 from .models import NeuronMap
 from .slicing import keep_all_plan, slice_model, slice_state_dict
@@ -34,6 +35,7 @@ __all__ = [
     "is_pruned_checkpoint",
     "keep_all_plan",
     "load_open_clip_folder",
+    "load_timm_folder",
     "load_model",
     "load_pruned",
     "model_stats",
@@ -45,4 +47,5 @@ __all__ = [
     "supported_models",
     "top_indices",
     "wrap_open_clip",
+    "wrap_timm",
 ]

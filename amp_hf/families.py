@@ -147,6 +147,16 @@ class FamilyAdapter:
         ids = torch.ones(batch_size, length, dtype=torch.long, device=device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
+    # -- model card ----------------------------------------------------------------------------------
+    def hub_base_model(self, config: dict) -> str | None:
+        """The base model's Hub id as a checkpoint's config.json records it, for families that record one."""
+        return None
+
+    def usage_example(self, repo: str) -> str | None:
+        """Lines after ``model = ...from_pretrained(repo)`` in the card's usage examples (preprocessing and
+        family-specific access); None: the generic processor / tokenizer lines."""
+        return None
+
     # -- pruned config -----------------------------------------------------------------------------
     def pruned_config(
         self, model: PreTrainedModel, widths: list[int], amp_pruning: dict | None
@@ -240,6 +250,10 @@ ADAPTERS: dict[str, FamilyAdapter] = {
 from .open_clip_family import OPEN_CLIP_ADAPTER  # noqa: E402  (its adapter subclasses FamilyAdapter above)
 
 ADAPTERS[OPEN_CLIP_ADAPTER.name] = OPEN_CLIP_ADAPTER
+
+from .timm_family import TIMM_ADAPTER  # noqa: E402  (likewise)
+
+ADAPTERS[TIMM_ADAPTER.name] = TIMM_ADAPTER
 
 
 def supported_models() -> list[str]:

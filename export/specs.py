@@ -268,6 +268,9 @@ SPECS: dict[str, ArchitectureSpec] = {
         ),
     ),
     "AmpBertForSequenceClassification": _classifier("text", "text-classification"),
+    # timm through TimmWrapper: pooler_output is timm's pre-logits feature (CLS token or token average)
+    "AmpTimmWrapperModel": _image_backbone(_POOLED),
+    "AmpTimmWrapperForImageClassification": _classifier("image", "image-classification"),
 }
 
 

@@ -386,7 +386,10 @@ def _load_example(facts: CheckpointFacts, repo: str, remote_code: bool) -> str:
             f"from transformers import {auto_class}\n\n"
         )
         load = f'model = {auto_class}.from_pretrained("{repo}")'
-    if facts.has_image_processor:
+    family_lines = facts.adapter.usage_example(repo)
+    if family_lines is not None:
+        processor = "\n\n" + family_lines
+    elif facts.has_image_processor:
         processor = (
             "\n\nfrom transformers import AutoImageProcessor\n"
             f'processor = AutoImageProcessor.from_pretrained("{repo}")\n'

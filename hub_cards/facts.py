@@ -171,12 +171,15 @@ def gather_facts(
     open_clip_hub_id = str(open_clip_model or "").removeprefix(_OPEN_CLIP_HUB).strip("/")
     if base_id is None and str(open_clip_model).startswith(_OPEN_CLIP_HUB) and _is_hub_id(open_clip_hub_id):
         base_id = open_clip_hub_id  # open_clip's `hf-hub:org/name` base
+    adapter = _adapter_for(architecture)
+    if base_id is None:  # e.g. a local copy of a timm Hub folder: its config names the Hub id
+        base_id = adapter.hub_base_model(config)
     onnx_folder = _onnx_folder(path, onnx_dir)
     export_metadata = (_read_json(onnx_folder / EXPORT_METADATA_FILE) or {}) if onnx_folder else {}
     return CheckpointFacts(
         path=path,
         architecture=architecture,
-        adapter=_adapter_for(architecture),
+        adapter=adapter,
         widths=widths,
         original_widths=original_widths,
         method=provenance.get("method"),

@@ -32,12 +32,19 @@ class FeatureModel(nn.Module):
         super().__init__()
         self.model = model
         self.with_logits = with_logits
+        self.adapter = adapter
         backbone = adapter.backbone(model)
         # A path, not a module attribute: a second reference would duplicate the weights in state_dict().
-        self.backbone_path = next(name for name, module in model.named_modules() if module is backbone)
+        # None: the backbone is a view that owns no weights (timm, open_clip wrappers), rebuilt per call.
+        self.backbone_path = next((name for name, module in model.named_modules() if module is backbone), None)
+
+    def _backbone(self) -> nn.Module:
+        if self.backbone_path is None:
+            return self.adapter.backbone(self.model)
+        return self.model.get_submodule(self.backbone_path)
 
     def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        runner = self.model if self.with_logits else self.model.get_submodule(self.backbone_path)
+        runner = self.model if self.with_logits else self._backbone()
         outputs = runner(**batch, output_hidden_states=True)
         result = {"hidden": outputs.hidden_states[-1]}
         if self.with_logits:

@@ -25,6 +25,7 @@ from .modeling_amp_clip import (
 )
 from .modeling_amp_dinov2 import AmpDinov2Config, AmpDinov2ForImageClassification, AmpDinov2Model, dinov2_mlp_width
 from .modeling_amp_open_clip import AmpOpenCLIPConfig, AmpOpenCLIPModel
+from .modeling_amp_timm_wrapper import AmpTimmWrapperConfig, AmpTimmWrapperForImageClassification, AmpTimmWrapperModel
 from .modeling_amp_siglip import AmpSiglipConfig, AmpSiglipModel, AmpSiglipVisionConfig, AmpSiglipVisionModel
 from .modeling_amp_vit import AmpViTConfig, AmpViTForImageClassification, AmpViTModel
 
@@ -49,6 +50,10 @@ AUTO_CLASSES: dict[type, dict[str, type]] = {
     },
     AmpBertConfig: {"AutoModel": AmpBertModel, "AutoModelForSequenceClassification": AmpBertForSequenceClassification},
     AmpOpenCLIPConfig: {"AutoModel": AmpOpenCLIPModel},
+    AmpTimmWrapperConfig: {
+        "AutoModel": AmpTimmWrapperModel,
+        "AutoModelForImageClassification": AmpTimmWrapperForImageClassification,
+    },
 }
 
 # Every pruned model class, by name (config.architectures[0] of a saved checkpoint).
@@ -67,6 +72,8 @@ MODEL_CLASSES: dict[str, type] = {
         AmpBertModel,
         AmpBertForSequenceClassification,
         AmpOpenCLIPModel,
+        AmpTimmWrapperModel,
+        AmpTimmWrapperForImageClassification,
     )
 }
 
@@ -109,6 +116,9 @@ __all__ = [
     "AmpDinov2Config",
     "AmpOpenCLIPConfig",
     "AmpOpenCLIPModel",
+    "AmpTimmWrapperConfig",
+    "AmpTimmWrapperForImageClassification",
+    "AmpTimmWrapperModel",
     "AmpDinov2ForImageClassification",
     "AmpDinov2Model",
     "AmpSiglipConfig",

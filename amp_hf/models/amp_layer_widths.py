@@ -129,6 +129,17 @@ class NeuronMap:
         return _vector_size(module)
 
 
+# timm's MLP classes inside a timm block (paths relative to the block), shared by the timm family and
+# open_clip's timm-trunk towers. timm's ``norm`` is an ``nn.Identity`` unless the MLP normalises its hidden
+# width (EVA02's ``scale_mlp``); it is pruned with the neurons. Tried in order; the shapes tell them apart
+# (a fused fc1 has twice the rows fc2 has columns).
+TIMM_NEURON_MAPS = (
+    NeuronMap(rows=("mlp.fc1_g", "mlp.fc1_x"), columns="mlp.fc2", vectors=("mlp.norm",)),  # SwiGLU
+    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", chunks=2, vectors=("mlp.norm",)),  # GluMlp, SwiGLUPacked
+    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", vectors=("mlp.norm",)),  # Mlp
+)
+
+
 def chunk_index(kept: torch.Tensor, chunks: int, width: int) -> torch.Tensor:
     """Row indices of the kept neurons in a tensor stacking ``chunks`` blocks of ``width`` rows."""
     kept = torch.as_tensor(kept, dtype=torch.long)

@@ -20,7 +20,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 
-from .amp_layer_widths import NeuronMap, PerLayerMLPWidthsMixin
+from .amp_layer_widths import TIMM_NEURON_MAPS, NeuronMap, PerLayerMLPWidthsMixin
 
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 
@@ -32,9 +32,7 @@ OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 NEURON_MAPS = (
     NeuronMap(rows=("mlp.c_fc",), columns="mlp.c_proj", vectors=("mlp.ln",)),
     NeuronMap(rows=("mlp.c_fc",), columns="mlp.c_proj"),
-    NeuronMap(rows=("mlp.fc1_g", "mlp.fc1_x"), columns="mlp.fc2", vectors=("mlp.norm",)),
-    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", chunks=2, vectors=("mlp.norm",)),
-    NeuronMap(rows=("mlp.fc1",), columns="mlp.fc2", vectors=("mlp.norm",)),
+    *TIMM_NEURON_MAPS,
 )
 
 
