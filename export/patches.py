@@ -6,6 +6,7 @@ Each patch is undone on exit, so the model behaves exactly as before once the ex
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 from transformers import masking_utils
@@ -35,7 +36,33 @@ def skip_unpadded_attention_masks() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def slice_timm_rotary_halves() -> Iterator[None]:
+    """Trace timm EVA's rotary embedding with slices instead of ``chunk``.
+
+    ``emb.chunk(2, -1)`` becomes an ONNX ``Split`` with ``num_outputs``, an attribute opset 17 (the TensorRT
+    target) does not have, so the converted graph fails the checker. Two slices of the same halves compute
+    exactly the same values. Only patched when timm's EVA module is loaded (timm is optional).
+    """
+    eva = sys.modules.get("timm.models.eva")
+    original = getattr(eva, "apply_rot_embed_cat", None)
+    if original is None:
+        yield
+        return
+    from timm.layers.pos_embed_sincos import apply_rot_embed
+
+    def apply_rot_embed_cat(x, emb, half: bool = False):
+        width = emb.shape[-1] // 2
+        return apply_rot_embed(x, emb[..., :width], emb[..., width:], half=half)
+
+    eva.apply_rot_embed_cat = apply_rot_embed_cat
+    try:
+        yield
+    finally:
+        eva.apply_rot_embed_cat = original
+
+
+@contextlib.contextmanager
 def export_patches() -> Iterator[None]:
     """Every patch the exporter applies, as one context."""
-    with skip_unpadded_attention_masks():
+    with skip_unpadded_attention_masks(), slice_timm_rotary_halves():
         yield

@@ -226,16 +226,17 @@ def test_two_process_scoring_equals_one_process(timm_folders, tmp_path):
             torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5 * float(one[key].abs().max()))
 
 
-@pytest.mark.parametrize("case", ["eva02_swiglu_norm", "vit_registers"])
-def test_onnx_export_is_validated_and_runs_in_onnxruntime(case, timm_folders, tmp_path):
+# EVA02 (rotary embeddings) as the TensorRT-ready graph (opset 17), the ViT with registers as plain ONNX.
+@pytest.mark.parametrize(("case", "target"), [("eva02_swiglu_norm", "tensorrt"), ("vit_registers", "onnx")])
+def test_onnx_export_is_validated_and_runs_in_onnxruntime(case, target, timm_folders, tmp_path):
     import onnxruntime
 
-    from export import export_checkpoint
+    from export import ExportOptions, export_checkpoint
 
     model = amp_hf.load_model(str(timm_folders[case]))
     plan = uneven_plan(model)
     path = amp_hf.save_pruned(amp_hf.slice_model(model, plan), tmp_path / "pruned", plan)
-    result = export_checkpoint(path, tmp_path / "onnx")
+    result = export_checkpoint(path, tmp_path / "onnx", ExportOptions(target=target))
     validation = result.metadata["graphs"]["model"]["validation"]
     assert validation["onnx_checker"] == "passed"
     assert all(output["passed"] for output in validation["outputs"].values())
