@@ -250,3 +250,27 @@ def test_onnx_vision_and_text_graphs_match_pytorch(native, tmp_path):
                                    atol=1e-4, rtol=1e-4)  # fmt: skip
         torch.testing.assert_close(torch.from_numpy(image_embeds), pruned.get_image_features(image).pooler_output,
                                    atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+# -- distillation -------------------------------------------------------------------------------------------
+
+
+def test_distillation_recovers_from_the_open_clip_teacher(tmp_path):
+    """`amp-hf distill` with an open_clip Hub folder as teacher and its pruned amp_open_clip student."""
+    from amp_hf.cli import main
+
+    clip = build_open_clip(seed=9)
+    save_open_clip_folder(clip, tmp_path / "teacher")
+    student = amp_hf.slice_model(wrapped("native", seed=9), amp_hf.PrunePlan([64] * 3, [range(16)] * 3, method="magnitude"))
+    amp_hf.save_pruned(student, tmp_path / "student")
+    argv = ["distill", f"teacher={tmp_path / 'teacher'}", f"student={tmp_path / 'student'}", f"output={tmp_path / 'out'}",
+            "data.source=digits", "data.num_samples=32", "data.batch_size=16", "schedule.epochs=1"]  # fmt: skip
+    assert main(argv) == 0
+    distilled = amp_hf.load_model(str(tmp_path / "out"))
+    assert amp_hf.get_adapter(distilled).widths(distilled) == [16, 16, 16]
+    changed = [not torch.equal(a, b) for a, b in zip(distilled.state_dict().values(), student.state_dict().values())]
+    assert any(changed)  # the student was trained
+    batch = sample_batch()
+    with torch.no_grad():  # the text tower is not trained: text features stay the teacher's
+        torch.testing.assert_close(distilled.get_text_features(batch["input_ids"]).pooler_output,
+                                   clip.encode_text(batch["input_ids"]))  # fmt: skip

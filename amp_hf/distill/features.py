@@ -17,7 +17,7 @@ from ..families import FamilyAdapter
 
 # Families whose sequence starts with a CLS token (BERT's [CLS] comes from the tokenizer). SigLIP has none:
 # its summary is the mean of the tokens.
-CLS_TOKEN_FAMILIES = frozenset({"vit", "clip", "dinov2", "bert"})
+CLS_TOKEN_FAMILIES = frozenset({"vit", "clip", "dinov2", "bert", "open_clip"})
 
 
 class FeatureModel(nn.Module):
