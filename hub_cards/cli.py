@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from amp_hf.cli import UsageError
+from amp_hf.outputs import expand
 
 from .card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
 from .push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval_report*.json beside it and its ONNX graphs (onnx/ or --onnx), and write README.md and "
         "width_profile.png into the folder. Reads local files only.",
     )
-    card.add_argument("checkpoint", type=Path, help="pruned checkpoint folder")
+    card.add_argument("checkpoint", type=expand, help="pruned checkpoint folder")
     card.add_argument("--repo-id", help="Hub repo id to show in the usage snippets (default: a placeholder)")
     _add_card_options(card)
     card.set_defaults(func=run_card)
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a freshly rendered card + width plot, and the ONNX folder (under onnx/) in a single commit: on any "
         "failure the repo is left as it was. The token comes from --token, HF_TOKEN or `hf auth login`.",
     )
-    push_parser.add_argument("checkpoint", type=Path, help="pruned checkpoint folder")
+    push_parser.add_argument("checkpoint", type=expand, help="pruned checkpoint folder")
     push_parser.add_argument("repo_id", help="target repo, namespace/name")
     options = push_parser.add_argument
     options("--private", action="store_true", help="create the repo as private (if it does not exist)")
@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_card_options(parser: argparse.ArgumentParser) -> None:
     options = parser.add_argument
-    options("--onnx", type=Path, metavar="DIR", help="folder of exported ONNX graphs to describe (pushed under onnx/)")
-    options("--template", type=Path, help="your own Jinja model-card template (default: the one amp-hf ships)")
+    options("--onnx", type=expand, metavar="DIR", help="folder of exported ONNX graphs to describe (pushed under onnx/)")
+    options("--template", type=expand, help="your own Jinja model-card template (default: the one amp-hf ships)")
     options("--base-model", help="base model Hub id, when config.json does not record it")
     options("--license", help="license id for the card metadata (default: the base model's, if its card is on disk)")
 
