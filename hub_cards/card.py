@@ -17,6 +17,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import amp_hf
+from amp_hf.outputs import record_written
 
 from .facts import CheckpointFacts, EvalEntry, OnnxGraph, gather_facts
 from .plot import width_profile_png
@@ -176,6 +177,7 @@ def write_card(
         target = Path(checkpoint) / name
         _replace_file(target, content)
         written.append(target)
+    record_written(checkpoint, [path.name for path in written])  # still amp-hf's folder for a later overwrite
     return written
 
 

@@ -353,6 +353,10 @@ def test_overwrite_replaces_amp_hf_outputs_and_cleans_killed_runs(workspace):
     assert not stale.exists()
     assert (workspace / "pruned" / "config.json").read_text() != old_config
     assert not [p for p in workspace.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    # a card and an export written into it later (eval reports too) keep it amp-hf's to replace
+    assert main(["card", "pruned"]) == 0
+    assert main(["export", "pruned", "pruned/onnx"]) == 0
+    assert main(["prune", "model=vit", "output=pruned", "overwrite=true", *MAGNITUDE]) == 0
     # an output written before amp-hf left a marker is still recognised by its artifacts
     (workspace / "pruned" / ".amp-hf-output.json").unlink()
     assert main(["prune", "model=vit", "output=pruned", "overwrite=true", *MAGNITUDE]) == 0
