@@ -347,8 +347,8 @@ class SearchRefit:
     The search runs last to first, so when layer l is searched everything before it is the original network:
     its Gram statistics come from cached layer inputs (the original activations, as in ``mode=independent``),
     once per layer, fit on the calibration ``batches`` (default: the evaluator's search batches) minus the
-    held-out ones (``heldout_fraction``), damping chosen on the held-out ones; each candidate is then one small
-    solve. The
+    held-out ones (``heldout_fraction``); the damping is chosen on the held-out ones at the layer's first
+    candidate (the middle width) and every candidate is then one small solve. The
     statistics and solves are kept for the budget mode's repeated searches (within ``memory_gb``) and are
     all-reduced across processes like the evaluator's criterion, so N processes find the 1-process answer.
     ``guard`` (``end_to_end_check``): the search also evaluates the accepted width plainly sliced and keeps the
@@ -371,6 +371,7 @@ class SearchRefit:
         self._grams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._solutions: dict[tuple[int, tuple[int, ...]], tuple[tuple | None, RefitResult]] = {}
         self._cache_tried = False
+        self._dampings: dict[int, list[float]] = {}
         self.tokens = (0, 0)
 
     def prepare(self, layer: int) -> None:
@@ -398,7 +399,11 @@ class SearchRefit:
             if layer not in self._grams:
                 raise RuntimeError(f"SearchRefit.prepare({layer}) must run before the layer's candidates")
             fit, heldout = self._grams[layer]
-            result = refit_output_projection(full.weight, full.bias, kept, fit, heldout, self.config.dampings)
+            dampings = self._dampings.get(layer, self.config.dampings)
+            result = refit_output_projection(full.weight, full.bias, kept, fit, heldout, dampings)
+            if result.damping is not None:
+                # chosen on held-out tokens at the layer's first candidate; its other candidates are one solve each
+                self._dampings.setdefault(layer, [result.damping])
             projection = corrected_projection(full, kept, result.delta) if result.delta is not None else None
             if len(self._solutions) * full.weight.numel() * full.weight.element_size() > self.memory:
                 self._solutions.clear()

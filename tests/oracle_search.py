@@ -41,7 +41,7 @@ def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=
     return widths
 
 
-def oracle_refit_search(model, scores, batches, criterion, delta_e, steps=6, heldout_fraction=0.25,
+def oracle_refit_search(model, scores, batches, criterion, delta_e, steps=6, damping=1e-2, heldout_fraction=0.25,
                         acceptance="rise"):
     """The reconstruction-aware search by definition: every candidate is the whole model sliced and then
     reconstructed (``amp_hf.reconstruct``, independent mode: each layer fit on the original network's
@@ -52,7 +52,7 @@ def oracle_refit_search(model, scores, batches, criterion, delta_e, steps=6, hel
     adapter = amp_hf.get_adapter(model)
     full = adapter.widths(model)
     order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
-    config = ReconstructConfig(enabled=True, mode="independent", end_to_end_check=False,
+    config = ReconstructConfig(enabled=True, mode="independent", end_to_end_check=False, damping=damping,
                                heldout_fraction=heldout_fraction)
 
     def rebuild(widths):

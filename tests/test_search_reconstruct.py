@@ -28,7 +28,8 @@ from amp_hf.selection import (
     tower_cost,
 )
 
-RAW = ReconstructConfig(enabled=True, end_to_end_check=False)  # the refit alone, no end-to-end guard
+# the refit alone (no end-to-end guard), at one damping so reconstruct() solves exactly what the search does
+RAW = ReconstructConfig(enabled=True, end_to_end_check=False, damping=1e-2)
 
 
 def image_batches(model, count=4, size=8, seed=0):
@@ -142,6 +143,21 @@ def test_saved_model_is_the_searched_model(vit_checkpoint, tmp_path, capsys):
     # and the refit mattered: plain slicing of the same widths measures something else
     plain = amp_hf.slice_model(base, amp_hf.PrunePlan.load(output))
     assert CriterionEvaluator(plain, criterion, batches).evaluate() != pytest.approx(value, rel=1e-5)
+
+
+def test_dgmr_search_chooses_prefixes_of_its_gram_schmidt_order(vit_checkpoint, tmp_path):
+    from amp_hf.selection import dgmr_scores
+
+    output = tmp_path / "dgmr"
+    assert main([*PRUNE, "method=dgmr", "search.delta_e=0.01", f"model={vit_checkpoint}", f"output={output}"]) == 0
+    plan = amp_hf.PrunePlan.load(output)
+    base = amp_hf.load_model(str(vit_checkpoint))
+    assert plan.widths != plan.original_widths and len(set(plan.widths)) > 1  # widths searched, not uniform
+    for kept, scores in zip(plan.kept, dgmr_scores(base, width=max(plan.original_widths))):
+        order = torch.sort(-scores, stable=True).indices.tolist()
+        assert set(kept) == set(order[: len(kept)])  # a prefix of DGMR's pick order
+    report = json.loads((output / "prune_report.json").read_text())
+    assert report["method"] == "dgmr" and report["reconstruction"]["mode"] == "in_search"
 
 
 @pytest.mark.parametrize("override, message", [
