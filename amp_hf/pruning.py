@@ -91,11 +91,9 @@ class PruneConfig:
         self.model = expand_user(self.model)
         self.output = expand_user(self.output)
         self.scoring.scores_path = expand_user(self.scoring.scores_path)
-        if self.method == "dgmr" and self.search.allocation != "adaptive":
-            raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation")
-        if self.method == "dgmr" and self.search.reconstruct:
-            raise ValueError("method dgmr keeps a uniform width and runs no search: use reconstruct.enabled=true "
-                             "instead of search.reconstruct")
+        if self.method == "dgmr" and self.search.allocation != "adaptive" and not self.search.reconstruct:
+            raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation "
+                             "(or set search.reconstruct=true to search its Gram-Schmidt prefixes)")
         if self.search.reconstruct and self.reconstruct.enabled:
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
                              "model is the searched one): drop reconstruct.enabled")
@@ -147,7 +145,9 @@ def compute_scores(config: PruneConfig, model, processor, accelerator) -> Neuron
         )
         return scores
     if config.method == "dgmr":
-        values = dgmr_scores(model, width=_dgmr_width(config, model))
+        # search.reconstruct searches DGMR's pick order: every neuron gets a rank, a width keeps a prefix
+        width = max(adapter.widths(model)) if config.search.reconstruct else _dgmr_width(config, model)
+        values = dgmr_scores(model, width=width)
     elif config.method == "magnitude":
         values = magnitude_scores(model)
     else:
@@ -226,7 +226,7 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
     adapter = get_adapter(model)
     full = adapter.widths(model)
     details: dict = {"allocation": search.allocation, "round_to": search.round_to}
-    if config.method == "dgmr":
+    if config.method == "dgmr" and not search.reconstruct:
         width = _dgmr_width(config, model)
         widths = [min(width, f) for f in full]
         details.update(allocation="uniform", dgmr_ratio=config.dgmr.ratio, dgmr_width=width)
