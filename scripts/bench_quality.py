@@ -7,6 +7,10 @@ Every method prunes the same model to the same MLP-parameter reduction (25/40/55
   amp            AMP: Taylor scores of the entropy criterion + adaptive search, ΔE found by budget mode
   amp-change     the same, accepting a candidate when the entropy moves by at most ΔE either way
                  (search.acceptance=change) instead of AMP's rise-only rule
+  amp-refit      the same budget search with search.reconstruct=true: every candidate is evaluated after the
+                 closed-form refit of its output projection (statistics from the scoring data); its
+                 "reconstructed" row is the searched model itself, its "sliced" row those widths plainly sliced
+                 (acceptance: the model's, see --help of the setups: rise for MiniLM, change for the ViT)
   global-taylor  the same scores, one global ranking (scores normalised per layer)
   uniform-taylor the same scores, the same width in every layer
   ce-taylor      Taylor scores of labelled cross-entropy (classifier heads only), uniform widths
@@ -19,6 +23,11 @@ Each plan is evaluated as
                  scoring data, held-out damping choice, end-to-end fallbacks)
   distilled      `amp-hf distill` (a subprocess, as a user runs it) from the sliced checkpoint, at the
                  --distill-targets only (default 40%); --no-distill skips it
+Also, with --search-cost: one plain and one reconstruction-aware adaptive search at the same ΔE, side by
+side (wall-time ratio); with --distill-steps S1,S2,..: distillation runs of S optimiser steps from three
+starts of amp at the --distill-targets (sliced, sliced + reconstruct, amp-refit), and the fewest steps that
+reach 99% of the unpruned kNN@20. --methods runs only some methods; with --update the other methods' rows
+already in <output>.json are kept.
 Writes docs/benchmarks.md and docs/benchmarks.json (tables, wall times, the command to reproduce).
 
     nice python scripts/bench_quality.py [--models minilm,vit] [--quick] [--no-distill]
@@ -44,10 +53,11 @@ import amp_hf  # noqa: E402
 from amp_hf.data import DataConfig, load_processor, make_loader, prepare_dataset  # noqa: E402
 from amp_hf.eval_metrics import knn_accuracy, mean_cosine  # noqa: E402
 from amp_hf.evaluate import embed_dataset, evaluate_top1  # noqa: E402
-from amp_hf.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from amp_hf.reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct  # noqa: E402
 from amp_hf.selection import (  # noqa: E402
     CriterionConfig,
     CriterionEvaluator,
+    adaptive_search,
     budget_search,
     build_criterion,
     dgmr_scores,
@@ -62,6 +72,8 @@ from amp_hf.selection import (  # noqa: E402
 from bench_distill import distill, final_loss  # noqa: E402  (the same `amp-hf distill` subprocess)
 
 TARGETS = (0.25, 0.40, 0.55)
+METHOD_ORDER = ["amp", "amp-change", "amp-refit", "global-taylor", "uniform-taylor", "ce-taylor", "dgmr", "magnitude",
+                "random"]
 DISTILL_TARGETS = (0.40,)
 CRITERION = CriterionConfig(name="entropy", temp_inv=15)
 
@@ -71,8 +83,9 @@ def batches_of(model, processor, data: DataConfig) -> list[dict]:
     return list(make_loader(dataset, data.batch_size, drop_last=True))
 
 
-def make_plans(model, scoring: list[dict], setup: dict, targets, log) -> tuple[dict, dict]:
-    """Every method's plan at every target (scores computed once per method), and the selection wall times."""
+def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=None) -> tuple[dict, dict, dict, list]:
+    """Every method's plan at every target (scores computed once per method), the selection wall times,
+    amp-refit's searched output projections, and the entropy Taylor scores."""
     entropy = build_criterion(CRITERION)
     seconds = {}
     started = time.time()
@@ -90,19 +103,26 @@ def make_plans(model, scoring: list[dict], setup: dict, targets, log) -> tuple[d
     scores["random"] = random_scores(model, seed=0)
     cost = tower_cost(model, "mlp_params")
     evaluator = CriterionEvaluator(model, entropy, batches_of(model, setup["processor"], setup["search"]))
-    plans = {}
+    refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=scoring)
+    plans, projections = {}, {}
+    searches = [("amp", "rise", None), ("amp-change", "change", None), ("amp-refit", setup["acceptance"], refit)]
     for target in targets:
         uniform = uniform_widths(cost, target)
-        for method, acceptance in (("amp", "rise"), ("amp-change", "change")):
+        for method, acceptance, in_search in searches:
+            if methods and method not in methods:
+                continue
             started = time.time()
             result, achieved = budget_search(model, scores["taylor"], evaluator, target, cost,
                                              tolerance=setup["tolerance"], upper=setup["delta_e_upper"],
-                                             acceptance=acceptance)
+                                             acceptance=acceptance, refit=in_search)
             seconds[f"{method} budget search {target:.0%}"] = time.time() - started
             log(f"  {method} budget search {target:.0%}: ΔE={result.delta_e:.3g} -> {achieved:.1%} "
                 f"in {time.time() - started:.0f} s")
             plans[method, target] = amp_hf.PrunePlan(cost.full_widths, result.kept, method,
-                                                     {"delta_e": result.delta_e, "achieved": achieved})
+                                                     {"delta_e": result.delta_e, "achieved": achieved,
+                                                      "final_entropy": result.final_entropy})
+            if in_search is not None:
+                projections[method, target] = (result.projections, result.refit)
         plans["global-taylor", target] = plan_from_widths(scores["taylor"], global_widths(scores["taylor"], cost, target),
                                                           "global-taylor", {})
         plans["uniform-taylor", target] = plan_from_widths(scores["taylor"], uniform, "uniform-taylor", {})
@@ -110,7 +130,30 @@ def make_plans(model, scoring: list[dict], setup: dict, targets, log) -> tuple[d
             plans["ce-taylor", target] = plan_from_widths(scores["ce"], uniform, "ce-taylor", {})
         for name in ("dgmr", "magnitude", "random"):
             plans[name, target] = plan_from_widths(scores[name], uniform, name, {})
-    return plans, {k: round(v, 1) for k, v in seconds.items()}
+    if methods:
+        plans = {key: plan for key, plan in plans.items() if key[0] in methods}
+    return plans, {k: round(v, 1) for k, v in seconds.items()}, projections, scores["taylor"]
+
+
+def search_cost(model, scores, batches, scoring, delta_e: float, acceptance: str, log) -> dict:
+    """One plain and one reconstruction-aware adaptive search at the same ΔE on the same batches, timed side
+    by side (plain, refit, plain, refit: the mean of two each, so load drift hits both alike)."""
+    entropy = build_criterion(CRITERION)
+    seconds = {"plain": [], "refit": []}
+    evaluations, widths = {}, {}
+    for kind in ("plain", "refit", "plain", "refit"):
+        evaluator = CriterionEvaluator(model, entropy, batches)
+        refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=scoring) if kind == "refit" else None
+        started = time.time()
+        result = adaptive_search(model, scores, evaluator, delta_e, acceptance=acceptance, progress=False, refit=refit)
+        seconds[kind].append(time.time() - started)
+        evaluations[kind], widths[kind] = result.evaluations, result.widths
+        log(f"  search cost: {kind} adaptive search at ΔE={delta_e:.3g}: {seconds[kind][-1]:.0f} s, "
+            f"{result.evaluations} evaluations, widths {result.widths}")
+    mean = {k: sum(v) / len(v) for k, v in seconds.items()}
+    return {"delta_e": delta_e, "acceptance": acceptance, "seconds": {k: [round(x, 1) for x in v] for k, v in seconds.items()},
+            "evaluations": evaluations, "widths": widths, "ratio": round(mean["refit"] / mean["plain"], 3),
+            "load_average": [round(x, 1) for x in os.getloadavg()]}
 
 
 class Judge:
@@ -135,41 +178,84 @@ class Judge:
         return values
 
 
+def distill_steps(starts: dict, teacher_id: str, processor, setup: dict, judge, options, work: Path, log) -> list:
+    """Distil each start for S optimiser steps (a fresh one-epoch run of S batches per S: warmup and cosine
+    decay scale with it) and judge it; the fewest S reaching 99% of the unpruned kNN@20 is reported."""
+    results = []
+    batch = setup["distill_steps_batch"]
+    chosen = [(key, value) for key, value in starts.items() if key[1] in options.distill_targets]
+    for (start, target), (student_model, plan) in sorted(chosen, key=lambda item: (item[0][1], item[0][0])):
+        student = work / f"start-{start}-{target}"
+        amp_hf.save_pruned(student_model, student, plan, processor=processor, overwrite=True)
+        curve = [{"steps": 0, **judge(student_model)}]
+        for steps in options.distill_steps:
+            output = work / f"start-{start}-{target}-{steps}"
+            overrides = [*setup["distill_overrides"], f"data.num_samples={batch * steps}", f"data.batch_size={batch}"]
+            seconds = distill(setup["distill_config"], teacher_id, student, output, 1, overrides)
+            curve.append({"steps": steps, "seconds": seconds, **judge(amp_hf.load_model(str(output)).eval())})
+            log(f"  distill {start} {target:.0%} {steps} steps: knn@20={curve[-1]['knn@20']:.4f}")
+        goal = 0.99 * judge.teacher["knn@20"]
+        reached = next((point["steps"] for point in curve if point["knn@20"] >= goal), None)
+        results.append({"start": start, "target": target, "curve": curve, "steps_to_99": reached})
+    return results
+
+
 def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: Path, log) -> dict:
     model = amp_hf.load_model(teacher_id).eval()
     setup["processor"] = processor = load_processor(teacher_id, amp_hf.get_adapter(model))
     log(f"{name}: scoring and searching")
     judge = Judge(model, setup)
     scoring = batches_of(model, processor, setup["scoring"])
-    plans, selection_seconds = make_plans(model, scoring, setup, targets, log)
+    methods = options.methods.split(",") if options.methods else None
+    plans, selection_seconds, projections, taylor = make_plans(model, scoring, setup, targets, log, methods)
     criterion = build_criterion(CRITERION)
     rows = []
+    starts = {}  # (start, target) -> (model, plan): the distillation-steps starts
     mlp_before = amp_hf.model_stats(model)["params_mlp"]
     for (method, target), plan in plans.items():
         common = {"method": method, "target": target, "widths": plan.widths}
         sliced = amp_hf.slice_model(model, plan).eval()
         common["mlp_reduction"] = 1 - amp_hf.model_stats(sliced)["params_mlp"] / mlp_before
         rows.append({**common, "variant": "sliced", **judge(sliced)})
-        if options.reconstruct:
+        if (method, target) in projections:  # the searched model itself: no reconstruction after the search
+            searched = amp_hf.slice_model(model, plan).eval()
+            refit = install_search_refit(searched, *projections[method, target])
+            rows.append({**common, "variant": "reconstructed", "seconds": 0.0, "kept": refit["kept"],
+                         "refit_layers": refit["layers_reconstructed"], **judge(searched)})
+            starts["reconstruction-searched", target] = (searched, plan)
+        elif options.reconstruct:
             started = time.time()
             rebuilt, report = reconstruct(model, plan, scoring, ReconstructConfig(enabled=True), criterion=criterion)
             rows.append({**common, "variant": "reconstructed", "seconds": round(time.time() - started, 1),
                          "refit_layers": report.provenance()["layers_reconstructed"], "kept": report.kept,
                          **judge(rebuilt.eval())})
+            if method == setup["distill_steps_method"]:
+                starts["sliced", target], starts["reconstructed", target] = (sliced, plan), (rebuilt.eval(), plan)
         if options.distill and target in options.distill_targets:
             student, output = work / f"{method}-{target}", work / f"{method}-{target}-distilled"
             amp_hf.save_pruned(sliced, student, plan, processor=processor, overwrite=True)
             seconds = distill(setup["distill_config"], teacher_id, student, output, 1, setup["distill_overrides"])
             rows.append({**common, "variant": "distilled", "seconds": seconds, "final_loss": final_loss(output),
                          **judge(amp_hf.load_model(str(output)).eval())})
+        # progress on disk, so a run stopped later still leaves its measured rows
+        Path(f"{options.output}.partial-{setup['key']}.json").write_text(json.dumps(rows, indent=1, default=str))
         for row in rows[-3:]:
             if row["method"] == method and row["target"] == target:
                 log(f"  {method:15s} {target:.0%} {row['variant']:13s}: "
                     + ", ".join(f"{k}={row[k]:.4f}" for k in ("top1", "knn@20", "cosine") if k in row))
+    block_extra = {}
+    if options.search_cost and ("amp-refit", options.search_cost_target) in plans:
+        block_extra["search_cost"] = search_cost(
+            model, taylor, batches_of(model, processor, setup["search"]), scoring,
+            plans["amp-refit", options.search_cost_target].details["delta_e"], setup["acceptance"], log)
+        block_extra["search_cost"]["target"] = options.search_cost_target
+    if options.distill_steps:
+        block_extra["distill_steps"] = distill_steps(starts, teacher_id, processor, setup, judge, options, work, log)
     return {"model": name, "key": setup["key"], "teacher": judge.teacher, "selection_seconds": selection_seconds,
+            **block_extra,
             "distill": {"config": setup["distill_config"], "overrides": setup["distill_overrides"]},
             "data": {k: vars(setup[k]) for k in ("scoring", "search", "eval")} | {"knn_bank": setup["knn_bank"]},
-            "rows": rows}
+            "methods_run": sorted({key[0] for key in plans}), "rows": rows}
 
 
 def minilm_setup(quick: bool) -> dict:
@@ -179,6 +265,7 @@ def minilm_setup(quick: bool) -> dict:
     return {"key": "minilm", "scoring": data("train", 128 if quick else 512, 0), "search": data("test", 64 if quick else 128, 1),
             "eval": data("test", 200 if quick else 800, 2), "knn_bank": 300 if quick else 2000, "delta_e_upper": 0.1,
             "tolerance": 0.02,  # the budget mode's default (±2 points): each bisection step costs minutes here
+            "acceptance": "rise", "distill_steps_method": "amp", "distill_steps_batch": 16,
             "distill_config": "distill_minilm.yaml",
             # one pass over 480 fortunes at batch 16, the same peak lr (5e-4) as the config's batch 32
             "distill_overrides": ["data.num_samples=" + ("96" if quick else "480"), "data.batch_size=16",
@@ -193,6 +280,8 @@ def vit_setup(quick: bool) -> dict:
     return {"key": "vit", "scoring": data("train", 256 if quick else 2048, 0), "search": data("test", 256 if quick else 1024, 1),
             "eval": data("test", 500 if quick else 5000, 2), "knn_bank": 1000 if quick else 10000, "top1": True,
             "ce": True, "delta_e_upper": 1.0, "tolerance": 0.01, "distill_config": "distill_vit_fashion_mnist.yaml",
+            # its entropy falls under pruning: AMP's rise rule cuts whole layers (see the amp rows)
+            "acceptance": "change", "distill_steps_method": "amp-change", "distill_steps_batch": 64,
             # half of the config's 12,800 images: a few CPU minutes per method
             "distill_overrides": ["data.num_samples=" + ("512" if quick else "6400")]}
 
@@ -215,7 +304,8 @@ def model_section(block: dict) -> list[str]:
     metrics = [k for k in ("top1", "knn@20", "cosine") if k in teacher]
     main = metrics[0]
     targets = sorted({r["target"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: METHOD_ORDER.index(m)
+                     if m in METHOD_ORDER else len(METHOD_ORDER))
     variants = [v for v in ("sliced", "reconstructed") if any(r["variant"] == v for r in rows)]
     lines = [f"## {block['model']}", "",
              "Unpruned: " + ", ".join(f"{k} {_pct(v)}%" for k, v in teacher.items() if k != "cosine") + ".", ""]
@@ -231,7 +321,7 @@ def model_section(block: dict) -> list[str]:
                 cells += [_pct(row[m]) if row else "" for m in metrics]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-        for amp_method in ("amp", "amp-change"):
+        for amp_method in ("amp", "amp-change", "amp-refit"):
             best = []
             for target in targets:
                 amp = _row(rows, amp_method, target, variant)
@@ -284,6 +374,33 @@ def model_section(block: dict) -> list[str]:
                          + f" | {row[main] / teacher[main]:.1%} | {100 * (teacher[main] - row[main]):.1f}"
                          + f" | {row['seconds']:.0f} |")
         lines.append("")
+    cost = block.get("search_cost")
+    if cost:
+        lines += ["### Search cost of search.reconstruct", "",
+                  f"One plain and one reconstruction-aware adaptive search at the same ΔE ({cost['delta_e']:.3g}, "
+                  f"acceptance {cost['acceptance']}, amp-refit's ΔE at {cost.get('target', 0.4):.0%}) on the same "
+                  "batches, run alternately twice in one process (wall seconds; 1-minute load averages "
+                  f"{'/'.join(map(str, cost['load_average']))} at the end):", "",
+                  "| search | wall s (two runs) | criterion passes | widths |", "|---|---|---|---|"]
+        for kind in ("plain", "refit"):
+            lines.append(f"| {kind} | {' / '.join(f'{x:.0f}' for x in cost['seconds'][kind])} | "
+                         f"{cost['evaluations'][kind]} | {cost['widths'][kind]} |")
+        lines += ["", f"Refit / plain wall time: **{cost['ratio']:.2f}×**.", ""]
+    steps = block.get("distill_steps")
+    if steps:
+        lines += ["### Distillation steps to 99% of the unpruned kNN@20", "",
+                  f"`amp-hf distill --config configs/{block['distill']['config']}` for S optimiser steps (one epoch "
+                  "of S batches, so warmup and decay scale with S) from three starts of the same method: its sliced "
+                  "plan, that plan reconstructed, and the amp-refit search's model. kNN@20 after S steps:", ""]
+        counts = [point["steps"] for point in steps[0]["curve"]]
+        lines += ["| start | target | " + " | ".join(f"S={n}" for n in counts) + " | steps to 99% |",
+                  "|---|---|" + "---|" * len(counts) + "---|"]
+        for entry in steps:
+            reached = entry["steps_to_99"]
+            lines.append(f"| {entry['start']} | {entry['target']:.0%} | "
+                         + " | ".join(_pct(point["knn@20"]) for point in entry["curve"])
+                         + f" | {reached if reached is not None else f'> {counts[-1]}'} |")
+        lines.append("")
     lines += ["Achieved MLP-parameter reductions and AMP widths:", ""]
     for row in rows:
         if row["method"].startswith("amp") and row["variant"] == "sliced":
@@ -305,11 +422,11 @@ def markdown(report: dict) -> str:
              "top-1 (n = 5000), ±1.4 points for MiniLM's kNN (n = 800), so differences of a few tenths are "
              "ties.", ""]
     for block in report["models"]:
-        run = block["run"]
         lines += model_section(block)
-        lines += [f"Reproduce: `{run['command']}` — {run['wall_time_s']:.0f} s on {run['machine']} "
-                  f"({run['threads']} torch threads; 1-minute load average {run['load_average_at_start']} at the "
-                  "start).", ""]
+        for run in block.get("runs", [block["run"]]):
+            lines += [f"Reproduce: `{run['command']}` — {run['wall_time_s']:.0f} s on {run['machine']} "
+                      f"({run['threads']} torch threads; 1-minute load average {run['load_average_at_start']} at "
+                      "the start).", ""]
     return "\n".join(lines)
 
 
@@ -322,6 +439,13 @@ def main():
     parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
                         help="skip the reconstructed rows")
     parser.add_argument("--quick", action="store_true", help="few samples (smoke run)")
+    parser.add_argument("--methods", help="comma list: run only these methods (e.g. amp,amp-refit)")
+    parser.add_argument("--search-cost", action="store_true",
+                        help="time a plain and a reconstruction-aware adaptive search side by side")
+    parser.add_argument("--search-cost-target", type=float, default=0.40,
+                        help="the target whose amp-refit ΔE the timed searches use")
+    parser.add_argument("--distill-steps", default="",
+                        help="comma list of distillation step counts for the steps-to-99%%-kNN rows (e.g. 5,10,20,40)")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks"))
     parser.add_argument("--update", action="store_true",
                         help="keep the other models' results already in <output>.json (run models separately)")
@@ -332,6 +456,7 @@ def main():
         output.with_suffix(".md").write_text(markdown(json.loads(output.with_suffix(".json").read_text())))
         return
     args.distill_targets = [float(t) for t in args.distill_targets.split(",")]
+    args.distill_steps = [int(n) for n in args.distill_steps.split(",") if n]
     targets = [float(t) for t in args.targets.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -365,7 +490,18 @@ def main():
             blocks.append(block)
     output = Path(args.output)
     if args.update and output.with_suffix(".json").is_file():
-        kept = [b for b in json.loads(output.with_suffix(".json").read_text())["models"] if b["key"] not in names]
+        previous = {b["key"]: b for b in json.loads(output.with_suffix(".json").read_text())["models"]}
+        if args.methods:  # keep the other methods' rows (and anything this run did not measure) of each model
+            for block in blocks:
+                old = previous.pop(block["key"], None)
+                if old is not None:
+                    block["rows"] = [r for r in old["rows"] if r["method"] not in block["methods_run"]] + block["rows"]
+                    block["selection_seconds"] = {**old["selection_seconds"], **block["selection_seconds"]}
+                    block["runs"] = old.get("runs", [old["run"]]) + [block["run"]]
+                    for key in ("search_cost", "distill_steps"):
+                        if key not in block and key in old:
+                            block[key] = old[key]
+        kept = [b for key, b in previous.items() if key not in names]
         blocks = sorted(kept + blocks, key=lambda b: ["minilm", "vit"].index(b["key"]))
     report = {"models": blocks}
     output.parent.mkdir(parents=True, exist_ok=True)

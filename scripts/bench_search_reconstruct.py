@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Benchmark: wall time of the reconstruction-aware AMP search (search.reconstruct) vs the plain adaptive
+search, side by side in one run on the real all-MiniLM-L6-v2 (issue 17 goal: <= 1.5x).
+
+Same model, scores, search batches and ΔE; the refit's statistics come from the calibration batches (the
+scoring data, as `amp-hf prune` does). The searches alternate (plain, refit, plain, refit, ... --repeats
+times) so load drift hits both alike. Writes docs/bench_search_reconstruct.{json,md}.
+
+    nice python scripts/bench_search_reconstruct.py [--search-samples 128] [--calibration-samples 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import amp_hf
+from amp_hf.data import DataConfig, load_processor, make_loader, prepare_dataset
+from amp_hf.reconstruct import ReconstructConfig, SearchRefit
+from amp_hf.selection import CriterionConfig, CriterionEvaluator, adaptive_search, build_criterion, taylor_scores
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def batches(model, processor, split: str, samples: int, seed: int) -> list[dict]:
+    data = DataConfig(source="fortunes", split=split, num_samples=samples, batch_size=64, max_length=64, seed=seed)
+    return list(make_loader(prepare_dataset(data, processor, amp_hf.get_adapter(model), model), 64, drop_last=True))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--search-samples", type=int, default=128)
+    parser.add_argument("--calibration-samples", type=int, default=512)
+    parser.add_argument("--delta-e", type=float, default=0.01)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--output", default=str(REPO / "docs" / "bench_search_reconstruct"))
+    args = parser.parse_args()
+    load = [round(x, 1) for x in os.getloadavg()]
+    model = amp_hf.load_model("minilm").eval()
+    processor = load_processor("minilm", amp_hf.get_adapter(model))
+    criterion = build_criterion(CriterionConfig(name="entropy", temp_inv=15))
+    calibration = batches(model, processor, "train", args.calibration_samples, 0)
+    search = batches(model, processor, "test", args.search_samples, 1)
+    scores = taylor_scores(model, calibration, criterion).abs
+    seconds, runs = {"plain": [], "refit": []}, {}
+    for kind in ["plain", "refit"] * args.repeats:
+        evaluator = CriterionEvaluator(model, criterion, search)
+        refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=calibration) if kind == "refit" else None
+        started = time.perf_counter()
+        result = adaptive_search(model, scores, evaluator, args.delta_e, progress=False, refit=refit)
+        seconds[kind].append(round(time.perf_counter() - started, 1))
+        runs[kind] = {"widths": result.widths, "evaluations": result.evaluations, "final_entropy": result.final_entropy,
+                      "refit_layers": sorted(result.projections)}
+        print(f"{kind}: {seconds[kind][-1]} s, {result.evaluations} criterion passes, widths {result.widths}", flush=True)
+    ratio = (sum(seconds["refit"]) / len(seconds["refit"])) / (sum(seconds["plain"]) / len(seconds["plain"]))
+    report = {"model": "all-MiniLM-L6-v2", "delta_e": args.delta_e, "search_samples": args.search_samples,
+              "calibration_samples": args.calibration_samples, "seconds": seconds, "runs": runs,
+              "ratio": round(ratio, 3), "load_average": {"start": load, "end": [round(x, 1) for x in os.getloadavg()]},
+              "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                         f"{torch.get_num_threads()} torch threads"}
+    output = Path(args.output)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["# Reconstruction-aware search: wall time vs the plain adaptive search", "",
+             f"all-MiniLM-L6-v2, ΔE {args.delta_e}, {args.search_samples} search samples (fortunes test), refit "
+             f"statistics from {args.calibration_samples} calibration samples (fortunes train); one process, "
+             f"{report['machine']}; 1-minute load average {load[0]} at the start, {report['load_average']['end'][0]} "
+             "at the end (a shared machine: the ratio, measured alternately in one run, is what counts).", "",
+             "| search | wall s | criterion passes | widths | refit layers |", "|---|---|---|---|---|"]
+    for kind in ("plain", "refit"):
+        lines.append(f"| {kind} | {' / '.join(map(str, seconds[kind]))} | {runs[kind]['evaluations']} | "
+                     f"{runs[kind]['widths']} | {runs[kind]['refit_layers'] or ''} |")
+    lines += ["", f"refit / plain wall time: **{ratio:.2f}x** (goal <= 1.5x).", "",
+              f"Reproduce: `python scripts/bench_search_reconstruct.py --search-samples {args.search_samples} "
+              f"--calibration-samples {args.calibration_samples} --delta-e {args.delta_e} --repeats {args.repeats}`", ""]
+    output.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
