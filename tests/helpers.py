@@ -74,3 +74,20 @@ def _graph_inputs(graph: Path) -> set[str]:
     import onnx
 
     return {value.name for value in onnx.load(str(graph), load_external_data=False).graph.input}
+
+
+def prune_one_and_two_processes(main, args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """``amp-hf prune ARGS`` in this process on one thread (the summation order of the 1-thread processes of
+    a 2-process run) and under ``accelerate launch`` on 2 processes; returns the two output folders."""
+    import torch
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, f"output={one}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = accelerate_launch([*args, f"output={two}"], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return one, two

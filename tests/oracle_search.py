@@ -12,14 +12,16 @@ import amp_hf
 from amp_hf.selection import round_width
 
 
-def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=1, acceptance="rise"):
+def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=1, acceptance="rise",
+                  build=amp_hf.slice_model):
+    """``build(model, plan)``: the candidate model (default: plainly sliced)."""
     adapter = amp_hf.get_adapter(model)
     full = adapter.widths(model)
     order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
 
     def entropy(widths):
         plan = amp_hf.PrunePlan(full, [order[i][:w].tolist() for i, w in enumerate(widths)])
-        pruned = amp_hf.slice_model(model, plan)
+        pruned = build(model, plan)
         with torch.no_grad():
             return float(torch.stack([criterion(pruned, adapter, b).double() for b in batches]).mean())
 
@@ -49,34 +51,13 @@ def oracle_refit_search(model, scores, batches, criterion, delta_e, steps=6, dam
     final reconstructed model."""
     from amp_hf.reconstruct import ReconstructConfig, reconstruct
 
-    adapter = amp_hf.get_adapter(model)
-    full = adapter.widths(model)
-    order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
     config = ReconstructConfig(enabled=True, mode="independent", end_to_end_check=False, damping=damping,
                                heldout_fraction=heldout_fraction)
 
-    def rebuild(widths):
-        plan = amp_hf.PrunePlan(full, [order[i][:w].tolist() for i, w in enumerate(widths)])
+    def rebuild(model, plan):
         return reconstruct(model, plan, batches, config, criterion=criterion)[0]
 
-    def entropy(widths):
-        rebuilt = rebuild(widths)
-        with torch.no_grad():
-            return float(torch.stack([criterion(rebuilt, adapter, b).double() for b in batches]).mean())
-
-    widths = list(full)
-    reference = entropy(widths)
-    for layer in range(len(full) - 1, -1, -1):
-        lo, hi, best, best_value = 0, full[layer], full[layer], None
-        for _ in range(steps):
-            width = round_width((lo + hi) // 2, full[layer], 1)
-            value = entropy(widths[:layer] + [width] + widths[layer + 1:])
-            rise = value - reference
-            if rise <= delta_e if acceptance == "rise" else abs(rise) <= delta_e:
-                hi, best, best_value = width, width, value
-            else:
-                lo = width
-        widths[layer] = best
-        if best_value is not None:
-            reference = best_value
-    return widths, rebuild(widths), reference
+    widths = oracle_search(model, scores, batches, criterion, delta_e, steps, acceptance=acceptance, build=rebuild)
+    order = [torch.sort(-torch.as_tensor(s, dtype=torch.float64), stable=True).indices for s in scores]
+    final = rebuild(model, amp_hf.PrunePlan([len(s) for s in scores], [o[:w].tolist() for o, w in zip(order, widths)]))
+    return widths, final

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, accelerate_launch
+from helpers import prune_one_and_two_processes
 from safetensors.torch import load_file
 from tiny_models import build, sample_inputs
 
@@ -320,14 +320,7 @@ def test_bad_reconstruct_settings_fail_with_the_fix(vit_checkpoint, tmp_path, ca
 def test_two_processes_equal_one_process(vit_checkpoint, tmp_path):
     # Without the whole-model fallback, so the refit weights themselves are compared (not a plain slice).
     args = [*PRUNE, f"model={vit_checkpoint}", "reconstruct.end_to_end_check=false"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same summation order as the 1-thread processes of the 2-process run
-    try:
-        assert main([*args, f"output={tmp_path / 'one'}"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    result = accelerate_launch([*args, f"output={tmp_path / 'two'}"], cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    prune_one_and_two_processes(main, args, tmp_path)
     provenance = [json.loads((tmp_path / name / "config.json").read_text())["amp_pruning"]["reconstruction"]
                   for name in ("one", "two")]
     assert provenance[0]["kept"] == "reconstructed" and provenance[0]["layers_reconstructed"] == [0, 1, 2]
