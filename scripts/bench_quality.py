@@ -26,7 +26,7 @@ Each plan is evaluated as
 Also, with --search-cost: one plain and one reconstruction-aware adaptive search at the same ΔE, side by
 side (wall-time ratio); with --distill-steps S1,S2,..: distillation runs of S optimiser steps from three
 starts of amp at the --distill-targets (sliced, sliced + reconstruct, amp-refit), and the fewest steps that
-reach 99% of the unpruned kNN@20. --methods runs only some methods; with --update the other methods' rows
+reach 99% of the unpruned kNN@20. --methods runs only some methods; with --update the rows of other (method, target) pairs
 already in <output>.json are kept.
 Writes docs/benchmarks.md and docs/benchmarks.json (tables, wall times, the command to reproduce).
 
@@ -255,7 +255,7 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
             **block_extra,
             "distill": {"config": setup["distill_config"], "overrides": setup["distill_overrides"]},
             "data": {k: vars(setup[k]) for k in ("scoring", "search", "eval")} | {"knn_bank": setup["knn_bank"]},
-            "methods_run": sorted({key[0] for key in plans}), "rows": rows}
+            "measured": sorted([method, target] for method, target in plans), "rows": rows}
 
 
 def minilm_setup(quick: bool) -> dict:
@@ -495,7 +495,8 @@ def main():
             for block in blocks:
                 old = previous.pop(block["key"], None)
                 if old is not None:
-                    block["rows"] = [r for r in old["rows"] if r["method"] not in block["methods_run"]] + block["rows"]
+                    measured = {tuple(pair) for pair in block["measured"]}  # (method, target) rows this run replaces
+                    block["rows"] = [r for r in old["rows"] if (r["method"], r["target"]) not in measured] + block["rows"]
                     block["selection_seconds"] = {**old["selection_seconds"], **block["selection_seconds"]}
                     block["runs"] = old.get("runs", [old["run"]]) + [block["run"]]
                     for key in ("search_cost", "distill_steps"):
