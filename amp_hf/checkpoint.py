@@ -20,6 +20,7 @@ from .models import amp_layer_widths
 from .errors import CheckpointError
 from .outputs import atomic_directory
 from .plan import PLAN_FILE, PrunePlan
+from .sentence_transformers_format import carry_sentence_transformers
 
 CONFIG_FILE = "config.json"
 
@@ -29,8 +30,14 @@ def _modeling_files(model: PreTrainedModel) -> list[Path]:
     return [Path(inspect.getfile(module)), Path(inspect.getfile(amp_layer_widths))]
 
 
-def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: PrunePlan | None = None, extras=()) -> None:
-    """Write the checkpoint files into an existing folder (non-atomic; see ``save_pruned``)."""
+def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: PrunePlan | None = None, extras=(),
+                 carry_from: str | os.PathLike | None = None) -> None:
+    """Write the checkpoint files into an existing folder (non-atomic; see ``save_pruned``).
+
+    ``carry_from``: the folder the model came from (its base, or the pruned checkpoint it was trained from;
+    default: ``model.name_or_path`` when that is a folder). A sentence-transformers folder's modules and
+    settings are carried over, so the checkpoint stays a sentence-transformers model.
+    """
     if type(model).__name__ not in amp_models.MODEL_CLASSES:
         raise CheckpointError(
             f"{type(model).__name__} is not a pruned amp-hf model: slice it first (amp_hf.slice_model)"
@@ -45,6 +52,9 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
         plan.save(directory / PLAN_FILE)
     for extra in extras:  # processors / tokenizers: anything with save_pretrained
         extra.save_pretrained(directory)
+    carry_from = carry_from if carry_from is not None else getattr(model, "name_or_path", "")
+    if carry_from and Path(carry_from).is_dir():
+        carry_sentence_transformers(carry_from, directory)
 
 
 def save_pruned(
@@ -53,15 +63,17 @@ def save_pruned(
     plan: PrunePlan | None = None,
     processor=None,
     overwrite: bool = False,
+    carry_from: str | os.PathLike | None = None,
 ) -> Path:
     """Save a pruned model as a ``from_pretrained``-loadable folder, atomically.
 
     Writes config.json (amp_* model type, explicit ``per_layer_config``, ``amp_pruning``, ``auto_map``),
     model.safetensors, the flat modeling files, ``amp_plan.json`` (kept indices) when a plan is given, and
-    the processor / tokenizer files when ``processor`` is given.
+    the processor / tokenizer files when ``processor`` is given, and the sentence-transformers modules of
+    ``carry_from`` (see ``write_pruned``).
     """
     with atomic_directory(path, overwrite=overwrite) as staging:
-        write_pruned(model, staging, plan, extras=[processor] if processor is not None else [])
+        write_pruned(model, staging, plan, extras=[processor] if processor is not None else [], carry_from=carry_from)
     return Path(path)
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -59,6 +60,8 @@ from .families import UnsupportedModelError, get_adapter
 from .errors import OutputError
 from .outputs import default_mode, expand, prepare_output, record_written
 from .loading import load_model, resolve_model_path
+from .provenance import portable, portable_reference
+from .sentence_transformers_format import sentence_embedder
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     cached_text_classifier,
@@ -102,13 +105,19 @@ class EvalResult:
 
 
 def default_teacher(model: nn.Module) -> str | None:
-    """The base model recorded in a pruned checkpoint's provenance, when it is available locally."""
+    """The base model recorded in a pruned checkpoint's provenance (a Hub id), when it is available locally:
+    amp-hf's embedded copy, or the Hub cache."""
     provenance = getattr(model.config, "amp_pruning", None) or {}
     base = provenance.get("base_model")
+    if not base:
+        return None
     try:
-        return base if base and Path(resolve_model_path(base)).is_dir() else None
+        if Path(resolve_model_path(base)).is_dir():
+            return base
     except CheckpointError:  # an embedded alias whose package is not installed
         return None
+    cached = try_to_load_from_cache(base, "config.json", revision=provenance.get("base_model_revision"))
+    return base if isinstance(cached, str) else None
 
 
 # -- feature extraction -------------------------------------------------------------------------------
@@ -154,13 +163,15 @@ def _prepare(model: nn.Module, data: DataConfig, processor):
 def embed_dataset(
     model: nn.Module, data: DataConfig, processor=None, accelerator=None, description: str = "embedding"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Criterion embeddings (``adapter.embed``) of every sample of ``data``, with labels when present."""
+    """Embeddings of every sample of ``data``, with labels when present: a sentence-transformers model's own
+    embedding (pooling, Dense, Normalize of its folder), else the criterion embedding (``adapter.embed``)."""
     accelerator = _accelerator(accelerator)
     adapter, dataset = _prepare(model, data, processor)
     model.to(accelerator.device)
+    embed = sentence_embedder(model, adapter)
 
     def forward(batch):
-        outputs = {"features": adapter.embed(model, model_inputs(batch))}
+        outputs = {"features": embed(model_inputs(batch))}
         if "labels" in batch:
             outputs["labels"] = batch["labels"]
         return outputs
@@ -327,10 +338,11 @@ def evaluate_fidelity(
         )
     model.to(accelerator.device)
     teacher.to(accelerator.device).eval()
+    embed_student, embed_teacher = sentence_embedder(model, adapter), sentence_embedder(teacher, teacher_adapter)
 
     def forward(batch):
         inputs = model_inputs(batch)
-        return {"student": adapter.embed(model, inputs), "teacher": teacher_adapter.embed(teacher, inputs)}
+        return {"student": embed_student(inputs), "teacher": embed_teacher(inputs)}
 
     gathered = _collect(make_loader(dataset, data.batch_size), accelerator, forward, f"fidelity ({data.split})")
     student, reference = gathered["student"], gathered["teacher"]
@@ -446,7 +458,9 @@ def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: 
     """Write (or update) a report atomically: rows of re-run metrics are replaced, other rows kept."""
     path = Path(path)
     timestamp = _now()
-    rows = [{**result.to_dict(), "timestamp": timestamp} for result in results]
+    # The report may be pushed with the checkpoint: models are named by Hub id or relative to the report.
+    model = portable_reference(model, path.parent)
+    rows = [portable({**result.to_dict(), "timestamp": timestamp}, path.parent) for result in results]
     new = {result.identity for result in results}
     if path.is_file():
         try:
@@ -454,7 +468,7 @@ def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: 
         except ValueError as error:
             raise OutputError(f"{path} exists and is not an amp-hf evaluation report ({error}): write the "
                               "report to another path") from error
-        if _same_model(previous.get("model"), model):
+        if _same_model(previous.get("model"), model, path.parent):
             kept = [row for row in previous.get("results", []) if _identity(row) not in new]
             rows = kept + rows
     report = {"schema": REPORT_SCHEMA, "model": model, "timestamp": timestamp, "amp_hf_version": __version__,
@@ -473,11 +487,12 @@ def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: 
     return path
 
 
-def _same_model(first: str | None, second: str) -> bool:
+def _same_model(first: str | None, second: str, folder: Path) -> bool:
+    """Whether two report ``model`` entries (Hub ids, or paths relative to the report's ``folder``) match."""
     if first is None:
         return False
-    if Path(first).exists() and Path(second).exists():
-        return Path(first).resolve() == Path(second).resolve()
+    if (folder / first).exists() and (folder / second).exists():
+        return (folder / first).resolve() == (folder / second).resolve()
     return first == second
 
 

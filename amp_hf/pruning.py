@@ -25,6 +25,7 @@ from .families import get_adapter
 from .loading import load_model, resolve_model_path
 from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
+from .provenance import hub_reference, is_hub_id, portable, portable_reference
 from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct, search_refit_summary
 from .selection import (
     CriterionConfig,
@@ -86,11 +87,15 @@ class PruneConfig:
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)  # least-squares refit (off by default)
     seed: int = 0
     overwrite: bool = False
+    base_model: str | None = None  # the base's Hub id for the provenance, when amp-hf cannot tell it from `model`
 
     def __post_init__(self):
         self.model = expand_user(self.model)
         self.output = expand_user(self.output)
         self.scoring.scores_path = expand_user(self.scoring.scores_path)
+        if self.base_model is not None and not is_hub_id(self.base_model):
+            raise ValueError(f"base_model={self.base_model!r} is not a Hub repo id (org/name): it is recorded in the "
+                             "checkpoint's config.json, which may be pushed, so local paths are not accepted")
         if self.method == "dgmr" and self.search.allocation != "adaptive" and not self.search.reconstruct:
             raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation "
                              "(or set search.reconstruct=true to search its Gram-Schmidt prefixes)")
@@ -284,12 +289,13 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
 
 def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores) -> dict:
     """What goes into ``config.amp_pruning`` (informational; loading never reads it)."""
-    values = {
-        "method": plan.method,
-        "base_model": str(getattr(model.config, "_name_or_path", "") or config.model),
-        "amp_hf_version": __version__,
-        **plan.details,
-    }
+    base_model, revision = (config.base_model, None) if config.base_model else hub_reference(config.model)
+    values = {"method": plan.method}
+    if base_model:  # a Hub id or nothing: config.json may be pushed, a local path would mean nothing there
+        values["base_model"] = base_model
+    if revision:
+        values["base_model_revision"] = revision
+    values.update(amp_hf_version=__version__, **plan.details)
     if config.method == "amp":
         values.update(
             criterion=config.criterion.name,
@@ -344,7 +350,6 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])
     report = {
         "model": config.model,
-        "output": str(output),
         "method": plan.method,
         "original_widths": plan.original_widths,
         "widths": plan.widths,
@@ -352,7 +357,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
         "details": plan.details,
         "wall_time_s": round(time.time() - started, 2),
         "num_processes": accelerator.num_processes,
-        "config": asdict(config),
+        "config": {key: value for key, value in asdict(config).items() if key not in ("output", "overwrite")},
         **search_info,
     }
     if reconstruction is not None:
@@ -360,7 +365,9 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     if accelerator.is_main_process:
         with atomic_directory(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE) as staging:
             write_pruned(pruned, staging, plan, extras=[processor] if processor is not None else [])
-            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+            portable_report = portable(json.loads(json.dumps(report, default=str)), output)
+            portable_report["model"] = portable_reference(config.model, output)
+            (staging / REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
     accelerator.wait_for_everyone()
     return report
 

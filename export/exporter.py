@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from amp_hf import __version__, get_adapter
 from amp_hf.data import default_image_processor
 from amp_hf.outputs import atomic_directory, expand, prepare_output
+from amp_hf.provenance import portable_reference
 
 from . import tensorrt
 from .calibration import Calibration, calibration_modality, load_calibration
@@ -110,7 +111,9 @@ def export_model(
             tensorrt.write_build_files(staging, profiles)
         preprocessing = _write_preprocessing(model, spec, staging, source, processors)
         model.config.save_pretrained(staging)
-        metadata = _metadata(model, architecture, spec, options, graphs, profiles, preprocessing, source)
+        # Named by Hub id or relative to the export (which may be pushed), never by a path of this machine.
+        origin = portable_reference(source, out_dir) if source is not None else None
+        metadata = _metadata(model, architecture, spec, options, graphs, profiles, preprocessing, origin)
         metadata["calibration"] = calibration.describe() if calibration is not None else None
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info(
@@ -300,7 +303,7 @@ def _metadata(
     return {
         "format_version": METADATA_VERSION,
         "amp_hf_version": __version__,
-        "source": str(source) if source is not None else None,
+        "source": source,
         "architecture": architecture,
         "model_class": type(model).__name__,
         "family": adapter.name,

@@ -189,6 +189,7 @@ def save_graph(model: onnx.ModelProto, path: Path, external_data: bool | None = 
 
     Returns the external data file name, or None.
     """
+    strip_stack_traces(model)
     weight_bytes = sum(_tensor_bytes(tensor) for tensor in model.graph.initializer)
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
@@ -203,6 +204,31 @@ def save_graph(model: onnx.ModelProto, path: Path, external_data: bool | None = 
         size_threshold=1024,
     )
     return location
+
+
+# torch.onnx records each node's Python stack trace: source files of this machine, by absolute path.
+STACK_TRACE_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> None:
+    """Drop the per-node stack traces (in place): the graph may be pushed, and they name local files."""
+
+    def drop(item) -> None:
+        kept = [prop for prop in item.metadata_props if prop.key not in STACK_TRACE_KEYS]
+        del item.metadata_props[:]
+        item.metadata_props.extend(kept)
+
+    def clean(nodes) -> None:
+        for node in nodes:
+            drop(node)
+            for attribute in node.attribute:
+                for subgraph in (attribute.g, *attribute.graphs):
+                    clean(subgraph.node)
+
+    clean(model.graph.node)
+    for function in model.functions:
+        drop(function)
+        clean(function.node)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:

@@ -82,6 +82,8 @@ def default_template() -> str:
 def card_data(facts: CheckpointFacts, model_name: str) -> ModelCardData:
     """The card's YAML metadata."""
     tags = ["amp-hf", "pruning", facts.family] + (["onnx"] if facts.onnx_graphs else [])
+    if facts.sentence_transformers:
+        tags += ["sentence-transformers", "feature-extraction"]
     eval_results = [
         EvalResult(
             task_type=_hub_task(entry.task, facts.adapter.modality),
@@ -99,7 +101,7 @@ def card_data(facts: CheckpointFacts, model_name: str) -> ModelCardData:
         model_name=model_name,
         base_model=facts.base_model,
         license=facts.license,
-        library_name="transformers",
+        library_name=facts.library_name,
         pipeline_tag=facts.pipeline_tag,
         tags=tags,
         datasets=facts.hub_datasets or None,
@@ -230,6 +232,7 @@ def template_variables(facts: CheckpointFacts, model_name: str, repo_id: str | N
         "onnx_example": _onnx_example(repo, facts.onnx_graphs[0]) if facts.onnx_graphs else None,
         "amp_hf_example": _load_example(facts, repo, remote_code=False),
         "transformers_example": _load_example(facts, repo, remote_code=True),
+        "sentence_transformers_example": _sentence_transformers_example(facts, repo),
         "plot_file": PLOT_FILE,
         "limitations": _limitations(facts),
         "citations": CITATIONS,
@@ -407,6 +410,26 @@ def _load_example(facts: CheckpointFacts, repo: str, remote_code: bool) -> str:
         source = f'"{facts.base_model}"' if facts.base_model else "the base model"
         processor = f"\n# no processor files are stored here: preprocess with the processor of {source}"
     return head + load + processor
+
+
+def _sentence_transformers_example(facts: CheckpointFacts, repo: str) -> str | None:
+    settings = facts.sentence_transformers
+    if not settings:
+        return None
+    onnx = any(graph.path == "model.onnx" for graph in facts.onnx_graphs)
+    lines = [
+        "import amp_hf  # or pass trust_remote_code=True instead of importing amp_hf",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("{repo}")',
+    ]
+    if onnx:
+        lines.append(f'# ONNX Runtime: SentenceTransformer("{repo}", backend="onnx") loads onnx/model.onnx')
+    lines += [
+        'embeddings = model.encode(["This is an example sentence", "Each sentence is converted"])',
+        "similarities = model.similarity(embeddings, embeddings)",
+    ]
+    return "\n".join(lines)
 
 
 def _limitations(facts: CheckpointFacts) -> list[str]:

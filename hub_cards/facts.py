@@ -14,6 +14,8 @@ Sources (all but config.json optional; a missing source only removes its section
   "dataset", "metric", "value"}`` with optional ``split``, ``k``, ``dataset_name``, ``metric_name`` and
   ``baseline`` (the unpruned model's value). A report whose ``model`` is the base model (``amp-hf eval <base>
   --output <checkpoint>/eval_report_base.json``) supplies the baselines of the matching results.
+* ``modules.json`` and the other sentence-transformers files: a sentence-transformers model (library, pipeline
+  tag, usage snippet).
 * ONNX graphs: ``*.onnx`` under ``onnx/`` in the folder or under ``--onnx DIR``; inputs, outputs and opset are
   read from the graphs, validation results and export options from ``amp_export.json`` (``amp-hf export``).
 """
@@ -31,13 +33,13 @@ from pathlib import Path
 import onnx
 import yaml
 from huggingface_hub import ModelCard, try_to_load_from_cache
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from transformers.initialization import no_init_weights
 
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
 from amp_hf import models as amp_models
 from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
+from amp_hf.provenance import EMBEDDED_HUB_IDS, hub_reference, is_hub_id
+from amp_hf.sentence_transformers_format import read_modules, sentence_settings
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ EVAL_REPORT_GLOB = "eval_report*.json"  # amp_hf.evaluate.REPORT_FILE and any re
 EXPORT_METADATA_FILE = "amp_export.json"  # export.runtime.METADATA_FILE
 ONNX_SUBFOLDER = "onnx"
 STATS_KEYS = ("params_total", "params_tower", "params_mlp", "flops_total", "flops_tower")
-# Hub ids of base models amp-hf knows under another name (its embedded offline default).
-KNOWN_BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 # Hub dataset ids of amp-hf's built-in data sources that have one.
 KNOWN_HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
 # amp_pruning entries shown in their own sections (or duplicated there), not in the settings table.
@@ -56,7 +56,6 @@ _SECTION_KEYS = {
     "method", "widths", "original_widths", "base_model", "base_model_revision", "license", "datasets", "stats",
     "distillation", "params_before", "params_after", "flops_before", "flops_after",
 }  # fmt: skip
-_HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<revision>[0-9a-f]{40})")
 
 
 @dataclass
@@ -116,6 +115,7 @@ class CheckpointFacts:
     has_image_processor: bool = False
     has_tokenizer: bool = False
     open_clip_model: str | None = None  # the open_clip base id an amp_open_clip model was built from
+    sentence_transformers: dict | None = None  # modules / max_seq_length / prompts of a sentence-transformers model
 
     @property
     def family(self) -> str:
@@ -125,10 +125,16 @@ class CheckpointFacts:
     def hub_datasets(self) -> list[str]:
         """The data sources that are Hub dataset ids (what the card metadata may list)."""
         ids = [KNOWN_HUB_DATASETS.get(source, source) for source in self.datasets]
-        return list(dict.fromkeys(i for i in ids if _is_hub_id(i)))
+        return list(dict.fromkeys(i for i in ids if is_hub_id(i)))
+
+    @property
+    def library_name(self) -> str:
+        return "sentence-transformers" if self.sentence_transformers else "transformers"
 
     @property
     def pipeline_tag(self) -> str:
+        if self.sentence_transformers:
+            return "sentence-similarity"
         if self.architecture.endswith("ForImageClassification"):
             return "image-classification"
         if self.architecture.endswith("ForSequenceClassification"):
@@ -200,6 +206,7 @@ def gather_facts(
         has_image_processor=(path / "preprocessor_config.json").is_file(),
         has_tokenizer=(path / "tokenizer_config.json").is_file() or (path / "open_clip_config.json").is_file(),
         open_clip_model=open_clip_model,
+        sentence_transformers=sentence_settings(path) if read_modules(path) else None,
     )
 
 
@@ -285,50 +292,20 @@ def _datasets(provenance: dict, prune_config: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _is_hub_id(name: str) -> bool:
-    """A namespaced Hub id that is not a local path."""
-    if name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
 def _split_base_model(recorded: str | None, revision: str | None) -> tuple[str | None, str | None, str | None]:
-    """(Hub repo id, local path or name, revision) of the recorded base model.
-
-    A HF cache snapshot path yields its repo id and commit; amp-hf's embedded default (alias or folder)
-    yields its Hub id.
-    """
+    """(Hub repo id, local path or name, revision) of the recorded base model (``amp_hf.provenance.hub_reference``:
+    a Hub id, amp-hf's embedded default, a HF cache snapshot, a folder whose card names its id)."""
     if not recorded:
         return None, None, revision
-    snapshot = _HF_CACHE_SNAPSHOT.search(Path(recorded).as_posix())
-    if snapshot:
-        return f"{snapshot['owner']}/{snapshot['name']}", recorded, revision or snapshot["revision"]
-    for alias, hub_id in KNOWN_BASE_MODELS.items():
-        if recorded == alias or recorded == _embedded_model_path(alias):
-            return hub_id, recorded, revision
-    if _is_hub_id(recorded):
-        return recorded, None, revision
-    return None, recorded, revision
+    repo_id, snapshot_revision = hub_reference(recorded)
+    return repo_id, None if repo_id == recorded else recorded, revision or snapshot_revision
 
 
 def _names_of(recorded: str | None, hub_id: str | None) -> set[str]:
     """The names an evaluation report may give the base model: as recorded, its Hub id, its alias."""
     names = {name for name in (recorded, hub_id) if name}
-    names |= {alias for alias, known in KNOWN_BASE_MODELS.items() if known == hub_id}
+    names |= {alias for alias, known in EMBEDDED_HUB_IDS.items() if known == hub_id}
     return names
-
-
-def _embedded_model_path(alias: str) -> str | None:
-    from amp_hf.loading import resolve_model_path  # imports the embedded model's package lazily
-
-    try:
-        return resolve_model_path(alias)
-    except CheckpointError:  # its package is not installed
-        return None
 
 
 def base_model_license(repo_id: str | None, local_path: str | None, revision: str | None) -> str | None:

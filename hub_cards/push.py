@@ -17,6 +17,7 @@ Nothing here touches the network until ``push_to_hub`` is called; ``plan_upload`
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -26,11 +27,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx2
+import onnx
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 import amp_hf
+from amp_hf.provenance import find_local_paths, local_path_markers
 
 from .card import CARD_FILE, card_files, format_size
 from .facts import ONNX_SUBFOLDER, gather_facts
@@ -145,8 +148,69 @@ def plan_upload(
     if onnx_dir is not None:
         files += [UploadFile(f"{ONNX_SUBFOLDER}/{path}", source) for path, source in _folder_files(Path(onnx_dir))]
     files.sort(key=lambda f: f.path_in_repo)
+    refuse_local_paths(files, local_path_markers(checkpoint, *([onnx_dir] if onnx_dir is not None else [])))
     message = f"Upload {facts.architecture} pruned with amp-hf {amp_hf.__version__}"
     return UploadPlan(repo_id, files, message)
+
+
+# Files whose whole text is metadata; graphs and weights are searched in their metadata fields only.
+TEXT_SUFFIXES = (".json", ".md", ".txt", ".py", ".yaml", ".yml", ".sh", ".jinja", ".cfg", ".toml", ".csv")
+
+
+def refuse_local_paths(files: list[UploadFile], markers: list[str]) -> None:
+    """Raise (before anything is sent) when a file would upload an absolute path of this machine: on the Hub it
+    names nothing anyone can open, and it shows the local layout (``amp_hf.provenance``)."""
+    for upload in files:
+        found = find_local_paths(_metadata_text(upload), markers)
+        if found:
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            raise HubPushError(
+                f"{upload.path_in_repo} ({upload.origin}) contains an absolute path of this machine ({found[0]}{more}), "
+                "so nothing was uploaded: write the file again with this amp-hf version (it records Hub ids and "
+                "relative paths) or remove the path from it"
+            )
+
+
+def _metadata_text(upload: UploadFile) -> str:
+    name = upload.path_in_repo
+    if isinstance(upload.source, bytes):
+        return upload.source.decode("utf-8", errors="replace") if name.endswith(TEXT_SUFFIXES) else ""
+    if name.endswith(TEXT_SUFFIXES):
+        return upload.source.read_text(errors="replace")
+    if name.endswith(".onnx"):
+        return _onnx_metadata(upload.source)
+    if name.endswith(".safetensors"):
+        return _safetensors_metadata(upload.source)
+    return ""
+
+
+def _onnx_metadata(path: Path) -> str:
+    """Every free-text field of an ONNX graph: doc strings and metadata properties of the model, graphs and nodes."""
+    model = onnx.load(str(path), load_external_data=False)
+    texts = [model.doc_string, *(p.value for p in model.metadata_props)]
+
+    def graph_texts(graph: onnx.GraphProto) -> None:
+        texts.append(graph.doc_string)
+        texts.extend(p.value for p in graph.metadata_props)
+        for node in graph.node:
+            texts.append(node.doc_string)
+            texts.extend(p.value for p in node.metadata_props)
+            for attribute in node.attribute:
+                for subgraph in (attribute.g, *attribute.graphs):
+                    graph_texts(subgraph)
+
+    graph_texts(model.graph)
+    for function in model.functions:
+        texts.extend(p.value for p in function.metadata_props)
+        texts.extend(p.value for node in function.node for p in node.metadata_props)
+    return "\n".join(texts)
+
+
+def _safetensors_metadata(path: Path) -> str:
+    with path.open("rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_size) or b"{}")
+    return json.dumps(header.get("__metadata__") or {})
 
 
 def _check_repo_id(repo_id: str) -> None:

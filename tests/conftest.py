@@ -56,3 +56,12 @@ def vit_checkpoint(tmp_path_factory):
     build("vit").save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_st(tmp_path_factory):
+    """A tiny random sentence-transformers model (tests/tiny_models.py), saved once per session."""
+    pytest.importorskip("sentence_transformers")
+    from tiny_models import save_tiny_sentence_transformer
+
+    return save_tiny_sentence_transformer(tmp_path_factory.mktemp("st"))

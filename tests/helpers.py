@@ -91,3 +91,17 @@ def prune_one_and_two_processes(main, args: list[str], tmp_path: Path) -> tuple[
     result = accelerate_launch([*args, f"output={two}"], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     return one, two
+
+
+def local_paths_under(folder: Path, *extra) -> dict[str, list[str]]:
+    """Every absolute path of this machine found in any file under ``folder``, read as raw bytes (a grep)."""
+    from amp_hf.provenance import find_local_paths, local_path_markers
+
+    markers = local_path_markers(folder, *extra)
+    hits = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            found = find_local_paths(path.read_bytes().decode("latin-1"), markers)
+            if found:
+                hits[path.relative_to(folder).as_posix()] = found
+    return hits

@@ -362,3 +362,42 @@ def test_push_to_a_branch_and_as_a_pull_request_leaves_main_alone(pruned, hub_cl
     assert f"{hub_client.url}/{REPO_ID}/discussions/1" in out
     assert repo.files("main") == INITIAL_FILES and "config.json" in repo.files("refs/pr/1")
     assert repo.resolve("refs/pr/1").summary == "Try this"
+
+
+def _leak_into_config(checkpoint: Path, path: str) -> None:
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["amp_pruning"]["base_model"] = path
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+
+def _leak_into_onnx(checkpoint: Path, path: str) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    node.metadata_props.add(key="pkg.torch.onnx.stack_trace", value=f'File "{path}", line 1, in forward')
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([node], "g", [value], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    (checkpoint / "onnx").mkdir()
+    onnx.save(helper.make_model(graph), str(checkpoint / "onnx" / "model.onnx"))
+
+
+@pytest.mark.parametrize("leak", [_leak_into_config, _leak_into_onnx], ids=["config.json", "onnx/model.onnx"])
+def test_push_refuses_files_holding_local_paths_and_sends_nothing(leak, pruned, hub_client, capsys, tmp_path):
+    checkpoint = Path(shutil.copytree(pruned["path"], tmp_path / "leaky"))
+    local = str(Path.cwd() / "my-base-model")
+    leak(checkpoint, local)
+    for argv in (("push", checkpoint, REPO_ID), ("push", checkpoint, REPO_ID, "--dry-run")):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and "Traceback" not in err
+        assert f"contains an absolute path of this machine ({local}" in err and "nothing was uploaded" in err
+        assert leak.__name__.endswith("config") == ("config.json" in err)
+    assert hub_client.state.requests == []
+
+
+def test_a_url_is_not_a_local_path():
+    from amp_hf.provenance import find_local_paths, local_path_markers
+
+    markers = local_path_markers()
+    assert find_local_paths("see https://example.org/tmp/x and 'relative/tmp/y'", markers) == []
+    assert find_local_paths(f'{{"source": "{Path.cwd()}/out"}}', markers) == [f"{Path.cwd()}/out"]

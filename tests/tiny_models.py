@@ -109,3 +109,26 @@ def sample_inputs(model, batch_size: int = 2, seed: int = 1) -> dict:
             mask[0, -2:] = 0
             inputs["attention_mask"] = mask
     return inputs
+
+
+ST_PROMPTS = {"query": "the ", "document": ""}
+
+
+def save_tiny_sentence_transformer(root):
+    """The tiny BERT built into a real sentence-transformers model (mean pooling, Dense, Normalize, prompts,
+    dot-product similarity), saved by sentence-transformers itself to ``root/model``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"the a cat dog sat on mat big red ran fast".split()]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    build("bert").save_pretrained(root / "bert")
+    BertTokenizer(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "bert")
+    torch.manual_seed(0)
+    transformer = Transformer(str(root / "bert"), max_seq_length=24)
+    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode="mean"),
+               Dense(TEXT["hidden_size"], 16, activation_function=torch.nn.Tanh()), Normalize()]  # fmt: skip
+    model = SentenceTransformer(modules=modules, prompts=ST_PROMPTS, similarity_fn_name="dot", device="cpu")
+    model.save(str(root / "model"))
+    return root / "model"

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import load_pruned, save_pruned
+from ..provenance import hub_reference, portable, portable_reference
 from ..config_utils import ConfigError
 from ..data import DataError, model_inputs, prepare_dataset
 from ..outputs import prepare_output
@@ -272,9 +273,10 @@ class DistillationLoop:
 def _recipe(config: DistillConfig, loop: DistillationLoop) -> dict:
     """What goes into ``config.amp_pruning["distillation"]`` of the output."""
     schedule = loop.schedule
-    return {
-        "teacher": config.teacher,
-        "student": config.student,
+    teacher_id, _ = hub_reference(config.teacher)
+    return {  # may be pushed with the checkpoint: no local paths (provenance.portable, applied by the caller)
+        "teacher": teacher_id or portable_reference(config.teacher, config.output),
+        "student": portable_reference(config.student, config.output),
         "loss": dataclasses.asdict(config.loss),
         "freeze_head": config.freeze_head,
         "data": {
@@ -306,5 +308,5 @@ def _save_distilled(pair: DistillPair, state_dict: dict, config: DistillConfig, 
     """Write the trained weights as a pruned checkpoint (atomic), with the recipe in ``amp_pruning``."""
     model = load_pruned(config.student)  # a clean copy in the checkpoint's dtype, outside any wrapper
     model.load_state_dict({name.removeprefix("model."): value for name, value in state_dict.items()})
-    model.config.amp_pruning = {**(model.config.amp_pruning or {}), "distillation": recipe}
+    model.config.amp_pruning = {**(model.config.amp_pruning or {}), "distillation": portable(recipe, config.output)}
     return save_pruned(model, config.output, plan=pair.plan, processor=pair.processor, overwrite=config.overwrite)
