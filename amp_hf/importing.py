@@ -30,6 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError, save_pruned
 from .families import get_adapter
+from .provenance import hub_reference
 from .slicing import build_pruned_model, hidden_tensor_names
 
 METHODS = {"amp": "imported-amp", "dgmr": "imported-dgmr"}
@@ -284,13 +285,6 @@ def imported_state_dict(state: dict, base, layout: OfficialLayout) -> tuple[dict
     return merged, widths
 
 
-def _base_label(base_name: str) -> str:
-    """What provenance records of the base: a Hub id for a Hugging Face cache snapshot, else the folder name
-    (never an absolute local path: the checkpoint may be pushed)."""
-    snapshot = re.search(r"models--([^/]+)--([^/]+)/snapshots/", Path(base_name).as_posix())
-    return f"{snapshot[1]}/{snapshot[2]}" if snapshot else Path(base_name).name
-
-
 def import_official(
     weights: str | os.PathLike,
     base_name: str,
@@ -301,7 +295,7 @@ def import_official(
 ):
     """Import an official pruned ``.pth`` against its base model and save an amp-hf pruned checkpoint."""
     from .data import DataError, load_processor
-    from .loading import load_model
+    from .loading import load_model, resolve_model_path
 
     if method not in METHODS:
         raise CheckpointError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
@@ -318,13 +312,16 @@ def import_official(
     if chosen.family != adapter.name:
         raise ImportMismatchError(f"layout {chosen.name} imports into {chosen.family} models, not {adapter.name}")
     merged, widths = imported_state_dict(state, base, chosen)
-    base_label = getattr(base.config, "open_clip_model_name", None) or _base_label(str(base_name))
+    # A Hub id, or an open_clip model name (the cards read it), or nothing: config.json may be pushed.
+    base_id, base_revision = hub_reference(base_name)
+    base_id = base_id or getattr(base.config, "open_clip_model_name", None)
     amp_pruning = {
         "method": METHODS[method],
         "source_file": weights.name,
         "source_sha256": file_sha256(weights),
         "source_layout": chosen.name,
-        "base_model": base_label,
+        **({"base_model": base_id} if base_id else {}),
+        **({"base_model_revision": base_revision} if base_revision else {}),
         "original_widths": adapter.widths(base),
         "widths": widths,
     }
@@ -335,7 +332,7 @@ def import_official(
             processor = load_processor(str(base_name), adapter)
         except DataError:  # a base without a processor: the checkpoint works without one
             processor = None
-    save_pruned(pruned, output, processor=processor, overwrite=overwrite)
+    save_pruned(pruned, output, processor=processor, overwrite=overwrite, carry_from=resolve_model_path(base_name))
     return pruned, amp_pruning
 
 

@@ -350,6 +350,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])
     report = {
         "model": config.model,
+        "output": str(output),
         "method": plan.method,
         "original_widths": plan.original_widths,
         "widths": plan.widths,
@@ -367,6 +368,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
             write_pruned(pruned, staging, plan, extras=[processor] if processor is not None else [])
             portable_report = portable(json.loads(json.dumps(report, default=str)), output)
             portable_report["model"] = portable_reference(config.model, output)
+            del portable_report["output"]  # the report sits in it
             (staging / REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
     accelerator.wait_for_everyone()
     return report

@@ -175,7 +175,7 @@ def gather_facts(
     )
     open_clip_model = config.get("open_clip_model_name")
     open_clip_hub_id = str(open_clip_model or "").removeprefix(_OPEN_CLIP_HUB).strip("/")
-    if base_id is None and str(open_clip_model).startswith(_OPEN_CLIP_HUB) and _is_hub_id(open_clip_hub_id):
+    if base_id is None and str(open_clip_model).startswith(_OPEN_CLIP_HUB) and is_hub_id(open_clip_hub_id):
         base_id = open_clip_hub_id  # open_clip's `hf-hub:org/name` base
     adapter = _adapter_for(architecture)
     if base_id is None:  # e.g. a local copy of a timm Hub folder: its config names the Hub id

@@ -105,3 +105,35 @@ def local_paths_under(folder: Path, *extra) -> dict[str, list[str]]:
             if found:
                 hits[path.relative_to(folder).as_posix()] = found
     return hits
+
+
+def amp_hf_embeddings(checkpoint: Path, data):
+    """amp-hf's own evaluation embeddings (``embed_dataset``) of ``data`` by the checkpoint."""
+    import amp_hf
+    from amp_hf.evaluate import embed_dataset
+
+    features, _ = embed_dataset(amp_hf.load_model(str(checkpoint)), data)
+    return features
+
+
+def sentences_of(data, checkpoint: Path) -> list[str]:
+    """The texts ``data`` selects, in the order amp-hf embeds them."""
+    import amp_hf
+    from amp_hf.data import load_processor, prepare_dataset
+
+    model = amp_hf.load_model(str(checkpoint))
+    adapter = amp_hf.get_adapter(model)
+    return list(prepare_dataset(data, load_processor(str(checkpoint), adapter), adapter, model).dataset["text"])
+
+
+def assert_sentence_transformers_matches(checkpoint: Path, data, atol: float = 1e-5, **kwargs):
+    """``SentenceTransformer(checkpoint, **kwargs).encode`` equals amp-hf's embeddings and is unit-norm."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(checkpoint), device="cpu", **kwargs)
+    theirs = model.encode(sentences_of(data, checkpoint), convert_to_tensor=True, batch_size=8).cpu()
+    ours = amp_hf_embeddings(checkpoint, data)
+    torch.testing.assert_close(theirs, ours, atol=atol, rtol=0)
+    torch.testing.assert_close(theirs.norm(dim=1), torch.ones(len(ours)), atol=1e-5, rtol=0)
+    return model

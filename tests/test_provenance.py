@@ -48,9 +48,9 @@ def test_base_model_is_a_hub_id_an_override_or_absent(tmp_path):
 
 def test_prune_distill_eval_export_write_no_local_paths(tiny_st, tmp_path):
     """Absolute paths in, no absolute path out: every file of the checkpoints and the exports is grepped."""
+    from amp_hf.data import DataConfig
     from amp_hf.distill import DistillConfig, run_distillation
     from amp_hf.evaluate import evaluate_fidelity, write_report
-    from amp_hf.data import DataConfig
     from amp_hf.loading import load_model
     from export import ExportOptions, export_checkpoint
 

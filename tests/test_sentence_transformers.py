@@ -11,13 +11,17 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import run_without_amp_hf
+from helpers import (
+    amp_hf_embeddings,
+    assert_sentence_transformers_matches,
+    run_without_amp_hf,
+    sentences_of,
+)
 from tiny_models import ST_PROMPTS as PROMPTS
 
 import amp_hf
 from amp_hf.config_utils import load_config
-from amp_hf.data import DataConfig, load_processor, prepare_dataset
-from amp_hf.evaluate import embed_dataset
+from amp_hf.data import DataConfig
 from amp_hf.pruning import PruneConfig, run_prune
 from amp_hf.sentence_transformers_format import SentenceHead
 
@@ -42,29 +46,6 @@ def _prune(base: Path, output: Path, **overrides) -> Path:
     return output
 
 
-def _amp_hf_embeddings(checkpoint: Path, data: DataConfig) -> torch.Tensor:
-    features, _ = embed_dataset(amp_hf.load_model(str(checkpoint)), data)
-    return features
-
-
-def _sentences(data: DataConfig, checkpoint: Path) -> list[str]:
-    model = amp_hf.load_model(str(checkpoint))
-    adapter = amp_hf.get_adapter(model)
-    dataset = prepare_dataset(data, load_processor(str(checkpoint), adapter), adapter, model)
-    return list(dataset.dataset["text"])
-
-
-def _assert_sentence_transformers_equals_amp_hf(checkpoint: Path, data: DataConfig, atol=1e-5, **kwargs):
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(checkpoint), device="cpu", **kwargs)
-    theirs = model.encode(_sentences(data, checkpoint), convert_to_tensor=True, batch_size=4)
-    ours = _amp_hf_embeddings(checkpoint, data)
-    torch.testing.assert_close(theirs.cpu(), ours, atol=atol, rtol=0)
-    torch.testing.assert_close(theirs.norm(dim=1).cpu(), torch.ones(len(ours)), atol=1e-5, rtol=0)
-    return model
-
-
 @pytest.mark.parametrize("reconstruct", [False, True], ids=["sliced", "reconstructed"])
 def test_pruned_checkpoint_is_a_sentence_transformers_model(tiny_st, tmp_path, reconstruct):
     data = _texts(tmp_path)
@@ -76,7 +57,7 @@ def test_pruned_checkpoint_is_a_sentence_transformers_model(tiny_st, tmp_path, r
     for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
                  "1_Pooling/config.json", "2_Dense/model.safetensors"):  # fmt: skip
         assert (checkpoint / name).is_file(), name
-    model = _assert_sentence_transformers_equals_amp_hf(checkpoint, data)
+    model = assert_sentence_transformers_matches(checkpoint, data)
     assert type(model[0].auto_model).__name__ == "AmpBertModel"
     assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
     assert model.max_seq_length == 24 and model.prompts == PROMPTS and model.similarity_fn_name == "dot"
@@ -94,8 +75,8 @@ def test_distilled_checkpoint_is_a_sentence_transformers_model(tiny_st, tmp_path
                  "schedule.warmup_steps=0", "optim.base_lr=0.5"]  # fmt: skip
     distilled = Path(run_distillation(load_config(DistillConfig, None, overrides)))
     assert (distilled / "modules.json").is_file() and (distilled / "2_Dense" / "config.json").is_file()
-    _assert_sentence_transformers_equals_amp_hf(distilled, data)
-    changed = _amp_hf_embeddings(distilled, data) - _amp_hf_embeddings(pruned, data)
+    assert_sentence_transformers_matches(distilled, data)
+    changed = amp_hf_embeddings(distilled, data) - amp_hf_embeddings(pruned, data)
     assert changed.abs().max() > 1e-4  # the comparison is of the trained weights, not the pruned ones
 
 
@@ -106,13 +87,13 @@ def test_trust_remote_code_without_amp_hf_gives_the_same_embeddings(tiny_st, tmp
         "import json, sys\n"
         "from sentence_transformers import SentenceTransformer\n"
         f"model = SentenceTransformer({str(checkpoint)!r}, trust_remote_code=True, device='cpu')\n"
-        f"print(json.dumps(model.encode({_sentences(data, checkpoint)!r}, batch_size=4).tolist()))\n"
+        f"print(json.dumps(model.encode({sentences_of(data, checkpoint)!r}, batch_size=4).tolist()))\n"
         "assert 'amp_hf' not in sys.modules\n"
     )
     result = run_without_amp_hf(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     theirs = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
-    torch.testing.assert_close(theirs, _amp_hf_embeddings(checkpoint, data), atol=1e-5, rtol=0)
+    torch.testing.assert_close(theirs, amp_hf_embeddings(checkpoint, data), atol=1e-5, rtol=0)
 
 
 def test_onnx_backend_of_sentence_transformers_matches(tiny_st, tmp_path):
@@ -122,7 +103,7 @@ def test_onnx_backend_of_sentence_transformers_matches(tiny_st, tmp_path):
     data = _texts(tmp_path)
     checkpoint = _prune(tiny_st, tmp_path / "pruned")
     export_checkpoint(checkpoint, checkpoint / "onnx", ExportOptions())
-    model = _assert_sentence_transformers_equals_amp_hf(checkpoint, data, atol=1e-4, backend="onnx")
+    model = assert_sentence_transformers_matches(checkpoint, data, atol=1e-4, backend="onnx")
     assert model[0].backend == "onnx"
 
 
@@ -175,5 +156,18 @@ def test_real_minilm_pruned_keeps_normalize_and_max_seq_length(minilm_path, tmp_
     checkpoint = amp_hf.save_pruned(amp_hf.slice_model(model, plan), tmp_path / "minilm", plan,
                                     processor=AutoTokenizer.from_pretrained(minilm_path))  # fmt: skip
     data = DataConfig(source="fortunes", split="test", num_samples=24, batch_size=8, max_length=256)
-    loaded = _assert_sentence_transformers_equals_amp_hf(checkpoint, data)
+    loaded = assert_sentence_transformers_matches(checkpoint, data)
     assert loaded.max_seq_length == SentenceTransformer(minilm_path, device="cpu").max_seq_length == 256
+
+
+@pytest.mark.slow
+def test_real_minilm_pruned_onnx_backend_matches(minilm_path, tmp_path):
+    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum")
+    from amp_hf.data import read_fortunes
+    from export import ExportOptions, export_checkpoint
+
+    read_fortunes()
+    checkpoint = _prune(Path(minilm_path), tmp_path / "minilm")
+    export_checkpoint(checkpoint, checkpoint / "onnx", ExportOptions())
+    data = DataConfig(source="fortunes", split="test", num_samples=24, batch_size=8, max_length=256)
+    assert_sentence_transformers_matches(checkpoint, data, atol=1e-4, backend="onnx")
