@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
