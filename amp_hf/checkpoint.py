@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from . import models as amp_models
+from . import families
 from .models import amp_layer_widths
 from .errors import CheckpointError
 from .outputs import atomic_directory
@@ -38,13 +38,13 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
     default: ``model.name_or_path`` when that is a folder). A sentence-transformers folder's modules and
     settings are carried over, so the checkpoint stays a sentence-transformers model.
     """
-    if type(model).__name__ not in amp_models.MODEL_CLASSES:
+    if type(model).__name__ not in families.MODEL_CLASSES:
         raise CheckpointError(
             f"{type(model).__name__} is not a pruned amp-hf model: slice it first (amp_hf.slice_model)"
         )
     directory = Path(directory)
     config = model.config
-    config.auto_map = amp_models.auto_map_for(type(config), type(model))
+    config.auto_map = families.auto_map_for(type(config), type(model))
     model.save_pretrained(directory)
     for source in _modeling_files(model):
         shutil.copy2(source, directory / source.name)
@@ -102,7 +102,7 @@ def pruned_architecture(path: str | os.PathLike, config: dict | None = None,
     """The amp_* class name a pruned checkpoint was saved from; a clear error for any other folder."""
     config = read_config(path) if config is None else config
     architecture = (config.get("architectures") or [None])[0]
-    if architecture not in amp_models.MODEL_CLASSES:
+    if architecture not in families.MODEL_CLASSES:
         raise CheckpointError(
             f"{path} is not an amp-hf pruned checkpoint (architectures={config.get('architectures')}): "
             f"{hint}, or prune it first with `amp-hf prune`"
@@ -113,7 +113,7 @@ def pruned_architecture(path: str | os.PathLike, config: dict | None = None,
 def load_pruned(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
     """Load a pruned checkpoint as the exact class it was saved from (``config.architectures[0]``); a damaged
     checkpoint (weights, ``per_layer_config``, ``amp_plan.json``) is a ``CheckpointError`` naming the fix."""
-    model = from_pretrained_checked(amp_models.MODEL_CLASSES[pruned_architecture(path)], path, **kwargs)
+    model = from_pretrained_checked(families.MODEL_CLASSES[pruned_architecture(path)], path, **kwargs)
     load_plan(path, model)
     return model
 

@@ -77,7 +77,6 @@ TASKS = ("knn", "zeroshot", "retrieval", "top1", "fidelity")
 REPORT_FILE = "eval_report.json"
 REPORT_SCHEMA = "amp-hf/eval-report/1"
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
-CLASSIFIER_SUFFIXES = ("ForImageClassification", "ForSequenceClassification")  # models with a top-1 head
 
 
 @dataclass
@@ -361,10 +360,11 @@ def _check_tasks(tasks: Sequence[str], model: nn.Module, text_model: nn.Module |
                  has_classifier: bool = False) -> None:  # fmt: skip
     """Fail before any data is embedded when a task cannot run on this model."""
     name = type(model).__name__
-    if "top1" in tasks and not name.endswith(CLASSIFIER_SUFFIXES):
+    adapter = get_adapter(model)
+    if "top1" in tasks and not adapter.has_classifier_head(model):
         raise UnsupportedModelError(f"{name} has no classifier head: use --task knn (or zeroshot for CLIP/SigLIP)")
     image_text = [task for task in tasks if task in ("zeroshot", "retrieval")]
-    if image_text and not get_adapter(model).image_text:
+    if image_text and not adapter.image_text:
         raise UnsupportedModelError(
             f"{'/'.join(image_text)} needs a CLIP, SigLIP or open_clip model, not {name}: use --task knn"
         )

@@ -8,12 +8,14 @@ pruned checkpoints without amp-hf), because stock tensor names moved across tran
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
+    AutoConfig,
     BertForSequenceClassification,
     BertModel,
     CLIPModel,
@@ -21,6 +23,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
     Dinov2ForImageClassification,
     Dinov2Model,
+    Dinov2WithRegistersForImageClassification,
+    Dinov2WithRegistersModel,
     PreTrainedConfig,
     PreTrainedModel,
     SiglipModel,
@@ -30,6 +34,18 @@ from transformers import (
 )
 
 from . import models as amp_models
+from .models import modeling_amp_dinov2_with_registers as dinov2_registers
+from .io_spec import (
+    CLS_TOKEN,
+    MASKED_MEAN,
+    POOLED,
+    ArchitectureSpec,
+    backbone_spec,
+    classifier_spec,
+    clip_spec,
+    projected_image_spec,
+    siglip_spec,
+)
 from .models.amp_layer_widths import NeuronMap, find_backbone, find_layer_stack, find_neuron_map, global_width_access
 from .errors import UnsupportedModelError  # noqa: F401  (raised here; re-exported)
 
@@ -57,12 +73,47 @@ def _masked_mean(outputs, batch) -> torch.Tensor:
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+CLASSIFIER_TASKS = ("image-classification", "text-classification")
+
+
+@dataclass(frozen=True)
+class ModelClass:
+    """One supported model class: the stock class, the amp_* class it prunes into, its export I/O spec, and
+    the transformers Auto classes the amp class is registered with (and written into ``auto_map``).
+
+    ``task`` (the Hub pipeline task) comes from the export spec; a class without one declares it.
+    """
+
+    stock: type
+    amp: type
+    export: ArchitectureSpec | None
+    auto: tuple[str, ...] = ("AutoModel",)
+    task: str = ""
+
+    def __post_init__(self):
+        if not self.task:
+            if self.export is None:
+                raise ValueError(f"{self.amp.__name__}: a model class without an export spec must declare its task")
+            object.__setattr__(self, "task", self.export.task)
+
+    @property
+    def has_classifier_head(self) -> bool:
+        return self.task in CLASSIFIER_TASKS
+
+
 @dataclass(frozen=True)
 class FamilyAdapter:
-    """What amp-hf needs to know about one architecture family.
+    """Everything amp-hf knows about one architecture family; nothing else checks a family by name.
 
-    ``model_classes``: stock model class -> its amp_* pruned class (the amp class maps to itself).
+    ``classes``: every supported model class of the family (``ModelClass``), the one table the Auto
+    registration, ``MODEL_CLASSES``, the export specs and the card's pipeline tag derive from.
     ``pool``: the embedding the label-free criterion reads, from the backbone's outputs.
+    ``summary``: the token distillation compares as the summary: ``"cls"`` (the sequence starts with a CLS
+    token; BERT's [CLS] comes from the tokenizer) or ``"mean"`` (no CLS token, e.g. SigLIP).
+    ``image_text``: an image-text model (zero-shot classification and retrieval apply); ``text_padding``:
+    how its tokenizer pads (SigLIP was trained on ``max_length`` padding, without an attention mask);
+    ``joint_embedding``: the output of a vision-only model that lies in the image-text space, if any
+    (``image_embeds`` of CLIPVisionModelWithProjection; SigLIP's pooling head output).
     ``backbone_class``: the stock module that owns the prunable layer stack (the whole model for
     ``ViTModel``; ``model.vision_model`` for ``CLIPModel``), found by ``isinstance`` probing, and
     ``neuron_maps``: the candidate maps of one layer's MLP. Both default to what the family's amp classes
@@ -71,29 +122,48 @@ class FamilyAdapter:
     """
 
     name: str
-    model_classes: dict[type, type]
-    modality: str  # "image" | "text"
+    classes: tuple[ModelClass, ...]
+    modality: Literal["image", "text"]
     pool: Callable
+    summary: Literal["cls", "mean"]
+    image_text: bool = False
+    text_padding: Literal["longest", "max_length"] = "longest"
+    joint_embedding: str | None = None
     notes: str = ""
     backbone_class: type | None = None
     neuron_maps: tuple[NeuronMap, ...] = ()
-    image_text: bool = False  # has an image-text embedding space (zero-shot classification, retrieval)
-    _amp_to_stock: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self._amp_to_stock.update({amp: stock for stock, amp in self.model_classes.items()})
-        amp_classes = list(self._amp_to_stock)
+        if self.summary not in ("cls", "mean"):
+            raise ValueError(f"{self.name}: summary must be 'cls' or 'mean', not {self.summary!r}")
         if self.backbone_class is None:
-            object.__setattr__(self, "backbone_class", amp_classes[0]._amp_backbone_class)
+            object.__setattr__(self, "backbone_class", self.classes[0].amp._amp_backbone_class)
         if not self.neuron_maps:
-            object.__setattr__(self, "neuron_maps", amp_classes[0]._amp_neuron_maps)
+            object.__setattr__(self, "neuron_maps", self.classes[0].amp._amp_neuron_maps)
+
+    @property
+    def model_classes(self) -> dict[type, type]:
+        """Stock model class -> its amp_* pruned class."""
+        return {entry.stock: entry.amp for entry in self.classes}
+
+    def model_class(self, model: nn.Module | type | str) -> ModelClass:
+        """The ``ModelClass`` entry of a model, a model class, or an architecture (class) name."""
+        cls = model if isinstance(model, (type, str)) else type(model)
+        for entry in self.classes:
+            if cls in (entry.stock, entry.amp) or cls in (entry.stock.__name__, entry.amp.__name__):
+                return entry
+        name = cls if isinstance(cls, str) else cls.__name__
+        raise UnsupportedModelError(f"{name} is not a model class of the {self.name} family")
+
+    def has_classifier_head(self, model: nn.Module | type | str) -> bool:
+        return self.model_class(model).has_classifier_head
 
     # -- structure -------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> bool:
-        return type(model) in self.model_classes or type(model) in self._amp_to_stock
+        return any(type(model) in (entry.stock, entry.amp) for entry in self.classes)
 
     def amp_class(self, model: nn.Module) -> type:
-        return type(model) if type(model) in self._amp_to_stock else self.model_classes[type(model)]
+        return self.model_class(model).amp
 
     def backbone(self, model: nn.Module) -> nn.Module:
         try:
@@ -186,62 +256,91 @@ class FamilyAdapter:
         return new_config
 
 
-def _classes(*pairs: tuple[type, type]) -> dict[type, type]:
-    return dict(pairs)
-
-
 M = amp_models
 ADAPTERS: dict[str, FamilyAdapter] = {
     adapter.name: adapter
     for adapter in (
         FamilyAdapter(
             name="vit",
-            model_classes=_classes(
-                (ViTModel, M.AmpViTModel), (ViTForImageClassification, M.AmpViTForImageClassification)
+            classes=(
+                ModelClass(ViTModel, M.AmpViTModel, backbone_spec("image", CLS_TOKEN)),  # the tanh pooler is unused
+                ModelClass(ViTForImageClassification, M.AmpViTForImageClassification, classifier_spec("image"),
+                           auto=("AutoModelForImageClassification",)),
             ),
             modality="image",
             pool=_cls_token,
+            summary="cls",
             notes="embedding: final-norm CLS token (ViTModel's tanh pooler is not used)",
         ),
         FamilyAdapter(
             name="clip",
-            model_classes=_classes(
-                (CLIPVisionModel, M.AmpCLIPVisionModel),
-                (CLIPVisionModelWithProjection, M.AmpCLIPVisionModelWithProjection),
-                (CLIPModel, M.AmpCLIPModel),
+            classes=(
+                ModelClass(CLIPVisionModel, M.AmpCLIPVisionModel, backbone_spec("image", POOLED)),
+                # no Auto class maps to it in transformers either: the saved class answers AutoModel
+                ModelClass(CLIPVisionModelWithProjection, M.AmpCLIPVisionModelWithProjection, projected_image_spec(),
+                           auto=()),
+                ModelClass(CLIPModel, M.AmpCLIPModel, clip_spec(),
+                           auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
             ),
             modality="image",
             pool=_pooler_output,
-            notes="vision tower pruned, text tower untouched; embedding: post-LN CLS before visual_projection",
+            summary="cls",
             image_text=True,
+            joint_embedding="image_embeds",
+            notes="vision tower pruned, text tower untouched; embedding: post-LN CLS before visual_projection",
         ),
         FamilyAdapter(
             name="siglip",
-            model_classes=_classes(
-                (SiglipVisionModel, M.AmpSiglipVisionModel), (SiglipModel, M.AmpSiglipModel)
+            classes=(
+                ModelClass(SiglipVisionModel, M.AmpSiglipVisionModel, backbone_spec("image", POOLED)),
+                ModelClass(SiglipModel, M.AmpSiglipModel, siglip_spec(),
+                           auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
             ),
             modality="image",
             pool=_pooler_output,
+            summary="mean",
+            image_text=True,
+            text_padding="max_length",
+            joint_embedding="pooler_output",  # no projection: the pooling head's output is the embedding
             notes="encoder layers pruned; the attention-pooling head's MLP is kept whole; "
             "embedding: the pooling head's output",
-            image_text=True,
         ),
         FamilyAdapter(
             name="dinov2",
-            model_classes=_classes(
-                (Dinov2Model, M.AmpDinov2Model), (Dinov2ForImageClassification, M.AmpDinov2ForImageClassification)
+            classes=(
+                ModelClass(Dinov2Model, M.AmpDinov2Model, backbone_spec("image", POOLED)),
+                ModelClass(Dinov2ForImageClassification, M.AmpDinov2ForImageClassification, classifier_spec("image"),
+                           auto=("AutoModelForImageClassification",)),
             ),
             modality="image",
             pool=_pooler_output,
+            summary="cls",
             notes="plain MLP and SwiGLU (gate/up rows pruned together); embedding: final-norm CLS",
         ),
         FamilyAdapter(
+            name="dinov2_with_registers",
+            classes=(
+                ModelClass(Dinov2WithRegistersModel, dinov2_registers.AmpDinov2WithRegistersModel,
+                           backbone_spec("image", POOLED)),
+                ModelClass(Dinov2WithRegistersForImageClassification,
+                           dinov2_registers.AmpDinov2WithRegistersForImageClassification, classifier_spec("image"),
+                           auto=("AutoModelForImageClassification",)),
+            ),
+            modality="image",
+            pool=_pooler_output,
+            summary="cls",  # CLS, then the register tokens, then the patches
+            notes="as DINOv2 (plain MLP or SwiGLU), with register tokens; embedding: final-norm CLS",
+        ),
+        FamilyAdapter(
             name="bert",
-            model_classes=_classes(
-                (BertModel, M.AmpBertModel), (BertForSequenceClassification, M.AmpBertForSequenceClassification)
+            classes=(
+                ModelClass(BertModel, M.AmpBertModel, backbone_spec("text", MASKED_MEAN)),
+                ModelClass(BertForSequenceClassification, M.AmpBertForSequenceClassification, classifier_spec("text"),
+                           auto=("AutoModelForSequenceClassification",)),
             ),
             modality="text",
             pool=_masked_mean,
+            summary="cls",
             notes="BERT-style sentence encoders (e.g. all-MiniLM-L6-v2); embedding: attention-masked token mean",
         ),
     )
@@ -254,6 +353,40 @@ ADAPTERS[OPEN_CLIP_ADAPTER.name] = OPEN_CLIP_ADAPTER
 from .timm_family import TIMM_ADAPTER  # noqa: E402  (likewise)
 
 ADAPTERS[TIMM_ADAPTER.name] = TIMM_ADAPTER
+
+
+# Every pruned model class, by name (config.architectures[0] of a saved checkpoint).
+MODEL_CLASSES: dict[str, type] = {entry.amp.__name__: entry.amp for a in ADAPTERS.values() for entry in a.classes}
+
+# config class -> {Auto class name: model class}. Also written as `auto_map` into every saved config.
+AUTO_CLASSES: dict[type, dict[str, type]] = {}
+for _entry in (entry for adapter in ADAPTERS.values() for entry in adapter.classes):
+    AUTO_CLASSES.setdefault(_entry.amp.config_class, {}).update({name: _entry.amp for name in _entry.auto})
+
+
+def register_auto_classes() -> None:
+    """Register every amp_* type with AutoConfig and the Auto model classes (idempotent)."""
+    for config_cls, auto_classes in AUTO_CLASSES.items():
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        for auto_name, model_cls in auto_classes.items():
+            getattr(transformers, auto_name).register(config_cls, model_cls, exist_ok=True)
+
+
+def auto_map_for(config_cls: type, model_cls: type) -> dict[str, str]:
+    """The ``auto_map`` a checkpoint of ``model_cls`` carries: the saved class answers AutoModel
+    when no Auto class maps to it."""
+
+    def ref(cls: type) -> str:
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    entries = {"AutoConfig": ref(config_cls)}
+    entries.update({auto_name: ref(cls) for auto_name, cls in AUTO_CLASSES[config_cls].items()})
+    if model_cls not in AUTO_CLASSES[config_cls].values():
+        entries["AutoModel"] = ref(model_cls)  # e.g. CLIPVisionModelWithProjection keeps its projection
+    return entries
+
+
+register_auto_classes()
 
 
 def supported_models() -> list[str]:

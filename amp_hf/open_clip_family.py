@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError
-from .families import FamilyAdapter
+from .families import FamilyAdapter, ModelClass
+from .io_spec import open_clip_spec
 from .models.amp_layer_widths import find_layer_stack, find_neuron_map
 from .models.modeling_amp_open_clip import (
     NEURON_MAPS,
@@ -144,10 +145,12 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
 OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     name="open_clip",
     backbone_class=OpenCLIPVisionTower,
-    model_classes={AmpOpenCLIPModel: AmpOpenCLIPModel},
+    # always wrapped first: the stock and the pruned class are the same
+    classes=(ModelClass(AmpOpenCLIPModel, AmpOpenCLIPModel, open_clip_spec()),),
     modality="image",
     pool=_wrapped_pool,
     image_text=True,
+    summary="cls",  # open_clip image sequences start with the class token
     notes="open_clip CLIP / CustomTextCLIP (native or timm-trunk image tower) through the amp_open_clip wrapper; "
     "image tower pruned, text tower untouched; embedding: the pooled image feature before the projection",
 )

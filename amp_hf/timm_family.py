@@ -27,7 +27,8 @@ from transformers import (
 from transformers.utils import is_timm_available
 
 from .checkpoint import CheckpointError, from_pretrained_checked
-from .families import FamilyAdapter
+from .families import FamilyAdapter, ModelClass
+from .io_spec import POOLED, backbone_spec, classifier_spec
 from .models.amp_layer_widths import global_width_access
 from .models.modeling_amp_timm_wrapper import (
     AmpTimmWrapperConfig,
@@ -221,12 +222,16 @@ def _pooled(outputs, batch) -> torch.Tensor:
 
 TIMM_ADAPTER = TimmFamilyAdapter(
     name="timm",
-    model_classes={
-        TimmWrapperModel: AmpTimmWrapperModel,
-        TimmWrapperForImageClassification: AmpTimmWrapperForImageClassification,
-    },
+    classes=(
+        ModelClass(TimmWrapperModel, AmpTimmWrapperModel, backbone_spec("image", POOLED)),
+        ModelClass(TimmWrapperForImageClassification, AmpTimmWrapperForImageClassification, classifier_spec("image"),
+                   auto=("AutoModelForImageClassification",)),
+    ),
     modality="image",
     pool=_pooled,
+    # distillation compared the token mean before the family facts moved onto the adapter (timm's pre-logits
+    # feature is the CLS token or the token average, depending on the model's global_pool)
+    summary="mean",
     notes="timm VisionTransformer / Eva (Mlp, GluMlp / SwiGLUPacked, SwiGLU with its inner norm) through "
     "transformers' TimmWrapper; embedding: timm's pre-logits feature (forward_head(pre_logits=True))",
 )

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cache import cache_root
-from .families import UnsupportedModelError
+from .families import UnsupportedModelError, get_adapter
 
 # The 7-template subset CLIP's authors found best for ImageNet (CLIP repo, notebooks/Prompt_Engineering).
 DEFAULT_TEMPLATES = (
@@ -46,11 +46,10 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
     """The image embedding that lives in the image-text space (after CLIP's visual projection)."""
     if hasattr(model, "get_image_features"):  # CLIPModel, SiglipModel and their amp_* versions
         return model.get_image_features(pixel_values=pixel_values).pooler_output
+    joint = get_adapter(model).joint_embedding  # e.g. CLIPVisionModelWithProjection's image_embeds
     outputs = model(pixel_values=pixel_values)
-    if getattr(outputs, "image_embeds", None) is not None:  # CLIPVisionModelWithProjection
-        return outputs.image_embeds
-    if "Siglip" in type(model).__name__:  # SigLIP has no projection: the pooling head's output is the embedding
-        return outputs.pooler_output
+    if joint is not None and getattr(outputs, joint, None) is not None:
+        return getattr(outputs, joint)
     raise UnsupportedModelError(
         f"{type(model).__name__} has no image-text embedding space (CLIPVisionModel stops before the visual "
         "projection): evaluate a CLIPModel / CLIPVisionModelWithProjection / SigLIP checkpoint, or use --task knn"
@@ -61,7 +60,7 @@ def tokenize(tokenizer, texts: Sequence[str], model: nn.Module) -> dict[str, tor
     """Tokenise as the model was trained: SigLIP pads to the full length, CLIP pads to the longest text."""
     text_config = getattr(model.config, "text_config", model.config)  # CLIP/SigLIP sub-config, or the model's own
     max_length = text_config.max_position_embeddings
-    padding = "max_length" if "Siglip" in type(model).__name__ else True
+    padding = "max_length" if get_adapter(model).text_padding == "max_length" else True
     return dict(tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="pt"))
 
 

@@ -12,14 +12,14 @@ from amp_hf.checkpoint import read_config
 from amp_hf.loading import load_model
 from amp_hf.open_clip_family import is_open_clip_folder
 from amp_hf.outputs import expand
-from amp_hf.models import MODEL_CLASSES
+from amp_hf.families import MODEL_CLASSES
 
 
 def supported_architectures() -> dict[str, type]:
     """``config.architectures[0]`` -> class, for every stock and amp_* model class amp-hf supports."""
     classes = {name: cls for name, cls in MODEL_CLASSES.items()}
     for adapter in ADAPTERS.values():
-        classes.update({cls.__name__: cls for cls in adapter.model_classes})
+        classes.update({entry.stock.__name__: entry.stock for entry in adapter.classes})
     return classes
 
 

@@ -35,7 +35,7 @@ from huggingface_hub import ModelCard, try_to_load_from_cache
 from transformers.initialization import no_init_weights
 
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
-from amp_hf import models as amp_models
+from amp_hf.families import MODEL_CLASSES
 from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
 from amp_hf.provenance import EMBEDDED_HUB_IDS, hub_reference, is_hub_id
 from amp_hf.sentence_transformers_format import read_modules, sentence_settings
@@ -134,13 +134,10 @@ class CheckpointFacts:
     def pipeline_tag(self) -> str:
         if self.sentence_transformers:
             return "sentence-similarity"
-        if self.architecture.endswith("ForImageClassification"):
-            return "image-classification"
-        if self.architecture.endswith("ForSequenceClassification"):
-            return "text-classification"
-        if self.architecture in ("AmpCLIPModel", "AmpSiglipModel", "AmpOpenCLIPModel"):  # image + text towers
-            return "zero-shot-image-classification"
-        return "image-feature-extraction" if self.adapter.modality == "image" else "feature-extraction"
+        task = self.adapter.model_class(self.architecture).task
+        if task == "feature-extraction" and self.adapter.modality == "image":
+            return "image-feature-extraction"
+        return task
 
     @property
     def auto_class(self) -> str:
@@ -224,7 +221,7 @@ def _read_json(path: Path) -> dict | list | None:
 
 def _adapter_for(architecture: str) -> FamilyAdapter:
     for adapter in ADAPTERS.values():
-        if architecture in {amp_class.__name__ for amp_class in adapter.model_classes.values()}:
+        if architecture in {entry.amp.__name__ for entry in adapter.classes}:
             return adapter
     raise CheckpointError(f"no amp-hf family adapter knows the architecture {architecture}")
 
@@ -343,7 +340,7 @@ def measure_stats(
 ) -> dict[str, dict[str, int | None]]:
     """Params/FLOPs with ``amp_hf.model_stats``: the pruned architecture and, when the original widths are
     known, the same architecture at those widths. Built from config.json only (no weights are read)."""
-    model_class = amp_models.MODEL_CLASSES[architecture]
+    model_class = MODEL_CLASSES[architecture]
     config = model_class.config_class.from_pretrained(checkpoint)
     with no_init_weights():  # stats depend on shapes only: skip the random init
         pruned = model_class(config).eval()

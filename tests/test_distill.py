@@ -117,7 +117,7 @@ def test_features_are_the_last_block_output_before_the_final_norm(name):
     hook.remove()
     assert torch.equal(features, captured[0])
     assert FINAL_NORM_CHECKS[adapter.name](backbone, features, outputs)
-    split = split_features({"hidden": features}, inputs, adapter.name)
+    split = split_features({"hidden": features}, inputs, adapter.summary)
     if adapter.name == "siglip":  # no CLS token: the summary is the token mean
         assert torch.allclose(split.summary, features.mean(dim=1))
     else:
@@ -151,8 +151,8 @@ def test_head_is_frozen_at_teacher_values_and_blocks_train(tmp_path, name):
 
 def test_distillation_losses_combine_enabled_terms():
     hidden_s, hidden_t = torch.randn(4, 5, 8), torch.randn(4, 5, 8)
-    s = split_features({"hidden": hidden_s}, {}, "vit")
-    t = split_features({"hidden": hidden_t}, {}, "vit")
+    s = split_features({"hidden": hidden_s}, {}, "cls")
+    t = split_features({"hidden": hidden_t}, {}, "cls")
     losses = distillation_losses(s, t, LossConfig(cls=2.0, tokens=1.0, entropy=0.5))
     assert set(losses) == {"cls", "tokens", "entropy", "total"}
     expected = 2 * losses["cls"] + losses["tokens"] + 0.5 * losses["entropy"]
@@ -180,8 +180,8 @@ def test_text_batches_are_tokenised_and_padding_is_left_out_of_the_token_loss(tm
     assert inputs["attention_mask"].tolist()[0].count(0) > 0  # the short text is padded
 
     with torch.no_grad():
-        s = split_features(FeatureModel(pair.student, pair.adapter)(**inputs), inputs, "bert")
-        t = split_features(FeatureModel(pair.teacher, pair.adapter)(**inputs), inputs, "bert")
+        s = split_features(FeatureModel(pair.student, pair.adapter)(**inputs), inputs, "cls")
+        t = split_features(FeatureModel(pair.teacher, pair.adapter)(**inputs), inputs, "cls")
     loss = distillation_losses(s, t, LossConfig())["tokens"]
     padded = s.token_mask == 0
     s.tokens[padded] += 100.0  # whatever the student emits at padding must not count
@@ -372,8 +372,8 @@ def _fixed_batch_loss(teacher, student, heldout: Path) -> float:
     data = prepare_dataset(DataConfig(source=str(heldout)), processor, adapter, student)
     inputs = model_inputs(next(iter(make_loader(data, batch_size=32))))
     with torch.no_grad():
-        s = split_features(FeatureModel(student.eval(), adapter)(**inputs), inputs, adapter.name)
-        t = split_features(FeatureModel(teacher.eval(), adapter)(**inputs), inputs, adapter.name)
+        s = split_features(FeatureModel(student.eval(), adapter)(**inputs), inputs, adapter.summary)
+        t = split_features(FeatureModel(teacher.eval(), adapter)(**inputs), inputs, adapter.summary)
     return distillation_losses(s, t, LossConfig())["total"].item()
 
 

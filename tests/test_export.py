@@ -26,7 +26,7 @@ from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
 import amp_hf
 from amp_hf.data import default_image_processor
-from amp_hf.models import MODEL_CLASSES
+from amp_hf.families import MODEL_CLASSES
 from export import (
     SPECS,
     ExportOptionError,

@@ -84,7 +84,7 @@ def test_slicing_equals_zeroing_the_dropped_neurons(name):
 def test_reload_with_amp_hf(saved, name):
     _, cases = saved
     model, plan, pruned, path, inputs, expected = cases[name]
-    auto_classes = amp_hf.models.AUTO_CLASSES[type(pruned.config)]
+    auto_classes = amp_hf.families.AUTO_CLASSES[type(pruned.config)]
     auto_name = next((a for a, cls in auto_classes.items() if cls is type(pruned)), None)
     if auto_name is None:  # e.g. CLIPVisionModelWithProjection: no Auto class maps to it, as in transformers
         reloaded = amp_hf.load_pruned(path)

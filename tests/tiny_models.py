@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import (
     BertConfig,
+    BertForSequenceClassification,
     BertModel,
     CLIPConfig,
     CLIPModel,
@@ -19,6 +20,9 @@ from transformers import (
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    Dinov2WithRegistersModel,
     SiglipConfig,
     SiglipModel,
     SiglipTextConfig,
@@ -66,8 +70,12 @@ def _dinov2(swiglu: bool, **kw):
     return Dinov2Config(**VISION, mlp_ratio=4, use_swiglu_ffn=swiglu, **kw)
 
 
-def _bert():
-    return BertConfig(**TEXT, max_position_embeddings=64)
+def _dinov2_registers(swiglu: bool, **kw):
+    return Dinov2WithRegistersConfig(**VISION, mlp_ratio=4, use_swiglu_ffn=swiglu, num_register_tokens=2, **kw)
+
+
+def _bert(**kw):
+    return BertConfig(**TEXT, max_position_embeddings=64, **kw)
 
 
 BUILDERS = {
@@ -81,7 +89,12 @@ BUILDERS = {
     "dinov2": lambda: Dinov2Model(_dinov2(False)),
     "dinov2_swiglu": lambda: Dinov2Model(_dinov2(True)),
     "dinov2_swiglu_cls": lambda: Dinov2ForImageClassification(_dinov2(True, num_labels=4)),
+    "dinov2_registers": lambda: Dinov2WithRegistersModel(_dinov2_registers(False)),
+    "dinov2_registers_swiglu_cls": lambda: Dinov2WithRegistersForImageClassification(
+        _dinov2_registers(True, num_labels=4)
+    ),
     "bert": lambda: BertModel(_bert()),
+    "bert_cls": lambda: BertForSequenceClassification(_bert(num_labels=3)),
 }
 TINY_FAMILIES = sorted(BUILDERS)
 

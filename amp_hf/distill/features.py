@@ -15,11 +15,6 @@ from torch import nn
 
 from ..families import FamilyAdapter
 
-# Families whose sequence starts with a CLS token (BERT's [CLS] comes from the tokenizer). SigLIP has none:
-# its summary is the mean of the tokens.
-CLS_TOKEN_FAMILIES = frozenset({"vit", "clip", "dinov2", "bert", "open_clip"})
-
-
 class FeatureModel(nn.Module):
     """Runs a model and returns the last block's pre-final-norm hidden states (and logits if asked).
 
@@ -60,11 +55,14 @@ class FeatureOutputs:
     logits: torch.Tensor | None = None
 
 
-def split_features(outputs: dict[str, torch.Tensor], batch: dict, family: str) -> FeatureOutputs:
-    """Summary token and remaining tokens of ``FeatureModel`` outputs (padding masked for text)."""
+def split_features(outputs: dict[str, torch.Tensor], batch: dict, summary: str) -> FeatureOutputs:
+    """Summary token and remaining tokens of ``FeatureModel`` outputs (padding masked for text).
+
+    ``summary``: the family's ``FamilyAdapter.summary``: ``"cls"`` (the first token) or ``"mean"`` (the
+    attention-masked mean of every token)."""
     hidden = outputs["hidden"]
     mask = batch.get("attention_mask")
-    if family in CLS_TOKEN_FAMILIES:
+    if summary == "cls":
         summary, tokens = hidden[:, 0], hidden[:, 1:]
         mask = mask[:, 1:] if mask is not None else None
     else:

@@ -136,7 +136,7 @@ def load_pair(teacher_path: str, student_path: str) -> DistillPair:
 
 
 def has_classifier(model: nn.Module) -> bool:
-    return type(model).__name__.endswith(("ForImageClassification", "ForSequenceClassification"))
+    return get_adapter(model).has_classifier_head(model)
 
 
 def reached_parameters(feature_model: FeatureModel, inputs: dict) -> set[str]:

@@ -158,7 +158,7 @@ def build_loop(config: DistillConfig, pair: DistillPair, accelerator, resume_fro
         metrics=MetricsLog(config.run_path, accelerator, resumed_step=progress.step if resume_from else None),
         steps_per_epoch=steps_per_epoch,
         global_batch=global_batch,
-        family=pair.adapter.name,
+        summary=pair.adapter.summary,
     )
 
 
@@ -177,7 +177,7 @@ class DistillationLoop:
     metrics: MetricsLog
     steps_per_epoch: int
     global_batch: int
-    family: str
+    summary: str  # the family's summary token (FamilyAdapter.summary)
     # The current logging window: loss sums, optimiser steps and samples since the last log line.
     _loss_sums: dict[str, torch.Tensor] = field(init=False, default_factory=dict)
     _steps: int = field(init=False, default=0)
@@ -224,8 +224,8 @@ class DistillationLoop:
         accelerator = self.accelerator
         with accelerator.accumulate(self.student):
             with torch.no_grad(), accelerator.autocast():
-                teacher_features = split_features(self.teacher(**inputs), inputs, self.family)
-            student_features = split_features(self.student(**inputs), inputs, self.family)
+                teacher_features = split_features(self.teacher(**inputs), inputs, self.summary)
+            student_features = split_features(self.student(**inputs), inputs, self.summary)
             losses = distillation_losses(student_features, teacher_features, self.config.loss)
             accelerator.backward(losses["total"])
             if accelerator.sync_gradients:
