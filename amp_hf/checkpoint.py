@@ -1,4 +1,4 @@
-"""Saving and loading pruned checkpoints (format: shared/reference/format.md, summarised in README).
+"""Saving and loading pruned checkpoints (the format is described in README, "The pruned checkpoint").
 
 Saving is atomic (``outputs.atomic_directory``): everything is written into a temporary sibling folder that is
 renamed into place, so a crash never leaves a half-written checkpoint at the target path.
@@ -16,8 +16,8 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from . import families
-from .models import amp_layer_widths
 from .errors import CheckpointError
+from .models import amp_layer_widths
 from .outputs import atomic_directory
 from .plan import PLAN_FILE, PrunePlan
 from .sentence_transformers_format import carry_sentence_transformers

@@ -49,7 +49,7 @@ def cmd_score(args) -> int:
     from .pruning import run_score
 
     if not args.output:
-        from .cli import UsageError
+        from .errors import UsageError
 
         raise UsageError("pass --output DIR for the scores (scores.safetensors + scores.json)")
     config = _prune_config(args)

@@ -10,10 +10,12 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
+
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -166,6 +168,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     values = merge(values, parse_overrides(overrides))
     return build(cls, values)
 
-
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)

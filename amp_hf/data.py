@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
 from .errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -38,7 +39,7 @@ class DataConfig:
     source: str = "digits"
     split: str = "train"
     num_samples: int | None = None  # take the first N after a seeded shuffle (None = all)
-    batch_size: int = 32
+    batch_size: int = 32  # prune/score/search: the global batch, split across processes; eval, distill: per process
     seed: int = 0
     image_column: str | None = None  # auto: "image" / "img" / "pixel_values"
     text_column: str | None = None  # auto: "text" / "sentence"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .outputs import atomic_directory, prepare_output
 from .data import DataConfig
+from .outputs import atomic_directory, prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
     from export import ExportOptions, export_checkpoint
     from hub_cards import write_card
 
+    from .data import load_processor
     from .evaluate import write_report
     from .families import get_adapter
-    from .data import load_processor
     from .loading import load_model, resolve_model_path
 
     started = time.time()

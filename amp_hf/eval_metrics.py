@@ -1,6 +1,6 @@
 """Evaluation metrics on precomputed features: pure tensor functions, no models, no data loading.
 
-Protocols follow the papers amp-hf reproduces (shared/reference/methods.md §1.10, §2.7): DINOv2's kNN
+Protocols follow the papers amp-hf reproduces (AMP, arXiv 2603.08100; DGMR, arXiv 2506.08591): DINOv2's kNN
 (cosine similarity, temperature-weighted voting), clip_benchmark's zero-shot classification and
 retrieval recall@k, plus two label-free fidelity measures of a pruned model against its teacher.
 Similarity work is done in row chunks so a large memory bank never needs an N x M matrix at once.
@@ -8,7 +8,7 @@ Similarity work is done in row chunks so a large memory bank never needs an N x 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -31,9 +31,9 @@ import logging
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from huggingface_hub import try_to_load_from_cache
@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import CheckpointError
 from .data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
+from .errors import OutputError
 from .eval_metrics import (
     KNN_KS,
     KNN_TEMPERATURE,
@@ -57,9 +58,8 @@ from .eval_metrics import (
     zero_shot_logits,
 )
 from .families import UnsupportedModelError, get_adapter
-from .errors import OutputError
-from .outputs import default_mode, expand, prepare_output, record_written
 from .loading import load_model, resolve_model_path
+from .outputs import default_mode, expand, prepare_output, record_written
 from .provenance import portable, portable_reference
 from .sentence_transformers_format import sentence_embedder
 from .zero_shot import (
@@ -125,10 +125,9 @@ def default_teacher(model: nn.Module) -> str | None:
 def _accelerator(accelerator):
     if accelerator is not None:
         return accelerator
-    from accelerate import Accelerator
+    from .distributed import make_accelerator
 
-    # cpu=True on CPU-only machines: that is what makes `accelerate launch --num_processes N` use gloo.
-    return Accelerator(cpu=not torch.cuda.is_available())
+    return make_accelerator(split_batches=False)  # data.batch_size is per process here
 
 
 @torch.no_grad()
@@ -558,7 +557,7 @@ def positive_int(text: str) -> int:
 def _report_path(args) -> Path:
     """Where the report goes, checked before anything is evaluated: a new file, or an existing amp-hf
     evaluation report (merged), in a writable folder; never any other existing file."""
-    from .cli import UsageError
+    from .errors import UsageError
 
     if args.output:
         path = expand(args.output)
@@ -590,7 +589,7 @@ def _lines(path: str | None) -> list[str] | None:
 
 
 def run_eval(args) -> int:
-    from .cli import UsageError
+    from .errors import UsageError
 
     report_path = _report_path(args)  # fail before any model is loaded
     if "retrieval" in args.task and not args.data:

@@ -8,8 +8,9 @@ pruned checkpoints without amp-hf), because stock tensor names moved across tran
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import transformers
@@ -34,7 +35,7 @@ from transformers import (
 )
 
 from . import models as amp_models
-from .models import modeling_amp_dinov2_with_registers as dinov2_registers
+from .errors import UnsupportedModelError
 from .io_spec import (
     CLS_TOKEN,
     MASKED_MEAN,
@@ -46,8 +47,8 @@ from .io_spec import (
     projected_image_spec,
     siglip_spec,
 )
+from .models import modeling_amp_dinov2_with_registers as dinov2_registers
 from .models.amp_layer_widths import NeuronMap, find_backbone, find_layer_stack, find_neuron_map, global_width_access
-from .errors import UnsupportedModelError  # noqa: F401  (raised here; re-exported)
 
 TEXT_SEQUENCE_LENGTH = 128  # native "input size" for text encoders in FLOP accounting
 
@@ -185,7 +186,7 @@ class FamilyAdapter:
         """Current hidden width of every layer's MLP, read from the modules themselves."""
         return resolve(model, self).widths()
 
-    def resolve(self, model: nn.Module) -> "MlpStack":
+    def resolve(self, model: nn.Module) -> MlpStack:
         """Everything a run needs about ``model``'s prunable MLPs, probed once."""
         layers_path = self.layers_path(model)
         maps = [find_neuron_map(layer, self.neuron_maps) for layer in model.get_submodule(layers_path)]
@@ -256,15 +257,14 @@ class FamilyAdapter:
         return new_config
 
 
-M = amp_models
 ADAPTERS: dict[str, FamilyAdapter] = {
     adapter.name: adapter
     for adapter in (
         FamilyAdapter(
             name="vit",
             classes=(
-                ModelClass(ViTModel, M.AmpViTModel, backbone_spec("image", CLS_TOKEN)),  # the tanh pooler is unused
-                ModelClass(ViTForImageClassification, M.AmpViTForImageClassification, classifier_spec("image"),
+                ModelClass(ViTModel, amp_models.AmpViTModel, backbone_spec("image", CLS_TOKEN)),  # the tanh pooler is unused
+                ModelClass(ViTForImageClassification, amp_models.AmpViTForImageClassification, classifier_spec("image"),
                            auto=("AutoModelForImageClassification",)),
             ),
             modality="image",
@@ -275,11 +275,11 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter(
             name="clip",
             classes=(
-                ModelClass(CLIPVisionModel, M.AmpCLIPVisionModel, backbone_spec("image", POOLED)),
+                ModelClass(CLIPVisionModel, amp_models.AmpCLIPVisionModel, backbone_spec("image", POOLED)),
                 # no Auto class maps to it in transformers either: the saved class answers AutoModel
-                ModelClass(CLIPVisionModelWithProjection, M.AmpCLIPVisionModelWithProjection, projected_image_spec(),
+                ModelClass(CLIPVisionModelWithProjection, amp_models.AmpCLIPVisionModelWithProjection, projected_image_spec(),
                            auto=()),
-                ModelClass(CLIPModel, M.AmpCLIPModel, clip_spec(),
+                ModelClass(CLIPModel, amp_models.AmpCLIPModel, clip_spec(),
                            auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
             ),
             modality="image",
@@ -292,8 +292,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter(
             name="siglip",
             classes=(
-                ModelClass(SiglipVisionModel, M.AmpSiglipVisionModel, backbone_spec("image", POOLED)),
-                ModelClass(SiglipModel, M.AmpSiglipModel, siglip_spec(),
+                ModelClass(SiglipVisionModel, amp_models.AmpSiglipVisionModel, backbone_spec("image", POOLED)),
+                ModelClass(SiglipModel, amp_models.AmpSiglipModel, siglip_spec(),
                            auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
             ),
             modality="image",
@@ -308,8 +308,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter(
             name="dinov2",
             classes=(
-                ModelClass(Dinov2Model, M.AmpDinov2Model, backbone_spec("image", POOLED)),
-                ModelClass(Dinov2ForImageClassification, M.AmpDinov2ForImageClassification, classifier_spec("image"),
+                ModelClass(Dinov2Model, amp_models.AmpDinov2Model, backbone_spec("image", POOLED)),
+                ModelClass(Dinov2ForImageClassification, amp_models.AmpDinov2ForImageClassification, classifier_spec("image"),
                            auto=("AutoModelForImageClassification",)),
             ),
             modality="image",
@@ -334,8 +334,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter(
             name="bert",
             classes=(
-                ModelClass(BertModel, M.AmpBertModel, backbone_spec("text", MASKED_MEAN)),
-                ModelClass(BertForSequenceClassification, M.AmpBertForSequenceClassification, classifier_spec("text"),
+                ModelClass(BertModel, amp_models.AmpBertModel, backbone_spec("text", MASKED_MEAN)),
+                ModelClass(BertForSequenceClassification, amp_models.AmpBertForSequenceClassification, classifier_spec("text"),
                            auto=("AutoModelForSequenceClassification",)),
             ),
             modality="text",

@@ -4,11 +4,12 @@ slicing, reports, cards and re-slicing read (plain data, saved as JSON beside th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
+
 from .errors import PlanError
 
 PLAN_FILE = "amp_plan.json"
@@ -53,7 +54,7 @@ class PrunePlan:
     @classmethod
     def from_scores(
         cls, scores: Sequence[torch.Tensor], widths: Sequence[int], method: str, details: dict | None = None
-    ) -> "PrunePlan":
+    ) -> PrunePlan:
         """Keep the top-``widths[l]`` neurons of every layer by score (ties broken by lower index)."""
         kept = [top_indices(s, w) for s, w in zip(scores, widths)]
         return cls([len(s) for s in scores], kept, method, dict(details or {}))
@@ -65,7 +66,7 @@ class PrunePlan:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "PrunePlan":
+    def load(cls, path: str | Path) -> PrunePlan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE

@@ -19,29 +19,27 @@ from . import __version__
 from .accounting import compare_stats, model_stats
 from .checkpoint import write_pruned
 from .config_utils import ConfigError
-from .distributed import make_accelerator
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
-from .families import get_adapter
+from .distributed import make_accelerator
+from .families import MlpStack, resolve
 from .loading import load_model, resolve_model_path
 from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
 from .provenance import hub_reference, is_hub_id, portable, portable_reference
 from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct, search_refit_summary
 from .selection import (
+    SCORING_METHODS,
     CriterionConfig,
     CriterionEvaluator,
+    DGMRConfig,
     NeuronScores,
+    ScoringInputs,
     SearchConfig,
     adaptive_search,
     budget_search,
     build_criterion,
     check_budget_reachable,
-    dgmr_scores,
     global_widths,
-    magnitude_scores,
-    plan_from_widths,
-    random_scores,
-    taylor_scores,
     tower_cost,
     uniform_widths,
 )
@@ -60,18 +58,6 @@ class ScoringConfig:
     def __post_init__(self):
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"scoring.max_batches must be >= 1 (or null for every batch); got {self.max_batches}")
-
-
-@dataclass
-class DGMRConfig:
-    ratio: float = 1.0  # kept width = ratio x model dim d (the paper's r)
-    width: int | None = None  # explicit kept width (overrides ratio)
-
-    def __post_init__(self):
-        if self.width is None and self.ratio <= 0:
-            raise ValueError("dgmr.ratio must be > 0 (kept width = ratio x hidden size)")
-        if self.width is not None and self.width < 1:
-            raise ValueError("dgmr.width must be >= 1")
 
 
 @dataclass
@@ -96,9 +82,10 @@ class PruneConfig:
         if self.base_model is not None and not is_hub_id(self.base_model):
             raise ValueError(f"base_model={self.base_model!r} is not a Hub repo id (org/name): it is recorded in the "
                              "checkpoint's config.json, which may be pushed, so local paths are not accepted")
-        if self.method == "dgmr" and self.search.allocation != "adaptive" and not self.search.reconstruct:
-            raise ValueError("method dgmr has its own uniform width (dgmr.ratio / dgmr.width): drop search.allocation "
-                             "(or set search.reconstruct=true to search its Gram-Schmidt prefixes)")
+        own_width = SCORING_METHODS[self.method].own_width is not None
+        if own_width and self.search.allocation != "adaptive" and not self.search.reconstruct:
+            raise ValueError(f"method {self.method} has its own uniform width (dgmr.ratio / dgmr.width): drop "
+                             "search.allocation (or set search.reconstruct=true to search its Gram-Schmidt prefixes)")
         if self.search.reconstruct and self.reconstruct.enabled:
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
                              "model is the searched one): drop reconstruct.enabled")
@@ -117,50 +104,82 @@ def _accelerator():
     return make_accelerator(split_batches=True)
 
 
-def _loader(data: DataConfig, processor, adapter, model, accelerator, shuffle: bool):
-    dataset = prepare_dataset(data, processor, adapter, model)
-    if len(dataset) < data.batch_size:
-        raise DataError(
-            f"data source {data.source!r} has {len(dataset)} samples, fewer than one batch of {data.batch_size}: "
-            "lower data.batch_size or use more samples"
-        )
-    if data.batch_size % accelerator.num_processes:
-        raise ConfigError(
-            f"data.batch_size={data.batch_size} (the global batch) must be divisible by the "
-            f"{accelerator.num_processes} processes"
-        )
-    loader = make_loader(dataset, data.batch_size, shuffle=shuffle, seed=data.seed, drop_last=True,
-                         num_workers=data.num_workers)
-    return accelerator.prepare_data_loader(loader)
+@dataclass
+class PruneRun:
+    """What one run resolved once and carries from step to step: the config, the model resolved to its
+    family and MLP maps, its processor, the accelerator, and the criterion (built and prepared on first use)."""
+
+    config: PruneConfig
+    stack: MlpStack
+    processor: object
+    accelerator: object
+    _criterion: object = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def start(cls, config: PruneConfig, accelerator) -> PruneRun:
+        model = load_model(config.model).to(accelerator.device)
+        stack = resolve(model)
+        return cls(config, stack, load_processor(resolve_model_path(config.model), stack.adapter), accelerator)
+
+    @property
+    def model(self):
+        return self.stack.model
+
+    @property
+    def method(self):
+        return SCORING_METHODS[self.config.method]
+
+    @property
+    def criterion(self):
+        if self._criterion is None:
+            self._criterion = build_criterion(self.config.criterion)
+            self._criterion.prepare(self.model, self.stack.adapter, self.processor)
+        return self._criterion
+
+    def loader(self, data: DataConfig, shuffle: bool):
+        dataset = prepare_dataset(data, self.processor, self.stack.adapter, self.model)
+        if len(dataset) < data.batch_size:
+            raise DataError(
+                f"data source {data.source!r} has {len(dataset)} samples, fewer than one batch of {data.batch_size}: "
+                "lower data.batch_size or use more samples"
+            )
+        if data.batch_size % self.accelerator.num_processes:
+            raise ConfigError(
+                f"data.batch_size={data.batch_size} (the global batch) must be divisible by the "
+                f"{self.accelerator.num_processes} processes"
+            )
+        loader = make_loader(dataset, data.batch_size, shuffle=shuffle, seed=data.seed, drop_last=True,
+                             num_workers=data.num_workers)
+        return self.accelerator.prepare_data_loader(loader)
+
+    def own_width(self) -> int | None:
+        """The kept width of a method that fixes one per layer (DGMR), else None."""
+        if self.method.own_width is None:
+            return None
+        return self.method.own_width(ScoringInputs(self.stack, dgmr=self.config.dgmr))
 
 
-def compute_scores(config: PruneConfig, model, processor, accelerator) -> NeuronScores:
+def compute_scores(run: PruneRun) -> NeuronScores:
     """Per-layer neuron scores for ``config.method`` (Taylor/criterion for amp, data-free otherwise)."""
+    config = run.config
     if config.scoring.scores_path:
-        return load_scores(config.scoring.scores_path, model)
-    adapter = get_adapter(model)
-    if config.method == "amp":
-        criterion = build_criterion(config.criterion)
-        criterion.prepare(model, adapter, processor)
-        loader = _loader(config.scoring.data, processor, adapter, model, accelerator, shuffle=True)
-        scores = taylor_scores(model, loader, criterion, accelerator, config.scoring.max_batches)
+        return load_scores(config.scoring.scores_path, run.stack)
+    # search.reconstruct searches DGMR's pick order: every neuron gets a rank, a width keeps a prefix
+    inputs = ScoringInputs(run.stack, seed=config.seed, dgmr=config.dgmr, accelerator=run.accelerator,
+                           max_batches=config.scoring.max_batches, rank_all=config.search.reconstruct)
+    if run.method.needs_data:
+        inputs.criterion = run.criterion
+        inputs.loader = lambda: run.loader(config.scoring.data, shuffle=True)
+    scores = run.method(inputs)
+    if run.method.needs_data:
         scores.metadata.update(
             criterion=config.criterion.name, temperature=config.criterion.temperature,
             data=config.scoring.data.source, split=config.scoring.data.split, batch_size=config.scoring.data.batch_size,
         )
-        return scores
-    if config.method == "dgmr":
-        # search.reconstruct searches DGMR's pick order: every neuron gets a rank, a width keeps a prefix
-        width = max(adapter.widths(model)) if config.search.reconstruct else _dgmr_width(config, model)
-        values = dgmr_scores(model, width=width)
-    elif config.method == "magnitude":
-        values = magnitude_scores(model)
-    else:
-        values = random_scores(model, config.seed)
-    return NeuronScores(abs=values, signed=values, num_samples=0, metadata={"method": config.method})
+    return scores
 
 
-def load_scores(path: str, model) -> NeuronScores:
+def load_scores(path: str, model: torch.nn.Module | MlpStack) -> NeuronScores:
     """Scores saved by ``amp-hf score``, checked against ``model``'s MLP widths."""
     try:
         scores = NeuronScores.load(path)
@@ -174,23 +193,25 @@ def load_scores(path: str, model) -> NeuronScores:
     return scores
 
 
-def check_scores_fit(scores: NeuronScores, model, what: str = "the scores") -> None:
+def check_scores_fit(scores: NeuronScores, model: torch.nn.Module | MlpStack, what: str = "the scores") -> None:
     """Scores must have one vector per MLP, each as long as that MLP is wide."""
-    widths = get_adapter(model).widths(model)
+    stack = resolve(model)
+    widths = stack.widths()
     lengths = [len(s) for s in scores.abs]
     if lengths != widths or [len(s) for s in scores.signed] != widths:
         raise ConfigError(
-            f"{what} were computed for a model with MLP widths {lengths}, but {get_adapter(model).name} model "
-            f"{getattr(model.config, '_name_or_path', '')} has {widths}: re-run `amp-hf score` on this model"
+            f"{what} were computed for a model with MLP widths {lengths}, but {stack.adapter.name} model "
+            f"{getattr(stack.model.config, '_name_or_path', '')} has {widths}: re-run `amp-hf score` on this model"
         )
 
 
-def check_before_compute(config: PruneConfig, model) -> None:
+def check_before_compute(run: PruneRun) -> None:
     """What can be refused from the config and the model alone, before any scoring or search."""
-    widths = get_adapter(model).widths(model)
+    config = run.config
+    widths = run.stack.widths()
     search = config.search
-    if config.method == "dgmr":
-        width = _dgmr_width(config, model)
+    width = run.own_width()
+    if width is not None:
         narrow = [layer for layer, full in enumerate(widths) if width >= full]
         if narrow:
             raise ConfigError(
@@ -206,51 +227,39 @@ def check_before_compute(config: PruneConfig, model) -> None:
             "only keep every neuron; choose a smaller search.round_to"
         )
     if search.allocation in ("uniform", "global", "budget"):
-        cost = tower_cost(model, search.target_metric)
+        cost = tower_cost(run.stack, search.target_metric)
         if search.allocation == "budget":
             check_budget_reachable(cost, search.target_reduction, search.tolerance, search.steps, search.round_to)
         else:
             uniform_widths(cost, search.target_reduction, search.round_to)  # refuses an unreachable target
 
 
-def _dgmr_width(config: PruneConfig, model) -> int:
-    if config.dgmr.width is not None:
-        return config.dgmr.width
-    return max(1, int(config.dgmr.ratio * get_adapter(model).backbone(model).config.hidden_size))
-
-
-def _search_batches(config: PruneConfig, model, processor, accelerator) -> list[dict]:
-    data = config.search_data or config.scoring.data
-    loader = _loader(data, processor, get_adapter(model), model, accelerator, shuffle=False)
-    return [batch for batch in loader]
-
-
-def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accelerator) -> tuple[PrunePlan, dict]:
-    """Turn scores into a PrunePlan following ``config.search`` (or DGMR's uniform width)."""
+def allocate(run: PruneRun, scores: NeuronScores) -> tuple[PrunePlan, dict]:
+    """Turn scores into a PrunePlan following ``config.search`` (or the method's own width, e.g. DGMR's)."""
+    config, stack, accelerator = run.config, run.stack, run.accelerator
+    model = stack.model
     search = config.search
-    adapter = get_adapter(model)
-    full = adapter.widths(model)
+    full = stack.widths()
     details: dict = {"allocation": search.allocation, "round_to": search.round_to}
-    if config.method == "dgmr" and not search.reconstruct:
-        width = _dgmr_width(config, model)
+    width = None if search.reconstruct else run.own_width()
+    if width is not None:
         widths = [min(width, f) for f in full]
         details.update(allocation="uniform", dgmr_ratio=config.dgmr.ratio, dgmr_width=width)
-        return plan_from_widths(scores.abs, widths, "dgmr", details), {}
-    cost = tower_cost(model, search.target_metric)
+        return PrunePlan.from_scores(scores.abs, widths, config.method, details), {}
+    cost = tower_cost(stack, search.target_metric)
     if search.allocation == "uniform":
         widths = uniform_widths(cost, search.target_reduction, search.round_to)
         details["target_reduction"] = search.target_reduction
-        return plan_from_widths(scores.abs, widths, config.method, details), {}
+        return PrunePlan.from_scores(scores.abs, widths, config.method, details), {}
     if search.allocation == "global":
         widths = global_widths(scores.abs, cost, search.target_reduction, search.round_to)
         details["target_reduction"] = search.target_reduction
-        return plan_from_widths(scores.abs, widths, config.method, details), {}
+        return PrunePlan.from_scores(scores.abs, widths, config.method, details), {}
 
-    criterion = build_criterion(config.criterion)
-    criterion.prepare(model, adapter, processor)
-    batches = _search_batches(config, model, processor, accelerator)
-    evaluator = CriterionEvaluator(model, criterion, batches, accelerator, cache_gb=search.cache_gb)
-    global_batch = (config.search_data or config.scoring.data).batch_size
+    search_data = config.search_data or config.scoring.data
+    batches = list(run.loader(search_data, shuffle=False))
+    evaluator = CriterionEvaluator(stack, run.criterion, batches, accelerator, cache_gb=search.cache_gb)
+    global_batch = search_data.batch_size
     scale = math.log(global_batch) if search.delta_e_mode == "normalized" else 1.0
     progress = accelerator.is_local_main_process
     details.update(steps=search.steps, delta_e_mode=search.delta_e_mode, acceptance=search.acceptance,
@@ -259,15 +268,15 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
     refit = None
     if search.reconstruct:  # the refit's statistics: the reconstruction's calibration data, as reconstruct.* sets
         data = config.reconstruct.calibration_data(config.scoring.data)
-        calibration = list(_loader(data, processor, adapter, model, accelerator, shuffle=True))
+        calibration = list(run.loader(data, shuffle=True))
         refit = SearchRefit(model, evaluator, config.reconstruct, search.cache_gb, calibration)
         details["reconstruct_data"] = f"{data.source}:{data.split}"
     if search.allocation == "adaptive":
-        result = adaptive_search(model, scores.abs, evaluator, search.delta_e * scale, search.steps,
+        result = adaptive_search(stack, scores.abs, evaluator, search.delta_e * scale, search.steps,
                                  search.round_to, progress=progress, acceptance=search.acceptance, refit=refit)
         details["delta_e"] = search.delta_e
     else:
-        result, achieved = budget_search(model, scores.abs, evaluator, search.target_reduction, cost, search.steps,
+        result, achieved = budget_search(stack, scores.abs, evaluator, search.target_reduction, cost, search.steps,
                                          search.round_to, search.tolerance, search.max_budget_iterations,
                                          upper=scale, acceptance=search.acceptance, progress=progress, refit=refit)
         if abs(achieved - search.target_reduction) > search.tolerance:  # never save what was not asked for
@@ -287,8 +296,9 @@ def allocate(config: PruneConfig, model, scores: NeuronScores, processor, accele
     return plan, info
 
 
-def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores) -> dict:
+def provenance(run: PruneRun, plan: PrunePlan, scores: NeuronScores) -> dict:
     """What goes into ``config.amp_pruning`` (informational; loading never reads it)."""
+    config = run.config
     base_model, revision = (config.base_model, None) if config.base_model else hub_reference(config.model)
     values = {"method": plan.method}
     if base_model:  # a Hub id or nothing: config.json may be pushed, a local path would mean nothing there
@@ -296,7 +306,7 @@ def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores
     if revision:
         values["base_model_revision"] = revision
     values.update(amp_hf_version=__version__, **plan.details)
-    if config.method == "amp":
+    if run.method.needs_data:
         values.update(
             criterion=config.criterion.name,
             temperature=config.criterion.temperature,
@@ -306,22 +316,21 @@ def provenance(config: PruneConfig, model, plan: PrunePlan, scores: NeuronScores
     return values
 
 
-def slice_and_reconstruct(config: PruneConfig, model, plan: PrunePlan, amp_pruning: dict, processor,
-                          accelerator, search_info: dict | None = None) -> tuple[torch.nn.Module, dict | None]:
+def slice_and_reconstruct(run: PruneRun, plan: PrunePlan, amp_pruning: dict,
+                          search_info: dict | None = None) -> tuple[torch.nn.Module, dict | None]:
     """The pruned model: plainly sliced, or (``reconstruct.enabled``) with refit output projections, or
     (``search.reconstruct``) with the output projections the search refit."""
+    config = run.config
     if search_info is not None and "output_projections" in search_info:
-        pruned = slice_model(model, plan, amp_pruning)
+        pruned = slice_model(run.stack, plan, amp_pruning)
         refit = install_search_refit(pruned, search_info.pop("output_projections"), search_info.pop("search_refit"))
         return pruned, {"summary": search_refit_summary(refit), **refit}
     if not config.reconstruct.enabled:
-        return slice_model(model, plan, amp_pruning), None
+        return slice_model(run.stack, plan, amp_pruning), None
     data = config.reconstruct.calibration_data(config.scoring.data)
-    adapter = get_adapter(model)
-    batches = list(_loader(data, processor, adapter, model, accelerator, shuffle=True))
-    criterion = build_criterion(config.criterion)
-    criterion.prepare(model, adapter, processor)
-    pruned, report = reconstruct(model, plan, batches, config.reconstruct, accelerator, criterion, amp_pruning)
+    batches = list(run.loader(data, shuffle=True))
+    pruned, report = reconstruct(run.stack, plan, batches, config.reconstruct, run.accelerator, run.criterion,
+                                 amp_pruning)
     pruned.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
     return pruned, {"summary": report.summary(), **report.to_dict()}
 
@@ -334,18 +343,16 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     if config.output is None:
         raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
     output = prepare_output(config.output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
-    model = load_model(config.model).to(accelerator.device)
-    adapter = get_adapter(model)
-    processor = load_processor(resolve_model_path(config.model), adapter)
+    run = PruneRun.start(config, accelerator)
+    processor = run.processor
 
-    check_before_compute(config, model)
+    check_before_compute(run)
     if scores is not None:
-        check_scores_fit(scores, model)
-    scores = scores or compute_scores(config, model, processor, accelerator)
-    plan, search_info = allocate(config, model, scores, processor, accelerator)
-    pruned, reconstruction = slice_and_reconstruct(config, model, plan, provenance(config, model, plan, scores),
-                                                   processor, accelerator, search_info)
-    before, after = model_stats(model), model_stats(pruned)
+        check_scores_fit(scores, run.stack)
+    scores = scores or compute_scores(run)
+    plan, search_info = allocate(run, scores)
+    pruned, reconstruction = slice_and_reconstruct(run, plan, provenance(run, plan, scores), search_info)
+    before, after = model_stats(run.stack), model_stats(pruned)
     pruned.config.amp_pruning.update(params_before=before["params_tower"], params_after=after["params_tower"],
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])
     report = {
@@ -377,9 +384,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
 def run_score(config: PruneConfig, output: str, accelerator=None) -> NeuronScores:
     accelerator = accelerator or _accelerator()
     output = prepare_output(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
-    model = load_model(config.model).to(accelerator.device)
-    processor = load_processor(resolve_model_path(config.model), get_adapter(model))
-    scores = compute_scores(config, model, processor, accelerator)
+    scores = compute_scores(PruneRun.start(config, accelerator))
     if accelerator.is_main_process:
         scores.metadata.setdefault("model", config.model)
         with atomic_directory(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE) as staging:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTModel
 
-from amp_hf import PrunePlan, count_flops, slice_model
+from amp_hf import PrunePlan, count_flops, resolve, slice_model
 
 from .exporter import export_model
 from .options import ExportOptions
@@ -122,7 +122,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     models = build_models(config)
     sample = {"pixel_values": torch.randn(1, 3, config.image_size, config.image_size)}
     flops = {name: count_flops(model, sample) for name, model in models.items()}
-    widths = {name: [layer.mlp.fc1.out_features for layer in model.layers] for name, model in models.items()}
+    widths = {name: resolve(model).widths() for name, model in models.items()}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         graphs = _export_all(models, config, Path(scratch))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amp_hf.cli import UsageError
+from amp_hf.errors import UsageError
 
 
 class ExportOptionError(UsageError, ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from amp_hf.cli import UsageError
+from amp_hf.errors import UsageError
 from amp_hf.outputs import expand
 
 from .card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card

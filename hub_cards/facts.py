@@ -35,8 +35,8 @@ from huggingface_hub import ModelCard, try_to_load_from_cache
 from transformers.initialization import no_init_weights
 
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
-from amp_hf.families import MODEL_CLASSES
 from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
+from amp_hf.families import MODEL_CLASSES
 from amp_hf.provenance import EMBEDDED_HUB_IDS, hub_reference, is_hub_id
 from amp_hf.sentence_transformers_format import read_modules, sentence_settings
 

@@ -253,7 +253,8 @@ def check_push_target(repo_id: str, token: str | None = None) -> str:
 @contextlib.contextmanager
 def http_timeouts(seconds: float) -> Iterator[None]:
     """Give every huggingface_hub request ``seconds`` to connect and between bytes (it sets none by default)."""
-    from huggingface_hub.utils import _http as hub_http, set_client_factory
+    from huggingface_hub.utils import _http as hub_http
+    from huggingface_hub.utils import set_client_factory
 
     previous = getattr(hub_http, "_GLOBAL_CLIENT_FACTORY", hub_http.default_client_factory)
 

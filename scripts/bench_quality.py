@@ -49,6 +49,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+from bench_distill import distill, final_loss  # noqa: E402  (the same `amp-hf distill` subprocess)
+
 import amp_hf  # noqa: E402
 from amp_hf.data import DataConfig, load_processor, make_loader, prepare_dataset  # noqa: E402
 from amp_hf.eval_metrics import knn_accuracy, mean_cosine  # noqa: E402
@@ -63,13 +65,11 @@ from amp_hf.selection import (  # noqa: E402
     dgmr_scores,
     global_widths,
     magnitude_scores,
-    plan_from_widths,
     random_scores,
     taylor_scores,
     tower_cost,
     uniform_widths,
 )
-from bench_distill import distill, final_loss  # noqa: E402  (the same `amp-hf distill` subprocess)
 
 TARGETS = (0.25, 0.40, 0.55)
 METHOD_ORDER = ["amp", "amp-change", "amp-refit", "global-taylor", "uniform-taylor", "ce-taylor", "dgmr", "magnitude",
@@ -123,13 +123,13 @@ def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=No
                                                       "final_entropy": result.final_entropy})
             if in_search is not None:
                 projections[method, target] = (result.projections, result.refit)
-        plans["global-taylor", target] = plan_from_widths(scores["taylor"], global_widths(scores["taylor"], cost, target),
+        plans["global-taylor", target] = amp_hf.PrunePlan.from_scores(scores["taylor"], global_widths(scores["taylor"], cost, target),
                                                           "global-taylor", {})
-        plans["uniform-taylor", target] = plan_from_widths(scores["taylor"], uniform, "uniform-taylor", {})
+        plans["uniform-taylor", target] = amp_hf.PrunePlan.from_scores(scores["taylor"], uniform, "uniform-taylor", {})
         if "ce" in scores:
-            plans["ce-taylor", target] = plan_from_widths(scores["ce"], uniform, "ce-taylor", {})
+            plans["ce-taylor", target] = amp_hf.PrunePlan.from_scores(scores["ce"], uniform, "ce-taylor", {})
         for name in ("dgmr", "magnitude", "random"):
-            plans[name, target] = plan_from_widths(scores[name], uniform, name, {})
+            plans[name, target] = amp_hf.PrunePlan.from_scores(scores[name], uniform, name, {})
     if methods:
         plans = {key: plan for key, plan in plans.items() if key[0] in methods}
     return plans, {k: round(v, 1) for k, v in seconds.items()}, projections, scores["taylor"]

@@ -29,7 +29,6 @@ from amp_hf.selection import (
     CriterionConfig,
     build_criterion,
     magnitude_scores,
-    plan_from_widths,
     taylor_scores,
 )
 
@@ -85,7 +84,7 @@ def main() -> None:
             scores = magnitude_scores(teacher)
         for removal in args.removals:
             widths = [round((1 - removal) * w) for w in amp_hf.get_adapter(teacher).widths(teacher)]
-            plan = plan_from_widths(scores, widths, method, {"allocation": "uniform"})
+            plan = amp_hf.PrunePlan.from_scores(scores, widths, method, {"allocation": "uniform"})
             for label in args.variants:
                 started = time.perf_counter()
                 if label == "sliced":

@@ -20,6 +20,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the oracle search lives with the tests
 
+from oracle_search import oracle_search  # noqa: E402
+
 import amp_hf  # noqa: E402
 from amp_hf.selection import (  # noqa: E402
     CriterionConfig,
@@ -30,7 +32,6 @@ from amp_hf.selection import (  # noqa: E402
     taylor_scores,
     tower_cost,
 )
-from oracle_search import oracle_search  # noqa: E402
 
 
 def vit_b16(layers: int):
@@ -93,8 +94,8 @@ def bench(name, model, batches, delta_e, repeats, budget_target=None):
         cost = tower_cost(model, "mlp_params")
         for label, share in (("shared", True), ("unshared", False)):
             evaluator = CriterionEvaluator(model, criterion, batches)
-            (result, achieved), seconds = timed(lambda: budget_search(model, scores, evaluator, budget_target, cost,
-                                                                     share_evaluations=share))
+            (result, achieved), seconds = timed(lambda evaluator=evaluator, share=share: budget_search(
+                model, scores, evaluator, budget_target, cost, share_evaluations=share))
             budget[label] = {"seconds": round(seconds, 2), "evaluations": evaluator.evaluations,
                              "widths": result.widths, "delta_e": result.delta_e, "achieved": round(achieved, 4)}
         budget["identical_widths"] = budget["shared"]["widths"] == budget["unshared"]["widths"]
@@ -139,7 +140,8 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Search and scoring benchmark", "", f"`python scripts/bench_search.py` — {torch.get_num_threads()} CPU threads.", "",
-             "| model | layers | eval batches x size | identical widths | fast s | oracle s | fast/oracle | plain step s | scoring step s | scoring/plain |",
+             "| model | layers | eval batches x size | identical widths | fast s | oracle s | fast/oracle | plain step s "
+             "| scoring step s | scoring/plain |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['layers']} | {r['eval_batches']} x {r['batch_size']} | {r['identical_widths']} | "

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The README's test command: set up (idempotent), run the main suite in .venv, then the timm / open_clip
+# The README's test command: set up (idempotent), lint with ruff, run the main suite in .venv, then the timm / open_clip
 # tests (tests/test_timm*.py, tests/test_open_clip*.py) in .venv-vision. pytest arguments (e.g. `-m slow`,
 # `-x`) go to both runs; the exit code is non-zero if either run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+
+# Lint first (pyproject.toml [tool.ruff]): seconds, and a failure names the file and line.
+"${AMP_HF_VENV:-.venv}/bin/ruff" check amp_hf export hub_cards tests scripts
 
 set +e
 # In .venv the timm / open_clip tests skip themselves (timm / open_clip are not installed there).

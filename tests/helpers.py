@@ -19,9 +19,9 @@ def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300) -> subprocess.C
     """
     site_packages = sysconfig.get_paths()["purelib"]
     prelude = (
-        "import sys; sys.path.append(%r)\n"
+        f"import sys; sys.path.append({site_packages!r})\n"
         "import importlib.util\n"
-        "assert importlib.util.find_spec('amp_hf') is None, 'amp_hf must not be importable here'\n" % site_packages
+        "assert importlib.util.find_spec('amp_hf') is None, 'amp_hf must not be importable here'\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(

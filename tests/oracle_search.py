@@ -1,7 +1,7 @@
 """The straightforward AMP search, kept as the oracle the fast search must match (tests and benchmark).
 
 Every candidate is a freshly sliced model (``amp_hf.slice_model``) run end to end on every batch: no caching,
-no module swapping — only the method's definition (methods.md §1.5).
+no module swapping — only the method's definition (AMP's last-to-first binary search per layer).
 """
 
 from __future__ import annotations

@@ -24,7 +24,14 @@ import amp_hf
 from amp_hf import PrunePlan, get_adapter, save_pruned, slice_model
 from amp_hf.cli import main as cli_main
 from amp_hf.config_utils import ConfigError, load_config
-from amp_hf.data import DataConfig, ProcessedDataset, default_image_processor, make_loader, model_inputs, prepare_dataset
+from amp_hf.data import (
+    DataConfig,
+    ProcessedDataset,
+    default_image_processor,
+    make_loader,
+    model_inputs,
+    prepare_dataset,
+)
 from amp_hf.distill import DistillConfig, entropy_kl, logit_kd, masked_mse
 from amp_hf.distill.augment import AugmentedImages, ImageAugmentation, random_resized_crop_box
 from amp_hf.distill.config import AugmentConfig, LossConfig, OptimConfig, ScheduleConfig

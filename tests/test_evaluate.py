@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
 
-import tiny_models
 from amp_hf import PrunePlan, UnsupportedModelError, get_adapter, slice_model
 from amp_hf.data import DataConfig
 from amp_hf.eval_metrics import (

@@ -18,6 +18,7 @@ from tiny_models import build, sample_inputs
 
 import amp_hf
 from amp_hf.cli import main
+from amp_hf.plan import PrunePlan
 from amp_hf.reconstruct import ReconstructConfig, reconstruct
 from amp_hf.refit import (
     UNDERDETERMINED_DAMPING,
@@ -25,7 +26,7 @@ from amp_hf.refit import (
     new_gram,
     refit_output_projection,
 )
-from amp_hf.selection import magnitude_scores, plan_from_widths
+from amp_hf.selection import magnitude_scores
 
 HALF = 0.5
 RAW = {"enabled": True, "end_to_end_check": False}  # the refit itself, without the whole-model fallback
@@ -47,7 +48,7 @@ def batches_for(model, count: int, batch_size: int = 8, first_seed: int = 0) -> 
 
 def magnitude_plan(model, keep: float = HALF):
     widths = [max(1, int(keep * w)) for w in amp_hf.get_adapter(model).widths(model)]
-    return plan_from_widths(magnitude_scores(model), widths, "magnitude", {})
+    return PrunePlan.from_scores(magnitude_scores(model), widths, "magnitude", {})
 
 
 # -- the closed form ----------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ PRUNE = ["prune", "search.reconstruct=true", "search.allocation=adaptive", "sear
 def test_saved_model_is_the_searched_model(vit_checkpoint, tmp_path, capsys):
     from amp_hf.data import DataConfig, load_processor
     from amp_hf.distributed import make_accelerator
-    from amp_hf.pruning import PruneConfig, ScoringConfig, _search_batches
+    from amp_hf.pruning import PruneConfig, PruneRun, ScoringConfig
 
     output = tmp_path / "pruned"
     assert main([*PRUNE, f"model={vit_checkpoint}", f"output={output}"]) == 0
@@ -137,7 +137,8 @@ def test_saved_model_is_the_searched_model(vit_checkpoint, tmp_path, capsys):
     processor = load_processor(str(vit_checkpoint), amp_hf.get_adapter(base))
     data = DataConfig(source="digits", num_samples=64, batch_size=16)
     config = PruneConfig(model=str(vit_checkpoint), scoring=ScoringConfig(data=data))
-    batches = _search_batches(config, base, processor, make_accelerator(split_batches=True))
+    run = PruneRun(config, amp_hf.resolve(base), processor, make_accelerator(split_batches=True))
+    batches = list(run.loader(data, shuffle=False))  # the search's batches
     criterion = build_criterion(CriterionConfig())
     value = CriterionEvaluator(saved, criterion, batches).evaluate()
     assert value == pytest.approx(report["details"]["final_entropy"], rel=1e-5)

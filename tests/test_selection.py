@@ -14,8 +14,8 @@ import amp_hf
 from amp_hf.selection import (
     CriterionConfig,
     CriterionEvaluator,
-    adaptive_search,
     accepts,
+    adaptive_search,
     budget_search,
     build_criterion,
     dgmr_scores,

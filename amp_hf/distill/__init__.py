@@ -1,4 +1,4 @@
-"""Feature distillation of pruned checkpoints from their unpruned teachers (AMP §1.7, DGMR §2.4), on 🤗 Accelerate.
+"""Feature distillation of pruned checkpoints from their unpruned teachers (as AMP and DGMR recover them), on 🤗 Accelerate.
 
 ``amp-hf distill`` (see ``cli.py``) or, from Python::
 
@@ -11,6 +11,5 @@ from .cli import register
 from .config import DistillConfig
 from .losses import distillation_losses, entropy_kl, logit_kd, masked_mse
 from .trainer import run_distillation
-
 
 __all__ = ["DistillConfig", "distillation_losses", "entropy_kl", "logit_kd", "masked_mse", "register", "run_distillation"]

@@ -100,7 +100,7 @@ class ImageAugmentation:
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     @classmethod
-    def for_model(cls, processor, backbone_config, config: AugmentConfig) -> "ImageAugmentation":
+    def for_model(cls, processor, backbone_config, config: AugmentConfig) -> ImageAugmentation:
         """Input size from the model config; mean / std from its image processor (as in eval)."""
         size = backbone_config.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)

@@ -1,6 +1,6 @@
 """The ``amp-hf distill`` configuration: YAML (``configs/distill_*.yaml``) plus dotted overrides.
 
-Defaults follow AMP's released recipe (methods.md §1.7): MSE on the CLS and patch tokens of the last
+Defaults follow AMP's released distillation recipe (arXiv 2603.08100, its distill configs): MSE on the CLS and patch tokens of the last
 block's pre-final-norm output, AdamW with betas (0.9, 0.95), lr scaled by global batch / 256, linear warmup
 then cosine to ``min_lr``, weight decay on a cosine from 0.04 to 0.2, head frozen at the teacher's values.
 """

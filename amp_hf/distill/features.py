@@ -15,6 +15,7 @@ from torch import nn
 
 from ..families import FamilyAdapter
 
+
 class FeatureModel(nn.Module):
     """Runs a model and returns the last block's pre-final-norm hidden states (and logits if asked).
 

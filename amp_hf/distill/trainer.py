@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import load_pruned, save_pruned
-from ..provenance import hub_reference, portable, portable_reference
 from ..config_utils import ConfigError
 from ..data import DataError, model_inputs, prepare_dataset
+from ..distributed import make_accelerator
 from ..outputs import prepare_output
+from ..provenance import hub_reference, portable, portable_reference
 from .augment import AugmentedImages, ImageAugmentation
 from .config import DistillConfig
 from .features import FeatureModel, split_features
@@ -46,27 +47,20 @@ def build_training_dataset(config: DistillConfig, pair: DistillPair):
     return AugmentedImages(source, augmentation, seed=config.seed)
 
 
-def make_accelerator(config: DistillConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import (
-        DataLoaderConfiguration,
-        GradientAccumulationPlugin,
-        ProjectConfiguration,
-        is_tensorboard_available,
-    )
+def distill_accelerator(config: DistillConfig):
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, is_tensorboard_available
 
     run_dir = config.run_path
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # accelerate logs every file it saves at INFO
         logging.getLogger("accelerate").setLevel(logging.WARNING)
-    return Accelerator(
-        # Without any accelerator device, `--multi_gpu` runs fall back to multi-process CPU (gloo).
-        cpu=not torch.accelerator.is_available(),
+    return make_accelerator(
+        split_batches=False,  # data.batch_size is per process here (see DistillConfig.data)
+        data_seed=config.seed,
         # Sync every N micro-batches, never early at an epoch end: each optimiser step sees the same number
         # of samples, so the step alone locates a resumed run in the data.
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=config.optim.gradient_accumulation_steps, sync_with_dataloader=False
         ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         log_with="tensorboard" if config.logging.tensorboard and is_tensorboard_available() else None,
     )
@@ -86,7 +80,7 @@ def run_distillation(config: DistillConfig, resume: bool = False) -> Path | None
     resume_from = resume_checkpoint(config, resume)
     pair = load_checked_pair(config)
     set_seed(config.seed)
-    accelerator = make_accelerator(config)
+    accelerator = distill_accelerator(config)
     if accelerator.is_main_process and resume_from is None:
         write_run_config(config)
     loop = build_loop(config, pair, accelerator, resume_from)

@@ -18,8 +18,8 @@ from .modeling_amp_clip import (
 )
 from .modeling_amp_dinov2 import AmpDinov2Config, AmpDinov2ForImageClassification, AmpDinov2Model, dinov2_mlp_width
 from .modeling_amp_open_clip import AmpOpenCLIPConfig, AmpOpenCLIPModel
-from .modeling_amp_timm_wrapper import AmpTimmWrapperConfig, AmpTimmWrapperForImageClassification, AmpTimmWrapperModel
 from .modeling_amp_siglip import AmpSiglipConfig, AmpSiglipModel, AmpSiglipVisionConfig, AmpSiglipVisionModel
+from .modeling_amp_timm_wrapper import AmpTimmWrapperConfig, AmpTimmWrapperForImageClassification, AmpTimmWrapperModel
 from .modeling_amp_vit import AmpViTConfig, AmpViTForImageClassification, AmpViTModel
 
 __all__ = [

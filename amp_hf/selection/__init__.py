@@ -3,6 +3,7 @@
 from .criteria import CRITERIA, CriterionConfig, build_criterion, similarity_entropy
 from .dgmr import dgmr_scores, gram_schmidt_order, magnitude_scores, random_scores
 from .evaluator import CriterionEvaluator
+from .methods import SCORING_METHODS, DGMRConfig, ScoringInputs, ScoringMethod
 from .search import (
     SearchConfig,
     SearchResult,
@@ -11,23 +12,22 @@ from .search import (
     budget_search,
     check_budget_reachable,
     global_widths,
-    plan_from_widths,
     round_width,
     tower_cost,
     uniform_widths,
 )
 from .taylor import NeuronScores, taylor_scores
 
-# Scoring methods: name -> needs data (Taylor needs a criterion and batches; the others are data-free).
-SCORING_METHODS = {"amp": True, "dgmr": False, "magnitude": False, "random": False}
-
 __all__ = [
     "CRITERIA",
     "SCORING_METHODS",
     "CriterionConfig",
+    "DGMRConfig",
     "CriterionEvaluator",
     "NeuronScores",
     "SearchConfig",
+    "ScoringInputs",
+    "ScoringMethod",
     "SearchResult",
     "accepts",
     "adaptive_search",
@@ -38,7 +38,6 @@ __all__ = [
     "global_widths",
     "gram_schmidt_order",
     "magnitude_scores",
-    "plan_from_widths",
     "random_scores",
     "round_width",
     "similarity_entropy",

@@ -7,7 +7,6 @@ and nats. ``ce`` is labelled cross-entropy (classifier heads; CLIP/SigLIP zero-s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -60,8 +59,6 @@ class CriterionConfig:
 class EntropyCriterion:
     """AMP's label-free in-batch similarity entropy on the adapter's embedding."""
 
-    needs_labels = False
-
     def __init__(self, config: CriterionConfig):
         self.temperature = config.temperature
 
@@ -71,14 +68,9 @@ class EntropyCriterion:
     def __call__(self, model, adapter, batch: dict) -> torch.Tensor:
         return similarity_entropy(adapter.embed(model, model_inputs(batch)), self.temperature)
 
-    def upper_bound(self, global_batch: int) -> float:
-        return math.log(global_batch)
-
 
 class CrossEntropyCriterion:
     """Labelled cross-entropy: a classifier head's logits, or CLIP/SigLIP zero-shot logits from class prompts."""
-
-    needs_labels = True
 
     def __init__(self, config: CriterionConfig):
         self.config = config
@@ -93,13 +85,11 @@ class CrossEntropyCriterion:
             tokenizer = getattr(processor, "tokenizer", processor)
             if tokenizer is None:
                 raise ValueError("criterion ce on a CLIP/SigLIP model needs the checkpoint's tokenizer")
-            prompts = [self.config.prompt_template.format(name) for name in self.config.class_names]
-            tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
-            device = next(model.parameters()).device
-            with torch.no_grad():
-                text = model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
-            text = getattr(text, "pooler_output", text)
-            self.text_classifier = F.normalize(text.float(), dim=-1)
+            from ..zero_shot import build_text_classifier  # the classifier `amp-hf eval --task zeroshot` uses
+
+            classifier = build_text_classifier(model, tokenizer, self.config.class_names,
+                                               [self.config.prompt_template])
+            self.text_classifier = classifier.T.to(next(model.parameters()).device)  # (classes, dim), unit rows
         elif not hasattr(model, "classifier"):
             raise ValueError(
                 f"criterion ce needs a classifier head or a CLIP/SigLIP model; {type(model).__name__} has neither: "

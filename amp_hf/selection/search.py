@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..families import MlpStack, resolve
-from ..plan import PrunePlan, top_indices
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def accepts(value: float, reference: float, delta_e: float, acceptance: str = "r
 def adaptive_search(model: nn.Module | MlpStack, scores, evaluator, delta_e: float, steps: int = 6, round_to: int = 1,
                     progress: bool = True, memo: dict | None = None, acceptance: str = "rise",
                     refit=None) -> SearchResult:
-    """AMP §1.5: layers last -> first, ``steps`` halvings each; a candidate is accepted when the criterion
+    """AMP's adaptive search (arXiv 2603.08100): layers last -> first, ``steps`` halvings each; a candidate is accepted when the criterion
     rises by at most ``delta_e`` over the chained reference (the last accepted value); with
     ``acceptance="change"``, when it moves by at most ``delta_e`` either way.
 
@@ -398,7 +397,3 @@ def global_widths(scores: list[torch.Tensor], cost: TowerCost, target: float, ro
         widths[layer] += 1
         spent += cost.per_neuron[layer]
     return [round_width(max(1, w), f, round_to) for w, f in zip(widths, cost.full_widths)]
-
-
-def plan_from_widths(scores, widths, method: str, details: dict) -> PrunePlan:
-    return PrunePlan([len(s) for s in scores], [top_indices(s, w) for s, w in zip(scores, widths)], method, details)

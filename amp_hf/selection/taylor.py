@@ -1,4 +1,4 @@
-"""First-order Taylor importance of every MLP hidden neuron (AMP §1.3).
+"""First-order Taylor importance of every MLP hidden neuron (AMP, arXiv 2603.08100).
 
 For image n and neuron j: c_nj = Σ_tokens a·g, with a the input of the MLP's output projection (the
 post-activation hidden state) and g = ∂E/∂a. Importance I_j = mean over every sample on every process of
@@ -43,7 +43,7 @@ class NeuronScores:
         (directory / SCORES_META).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "NeuronScores":
+    def load(cls, directory: str | Path) -> NeuronScores:
         directory = Path(directory)
         if not (directory / SCORES_FILE).is_file():
             raise FileNotFoundError(f"no {SCORES_FILE} in {directory}: run `amp-hf score` first")
