@@ -104,6 +104,7 @@ def test_masked_mse_ignores_padding_and_logit_kd_matches_hand_computation():
 FINAL_NORM_CHECKS = {
     "vit": lambda bb, h, out: torch.allclose(bb.layernorm(h), out.last_hidden_state, atol=1e-5),
     "dinov2": lambda bb, h, out: torch.allclose(bb.layernorm(h), out.last_hidden_state, atol=1e-5),
+    "dinov2_with_registers": lambda bb, h, out: torch.allclose(bb.layernorm(h), out.last_hidden_state, atol=1e-5),
     "siglip": lambda bb, h, out: torch.allclose(bb.post_layernorm(h), out.last_hidden_state, atol=1e-5),
     "clip": lambda bb, h, out: torch.allclose(bb.post_layernorm(h[:, 0]), out.pooler_output, atol=1e-5),
     "bert": lambda bb, h, out: torch.equal(h, out.last_hidden_state),  # no final norm
@@ -125,7 +126,7 @@ def test_features_are_the_last_block_output_before_the_final_norm(name):
     assert torch.equal(features, captured[0])
     assert FINAL_NORM_CHECKS[adapter.name](backbone, features, outputs)
     split = split_features({"hidden": features}, inputs, adapter.summary)
-    if adapter.name == "siglip":  # no CLS token: the summary is the token mean
+    if adapter.summary == "mean":  # no CLS token (SigLIP): the summary is the token mean
         assert torch.allclose(split.summary, features.mean(dim=1))
     else:
         assert torch.equal(split.summary, features[:, 0]) and split.tokens.shape[1] == features.shape[1] - 1
