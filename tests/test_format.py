@@ -131,11 +131,14 @@ def test_reload_without_amp_hf_via_trust_remote_code(saved, tmp_path):
     code = f"""
 import torch
 from pathlib import Path
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+import transformers
+from transformers import AutoConfig, AutoModel
 root = Path({str(root)!r})
 for name in {TINY_FAMILIES!r}:
     config = AutoConfig.from_pretrained(root / name, trust_remote_code=True)
-    cls = AutoModelForImageClassification if config.architectures[0].endswith("ForImageClassification") else AutoModel
+    head = next((h for h in ("ForImageClassification", "ForSequenceClassification")
+                 if config.architectures[0].endswith(h)), None)
+    cls = getattr(transformers, "AutoModel" + head) if head else AutoModel
     model = cls.from_pretrained(root / name, trust_remote_code=True).eval()
     assert type(model).__name__ == config.architectures[0], (type(model).__name__, config.architectures)
     case = torch.load(root / f"{{name}}.pt")
