@@ -16,9 +16,12 @@ from amp_hf.families import ADAPTERS, AUTO_CLASSES, MODEL_CLASSES, auto_map_for
 ENTRIES = [(adapter, entry) for adapter in ADAPTERS.values() for entry in adapter.classes]
 IDS = [entry.amp.__name__ for _, entry in ENTRIES]
 # Classes without an export spec (none today): adding a class without one fails until it is listed here.
-# open_clip is built in tiny form by tests/tiny_open_clip.py in the .venv-vision run.
 WITHOUT_EXPORT_SPEC: set[str] = set()
-BUILT_ELSEWHERE = {"AmpOpenCLIPModel": "tiny_open_clip.build_open_clip"}
+BUILT_ELSEWHERE = {  # the .venv-vision families (tests/test_open_clip*.py, tests/test_timm*.py)
+    "AmpOpenCLIPModel": "tiny_open_clip.build_open_clip",
+    "AmpTimmWrapperModel": "tests/test_timm.py",
+    "AmpTimmWrapperForImageClassification": "tests/test_timm.py",
+}
 
 
 @functools.cache
