@@ -697,8 +697,9 @@ def build_families(work: Path, settings: Settings) -> dict[str, Family]:
     _, eval_images = image_batches(image_size, "test", settings.vit_eval_images, 8)
     kinds = KINDS_BY_PROVIDER[settings.providers]
     kinds_runtimes = ("pytorch-eager", *kinds)
-    vit_graphs = export_graphs("vit-b16", vit, work, vit_calibration, kinds)
-    round_graphs = export_graphs("vit-b16", {k: v for k, v in rounded.items() if k != "round_to=1"}, work, None,
+    shape_tag = f"vit-b16-{vit['unpruned'].config.num_hidden_layers}blocks"  # graphs of another --vit-layers differ
+    vit_graphs = export_graphs(shape_tag, vit, work, vit_calibration, kinds)
+    round_graphs = export_graphs(shape_tag, {k: v for k, v in rounded.items() if k != "round_to=1"}, work, None,
                                  {k: kinds[k] for k in ROUND_TO_KINDS[settings.providers]})  # fmt: skip
     round_graphs["round_to=1"] = vit_graphs["pruned"]
     round_graphs["unpruned"] = vit_graphs["unpruned"]
