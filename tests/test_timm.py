@@ -282,3 +282,17 @@ def test_headline_tower_configs_parse_with_the_papers_settings(name):
     settings = {"timm_vit_g14_clip": (15, 0.01), "timm_eva02_clip_e14": (20, 0.002), "timm_dinov2_g14": (20, 0.005)}
     assert (config.method, config.search.allocation) == ("amp", "adaptive")
     assert (config.criterion.temp_inv, config.search.delta_e) == settings[name]
+
+
+def test_ce_criterion_reads_the_timm_classifier_head():
+    import torch.nn.functional as F
+
+    from amp_hf.selection.criteria import CriterionConfig, build_criterion
+
+    model = wrap_timm(build_timm("vit_mlp", num_classes=5), model_args=SIZE)
+    criterion = build_criterion(CriterionConfig(name="ce"))
+    criterion.prepare(model, amp_hf.get_adapter(model), None)  # a head inside timm_model counts
+    batch = {"pixel_values": sample_pixels(), "labels": torch.tensor([1, 3])}
+    with torch.no_grad():
+        expected = F.cross_entropy(model.timm_model(batch["pixel_values"]), batch["labels"])
+        torch.testing.assert_close(criterion(model, amp_hf.get_adapter(model), batch), expected)

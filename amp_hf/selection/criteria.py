@@ -90,7 +90,7 @@ class CrossEntropyCriterion:
             classifier = build_text_classifier(model, tokenizer, self.config.class_names,
                                                [self.config.prompt_template])
             self.text_classifier = classifier.T.to(next(model.parameters()).device)  # (classes, dim), unit rows
-        elif not hasattr(model, "classifier"):
+        elif not adapter.has_classifier_head(model):
             raise ValueError(
                 f"criterion ce needs a classifier head or a CLIP/SigLIP model; {type(model).__name__} has neither: "
                 "use criterion.name=entropy"
