@@ -27,6 +27,35 @@ def effective_ks(ks: Sequence[int], population: int) -> list[int]:
     return sorted({min(int(k), population) for k in ks})
 
 
+def knn_correct(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    query_labels: torch.Tensor,
+    ks: Sequence[int] = KNN_KS,
+    temperature: float = KNN_TEMPERATURE,
+) -> dict[int, torch.Tensor]:
+    """Per query, whether weighted kNN classification gets its label right, per k (DINOv2 ``eval_knn``
+    protocol; see ``knn_accuracy``)."""
+    train = F.normalize(train_features.float(), dim=1)
+    query = F.normalize(query_features.float(), dim=1)
+    train_labels = train_labels.long()
+    num_classes = int(max(train_labels.max(), query_labels.max())) + 1
+    ks = effective_ks(ks, len(train))
+    correct: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    for start in range(0, len(query), _CHUNK):
+        similarity = query[start : start + _CHUNK] @ train.T
+        top_similarity, top_index = similarity.topk(ks[-1], dim=1)
+        neighbour_labels = train_labels[top_index]
+        # Subtracting each row's maximum rescales its weights by a constant: the vote winner is unchanged.
+        weights = torch.exp((top_similarity - top_similarity[:, :1]) / temperature)
+        labels = query_labels[start : start + _CHUNK].long()
+        for k in ks:
+            votes = torch.zeros(len(labels), num_classes).scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            correct[k].append(votes.argmax(dim=1) == labels)
+    return {k: torch.cat(values) for k, values in correct.items()}
+
+
 def knn_accuracy(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -41,23 +70,17 @@ def knn_accuracy(
     with weight ``exp(similarity / temperature)``; the class with the largest total wins (ties: lowest
     class id). ``k`` larger than the training set is clipped to its size.
     """
-    train = F.normalize(train_features.float(), dim=1)
-    query = F.normalize(query_features.float(), dim=1)
-    train_labels = train_labels.long()
-    num_classes = int(max(train_labels.max(), query_labels.max())) + 1
-    ks = effective_ks(ks, len(train))
-    correct = dict.fromkeys(ks, 0)
-    for start in range(0, len(query), _CHUNK):
-        similarity = query[start : start + _CHUNK] @ train.T
-        top_similarity, top_index = similarity.topk(ks[-1], dim=1)
-        neighbour_labels = train_labels[top_index]
-        # Subtracting each row's maximum rescales its weights by a constant: the vote winner is unchanged.
-        weights = torch.exp((top_similarity - top_similarity[:, :1]) / temperature)
-        labels = query_labels[start : start + _CHUNK].long()
-        for k in ks:
-            votes = torch.zeros(len(labels), num_classes).scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
-            correct[k] += int((votes.argmax(dim=1) == labels).sum())
-    return {k: correct[k] / len(query) for k in ks}
+    correct = knn_correct(train_features, train_labels, query_features, query_labels, ks, temperature)
+    return {k: int(hits.sum()) / len(hits) for k, hits in correct.items()}
+
+
+def mean_and_error(values: torch.Tensor, z: float = 1.96) -> tuple[float, float]:
+    """The mean of per-sample ``values`` and the half-width of its normal-approximation interval (95% at the
+    default ``z``). For a change measured on the same samples, pass the per-sample differences (paired)."""
+    values = values.double().flatten()
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(z * values.std(unbiased=True) / len(values) ** 0.5)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1,)) -> dict[int, float]:
