@@ -98,7 +98,40 @@ def export_graph(
     _name_dynamic_axes(program, axes)
     proto = ir.to_proto(program)
     drop_initializer_value_info(proto)
+    if options.ort_fusions == "cpu":
+        unfuse_skip_layer_norms(proto)
     return proto
+
+
+def unfuse_skip_layer_norms(model: onnx.ModelProto) -> int:
+    """Replace ONNX Runtime's ``SkipLayerNormalization`` nodes by the Add(s) and ``LayerNormalization`` they fuse
+    (in place; returns how many). Its CPU kernel is several times slower than the two ops it replaces, so
+    ``--ort-fusions cpu`` keeps every other fusion but this one, and CPU sessions do not re-create it
+    (``export.runtime.CPU_DISABLED_OPTIMIZERS``, which gives the measurement). A node whose mean or inverse-std
+    output is read by anything is left fused."""
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    nodes, replaced = [], 0
+    for node in graph.node:
+        outputs = list(node.output) + [""] * (4 - len(node.output))
+        if node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft" or \
+                any(name and name in read for name in outputs[1:3]):
+            nodes.append(node)
+            continue
+        inputs = list(node.input) + [""] * (5 - len(node.input))
+        x, skip, gamma, beta, bias = inputs[:5]
+        total = outputs[3] or f"{outputs[0]}_skip_sum"
+        residual = f"{total}_without_bias" if bias else total
+        nodes.append(onnx.helper.make_node("Add", [x, skip], [residual], name=f"{node.name}_add"))
+        if bias:
+            nodes.append(onnx.helper.make_node("Add", [residual, bias], [total], name=f"{node.name}_bias"))
+        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+        nodes.append(onnx.helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [outputs[0]],
+                                           name=f"{node.name}_norm", axis=-1, epsilon=epsilon))
+        replaced += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return replaced
 
 
 def drop_initializer_value_info(model: onnx.ModelProto) -> None:

@@ -45,6 +45,20 @@ def select_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [name for name in PROVIDER_PREFERENCE if name in available]
 
 
+# ONNX Runtime's CPU SkipLayerNormalization kernel (its residual-add + LayerNorm fusion) runs ~5x slower than the
+# Add and LayerNormalization it replaces (12 norms of [8, 128, 384], 2 threads: 11.4 ms fused vs 2.3 ms unfused,
+# onnxruntime 1.32): CPU sessions skip that fusion (all-MiniLM-L6-v2 batch 8: fp32 -9%, int8 -12 to -17% latency;
+# docs/bench_deploy.md). GPU providers keep it: there the fused kernel is the fast one.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def disabled_optimizers(providers: Sequence[str]) -> list[str]:
+    """Graph optimizers a session over ``providers`` should not run (``InferenceSession(disabled_optimizers=)``)."""
+    first = providers[0] if providers else "CPUExecutionProvider"
+    first = first[0] if isinstance(first, tuple) else first
+    return list(CPU_DISABLED_OPTIMIZERS) if first == "CPUExecutionProvider" else []
+
+
 def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
     """All graph optimisations; ``threads`` intra-op threads. ``spinning=False`` lets idle worker threads sleep at
     once instead of busy-waiting for the next run: slower for one session run back to back, but fair when several
@@ -68,7 +82,8 @@ def create_session(
     """An inference session over ``providers`` (each with its options from ``provider_options``, if any)."""
     provider_options = provider_options or {}
     entries = [(name, provider_options[name]) if name in provider_options else name for name in providers]
-    return ort.InferenceSession(str(path), session_options(threads, spinning), providers=entries)
+    return ort.InferenceSession(str(path), session_options(threads, spinning), providers=entries,
+                                disabled_optimizers=disabled_optimizers(providers))
 
 
 class ExportRunner:

@@ -226,7 +226,7 @@ def derive_graph(fp32_graph: Path, options, calibration, folder: Path) -> None:
     from transformers.exporters.configs import ExportFormat
     from transformers.exporters.onnxruntime_fusions import fuse_for_onnxruntime
 
-    from export.graph import drop_initializer_value_info, quantizer_for, save_graph
+    from export.graph import drop_initializer_value_info, quantizer_for, save_graph, unfuse_skip_layer_norms
 
     model = ir.load(str(fp32_graph))
     if options.ort_fusions:
@@ -236,6 +236,8 @@ def derive_graph(fp32_graph: Path, options, calibration, folder: Path) -> None:
         model = quantizer.quantize(model, {}, ExportFormat.ONNX)
     proto = ir.to_proto(model)
     drop_initializer_value_info(proto)
+    if options.ort_fusions == "cpu":  # as export_graph does
+        unfuse_skip_layer_norms(proto)
     staging = folder.with_name(f".{folder.name}.partial")
     staging.mkdir(parents=True, exist_ok=True)
     save_graph(proto, staging / "model.onnx")
@@ -396,11 +398,14 @@ def ort_profile(path: Path, arrays: dict, threads: int, runs: int = 3) -> dict[s
     """Share of ONNX Runtime's kernel time per op type (its own profiler, ``runs`` runs after one warm-up)."""
     import onnxruntime as ort
 
+    from export.runtime import disabled_optimizers
+
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=disabled_optimizers(["CPUExecutionProvider"]))
     session.run(None, arrays)
     for _ in range(runs):
         session.run(None, arrays)
@@ -414,6 +419,78 @@ def ort_profile(path: Path, arrays: dict, threads: int, runs: int = 3) -> dict[s
             totals[op] = totals.get(op, 0.0) + event["dur"]
     whole = sum(totals.values()) or 1.0
     return {op: round(us / whole, 4) for op, us in sorted(totals.items(), key=lambda item: -item[1])}
+
+
+MATMUL_OPS = {"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+              "QLinearMatMul", "QGemm"}
+QUANTIZE_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"}
+
+
+def time_by_part(path: Path, arrays: dict, threads: int, mlp_widths: set[int], runs: int = 3) -> dict[str, float]:
+    """Milliseconds per run in each part of the graph, from ONNX Runtime's profiler: the MLPs (every kernel with
+    an input or output whose last axis is an MLP hidden width: both matmuls, the activation, its quantization),
+    split into matmuls and the rest, and everything else split into matmuls, (de)quantization and other kernels.
+    The parts the MLP widths do not touch bound the speed-up pruning can give on that runtime (Amdahl)."""
+    import onnxruntime as ort
+
+    from export.runtime import disabled_optimizers
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=disabled_optimizers(["CPUExecutionProvider"]))
+    session.run(None, arrays)
+    for _ in range(runs):
+        session.run(None, arrays)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    kernels = kernels[len(kernels) // (runs + 1):]  # drop the warm-up run
+    parts = dict.fromkeys(("mlp matmuls", "mlp other", "other matmuls", "other (de)quantize", "other kernels"), 0.0)
+    for event in kernels:
+        args = event.get("args", {})
+        op = args.get("op_name", "?")
+        shapes = [next(iter(entry.values())) for entry in args.get("input_type_shape", []) + args.get("output_type_shape", [])]
+        in_mlp = any(shape and shape[-1] in mlp_widths for shape in shapes)
+        if in_mlp:
+            part = "mlp matmuls" if op in MATMUL_OPS else "mlp other"
+        else:
+            part = "other matmuls" if op in MATMUL_OPS else "other (de)quantize" if op in QUANTIZE_OPS else "other kernels"
+        parts[part] += event["dur"] / 1000 / runs
+    return {part: round(ms, 3) for part, ms in parts.items()}
+
+
+def part_profiles(families: dict, settings: Settings) -> dict:
+    """``time_by_part`` of the unpruned and pruned graphs of every CPU runtime, at MiniLM batch 8 and ViT batch
+    1, on the most threads: where pruning's time goes, and the Amdahl bound it implies per runtime."""
+    profiles = {}
+    for name, family in families.items():
+        batch = 8 if 8 in family.batches else min(family.batches)
+        arrays = {k: v.numpy() for k, v in family.feeds(batch).items()}
+        adapter_widths = family.extra["all_widths"]
+        hidden = family.extra["hidden_size"]
+        widths = {w for w in adapter_widths if w != hidden}
+        entry = {"batch": batch, "threads": max(settings.threads), "runtimes": {}}
+        for runtime in [r for r in family.runtimes if r != "pytorch-eager"]:
+            measured = {model: time_by_part(family.graphs[model][runtime], arrays, max(settings.threads), widths)
+                        for model in ("unpruned", "pruned")}  # fmt: skip
+            unpruned, pruned = measured["unpruned"], measured["pruned"]
+            mlp_before = unpruned["mlp matmuls"] + unpruned["mlp other"]
+            total_before = sum(unpruned.values())
+            removed = family.extra["mlp_removed"]  # share of the MLP FLOPs pruning removed
+            entry["runtimes"][runtime] = {
+                **measured,
+                "mlp_share": mlp_before / total_before,
+                # the speed-up if the MLP kernels shrank exactly with the FLOPs and nothing else changed
+                "amdahl_bound": total_before / (total_before - removed * mlp_before),
+                "measured_ratio": total_before / sum(pruned.values()),
+            }
+        profiles[name] = entry
+    return profiles
 
 
 def torch_profile(model, inputs: dict, threads: int) -> dict[str, float]:
@@ -546,6 +623,22 @@ def markdown(report: dict) -> str:
             for engine, shares in profile.items():
                 top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:8])
                 lines.append(f"- {name}, {engine}: {top}")
+    if report.get("parts"):
+        lines += ["", "## Where pruning's time goes: kernel time by graph part", "",
+                  ("ONNX Runtime's profiler, unpruned → pruned, ms of kernel time per run. MLP: every kernel touching an "
+                   "MLP hidden width (both matmuls, the activation, its quantization); rest: attention, projections, "
+                   "norms, (de)quantization of the rest. Amdahl bound: the speed-up if the MLP kernels shrank exactly "
+                   "with the FLOPs removed and nothing else changed; FLOPs-ideal assumes every FLOP costs the same."),
+                  "", "| model | runtime | batch, threads | MLP share | MLP matmuls | MLP other | rest matmuls | "
+                  "rest (de)quantize | rest other | kernel ratio | Amdahl bound | FLOPs-ideal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, entry in report["parts"].items():
+            ideal = info[name]["flops"]["unpruned"] / info[name]["flops"]["pruned"]
+            for runtime, part in entry["runtimes"].items():
+                cells = " | ".join(f"{part['unpruned'][k]:.1f} → {part['pruned'][k]:.1f}" for k in
+                                   ("mlp matmuls", "mlp other", "other matmuls", "other (de)quantize", "other kernels"))
+                lines.append(f"| {name} | {runtime} | {entry['batch']}, {entry['threads']} | {part['mlp_share']:.0%} | "
+                             f"{cells} | {part['measured_ratio']:.2f}× | {part['amdahl_bound']:.2f}× | {ideal:.2f}× |")
     lines.append("")
     return "\n".join(lines)
 
@@ -555,32 +648,43 @@ def _fmt(value, pattern: str) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    """Latency against fidelity, one point per table row: a panel per (model, batch, threads), colour = variant,
+    marker = runtime."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = list(report["families"])
-    figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
-    markers = dict(zip(sorted({r["runtime"] for r in report["rows"]}), "osD^vP*"))
+    rows = [r for r in report["rows"] if r.get("fidelity") is not None]
+    panels = sorted({(r["family"], r["batch"], r["threads"]) for r in rows},
+                    key=lambda p: (list(report["families"]).index(p[0]), p[1], p[2]))
+    columns = max(1, min(4, len(panels)))
+    lines = -(-len(panels) // columns) if panels else 1
+    figure, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines), squeeze=False)
+    markers = dict(zip(RUNTIMES + tuple(sorted({r["runtime"] for r in rows} - set(RUNTIMES))), "osD^vP*X"))
     colours = {"unpruned": "tab:blue", "pruned": "tab:orange", "distilled": "tab:green"}
-    for axis, name in zip(axes[0], families):
-        rows = [r for r in report["rows"] if r["family"] == name and "fidelity" in r]
-        batch = sorted({r["batch"] for r in rows})[len({r["batch"] for r in rows}) // 2] if rows else None
-        threads = max((r["threads"] for r in rows), default=None)
+    for axis, (family, batch, threads) in zip(axes.flat, panels):
         for row in rows:
-            if row["batch"] != batch or row["threads"] != threads:
+            if (row["family"], row["batch"], row["threads"]) != (family, batch, threads):
                 continue
             axis.scatter(row["median_ms"], row["fidelity"], marker=markers.get(row["runtime"], "o"),
-                         color=colours.get(row["model"], "grey"), s=60,
-                         label=f"{row['model']} · {row['runtime']}")  # fmt: skip
-        axis.set_xlabel(f"latency (ms), batch {batch}, {threads} threads")
-        axis.set_ylabel("fidelity (mean cosine to unpruned fp32)")
-        axis.set_title(name)
+                         color=colours.get(row["model"], "grey"), s=50, label=f"{row['model']} · {row['runtime']}")
+        axis.set_title(f"{family}, batch {batch}, {threads} thread(s)", fontsize=9)
+        axis.set_xlabel("median latency (ms)", fontsize=8)
+        axis.set_ylabel("fidelity (cosine to unpruned fp32)", fontsize=8)
+        axis.tick_params(labelsize=7)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    if rows:
+        everything = {}
+        for axis in list(axes.flat)[: len(panels)]:
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                everything.setdefault(label, handle)
+        figure.legend(everything.values(), everything.keys(), loc="lower center", ncol=5, fontsize=7,
+                      bbox_to_anchor=(0.5, 0.0))
+        figure.tight_layout(rect=(0, 0.09 if len(everything) > 5 else 0.05, 1, 1))
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
@@ -647,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name, f in families.items()
         }
+        save()
+    if "parts" not in state:
+        print("bench_deploy: kernel time by graph part (MLP / rest)", file=sys.stderr)
+        state["parts"] = part_profiles(families, settings)
         save()
     report = assemble(state, families, settings, args, started, load_before)
     out.with_suffix(".json").write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
@@ -770,7 +878,8 @@ def _mlp_info(models: dict, sample: dict) -> dict:
         config = adapter.backbone(unpruned).config
         tokens = (config.image_size // config.patch_size) ** 2 + 1
     mlp = sum(2 * 2 * tokens * hidden * width for width in full)
-    return {"widths": widths, "mlp_flops_share": mlp / total}
+    return {"widths": widths, "mlp_flops_share": mlp / total, "hidden_size": hidden,
+            "all_widths": sorted({*full, *widths}), "mlp_removed": 1 - sum(widths) / sum(full)}
 
 
 def assemble(state, families, settings, args, started, load_before) -> dict:
@@ -794,6 +903,7 @@ def assemble(state, families, settings, args, started, load_before) -> dict:
         "rows": rows,
         "round_to": _round_to_table(state, families, settings),
         "profile": state.get("profile"),
+        "parts": state.get("parts"),
         "plot": Path(args.out).with_suffix(".png").name,
     }
     report["goals"] = goals(rows, info)

@@ -122,6 +122,13 @@ def test_quick_run_writes_every_row_the_report_and_the_plot(tmp_path):
     assert len(report["load_before"]) == 3 and len(report["load_after"]) == 3
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "## Goals" in out.with_suffix(".md").read_text()
+    # the part profile found the MLP kernels (by their hidden widths) in every graph of both models
+    for entry in report["parts"].values():
+        assert set(entry["runtimes"]) == set(bench.GRAPH_KINDS)
+        for part in entry["runtimes"].values():
+            assert part["unpruned"]["mlp matmuls"] > 0 and part["pruned"]["mlp matmuls"] > 0
+            assert part["unpruned"]["other matmuls"] > 0 and 0 < part["mlp_share"] < 1
+    assert "## Where pruning's time goes" in out.with_suffix(".md").read_text()
     # A second run resumes: every case is already measured, nothing is re-timed.
     cases = json.loads((tmp_path / "work" / "cases-cpu.json").read_text())["cases"]
     again = subprocess.run(command, capture_output=True, text=True, timeout=3000, check=False, cwd=REPO)

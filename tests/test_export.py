@@ -253,7 +253,9 @@ def test_cli_export_with_ort_fusions_produces_fused_ops_that_validate(tmp_path, 
     assert _cli("export", str(checkpoint), str(out), "--ort-fusions", "cpu") == 0
     assert f"{out / 'model.onnx'}: validated on CPUExecutionProvider" in capsys.readouterr().out
     ops = json.loads((out / "amp_export.json").read_text())["graphs"]["model"]["op_counts"]
-    assert ops["com.microsoft.Attention"] == 3 and ops["com.microsoft.SkipLayerNormalization"] >= 3
+    # attention and GELU stay fused; the skip norms are written as Add + LayerNormalization (faster on CPU)
+    assert ops["com.microsoft.Attention"] == 3 and "com.microsoft.SkipLayerNormalization" not in ops
+    assert ops["LayerNormalization"] >= 2 * 3
     model = load_checkpoint(checkpoint)
     inputs = fresh_inputs(model, "image", 4)
     with torch.no_grad():
@@ -608,3 +610,35 @@ def test_bench_writes_json_and_markdown(tmp_path):
         "onnxruntime-fused",
     }
     assert "| onnxruntime-fused |" in out.with_suffix(".md").read_text()
+
+
+def test_unfused_skip_layer_norm_computes_what_the_fused_node_did(tmp_path):
+    """``unfuse_skip_layer_norms`` rewrites ONNX Runtime's SkipLayerNormalization (with bias and its sum output
+    read downstream) into Add + LayerNormalization; both graphs agree in ONNX Runtime, and CPU sessions are told
+    not to fuse it back."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.graph import unfuse_skip_layer_norms
+    from export.runtime import create_session, disabled_optimizers
+
+    generator = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(generator.standard_normal(16).astype(np.float32), name)
+               for name in ("gamma", "beta", "bias")]  # fmt: skip
+    nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], ["y", "", "", "sum"],
+                              domain="com.microsoft", epsilon=1e-5),
+             helper.make_node("Mul", ["y", "sum"], ["out"])]  # fmt: skip
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 5, 16]) for name in ("x", "skip", "out")]
+    model = helper.make_model(helper.make_graph(nodes, "skip", io[:2], io[2:], weights),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"x": generator.standard_normal((2, 5, 16)).astype(np.float32),
+             "skip": generator.standard_normal((2, 5, 16)).astype(np.float32)}  # fmt: skip
+    fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert unfuse_skip_layer_norms(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Add", "Add", "LayerNormalization", "Mul"]
+    path = tmp_path / "unfused.onnx"
+    onnx.save(model, str(path))
+    unfused = create_session(path, ["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(unfused, fused, rtol=1e-5, atol=1e-5)
+    assert disabled_optimizers(["CPUExecutionProvider"]) == ["SkipLayerNormFusion"]
+    assert disabled_optimizers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == []
