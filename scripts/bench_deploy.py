@@ -391,6 +391,51 @@ def measure_round_to(models: dict, graphs: dict, settings: Settings, state: dict
     save()
 
 
+def measure_skip_norm_fusion(families: dict, settings: Settings, state: dict, save, progress) -> None:
+    """amp-hf's CPU sessions (``SkipLayerNormFusion`` disabled) against ONNX Runtime's default session on the same
+    graphs, round-robin, per model and thread count: MiniLM batch 8, ViT batch 1 (``export.runtime``)."""
+    import onnxruntime as ort
+
+    from export.bench import interleaved_samples
+    from export.runtime import create_session, session_options
+
+    for name, family in families.items():
+        batch = 8 if 8 in family.batches else min(family.batches)
+        arrays = {k: v.numpy() for k, v in family.feeds(batch).items()}
+        for threads in settings.threads:
+            key = f"{name}|skip-norm-fusion|batch={batch}|threads={threads}"
+            if key in state["cases"]:
+                continue
+            runners = {}
+            for runtime in ("ort-fp32", "ort-int8-dynamic", "ort-int8-static"):
+                path = family.graphs["unpruned"][runtime]
+                ours = create_session(path, ["CPUExecutionProvider"], threads=threads, spinning=False)
+                default = ort.InferenceSession(str(path), session_options(threads, spinning=False),
+                                               providers=["CPUExecutionProvider"])  # fmt: skip
+                runners[f"{runtime}|default"] = lambda session=default, arrays=arrays: session.run(None, arrays)
+                runners[f"{runtime}|amp-hf"] = lambda session=ours, arrays=arrays: session.run(None, arrays)
+            samples = interleaved_samples(runners, settings.warmup, family.repeats, progress)
+            state["cases"][key] = {"batch": batch, "threads": threads, "samples_ms": samples,
+                                   "latency": {k: summarize(v) for k, v in samples.items()}}  # fmt: skip
+            save()
+
+
+def skip_norm_table(state: dict) -> list[dict]:
+    rows = []
+    for key, case in state["cases"].items():
+        if "|skip-norm-fusion|" not in key:
+            continue
+        samples = case["samples_ms"]
+        for runtime in ("ort-fp32", "ort-int8-dynamic", "ort-int8-static"):
+            default, ours = samples[f"{runtime}|default"], samples[f"{runtime}|amp-hf"]
+            ratios = sorted(d / o for d, o in zip(default, ours))
+            rows.append({"family": key.split("|")[0], "runtime": runtime, "batch": case["batch"],
+                         "threads": case["threads"], "default_ms": statistics.median(default),
+                         "amp_hf_ms": statistics.median(ours), "paired_speedup": statistics.median(ratios),
+                         "speedup_range": [ratios[0], ratios[-1]]})  # fmt: skip
+    return rows
+
+
 # -- profile ------------------------------------------------------------------------------------------------------
 
 
@@ -516,7 +561,7 @@ def build_rows(state: dict, families: dict) -> list[dict]:
     rows = []
     for key, case in state["cases"].items():
         family_name = key.split("|")[0]
-        if "|round_to|" in key:
+        if "|round_to|" in key or "|skip-norm-fusion|" in key:
             continue
         info = families[family_name]
         latency = case["latency"]
@@ -610,6 +655,19 @@ def markdown(report: dict) -> str:
             cells = " | ".join(f"{entry[k]['median_ms']:.1f} | {entry[k]['speedup']:.3f}× ({entry[k]['of_ideal']:.2f})"
                                for k in kinds)  # fmt: skip
             lines.append(f"| {entry['round_to']} | {entry['widths_summary']} | {entry['ideal']:.3f}× | {cells} |")
+        lines.append("")
+    if report.get("skip_norm_fusion"):
+        lines += ["## ONNX Runtime's SkipLayerNormalization fusion on CPU (unpruned graphs)", "",
+                  ("ONNX Runtime's default session (it fuses every residual add + LayerNorm into "
+                   "`SkipLayerNormalization`) against amp-hf's CPU session on the same graph, which skips that fusion "
+                   "(`export.runtime.CPU_DISABLED_OPTIMIZERS`); round-robin, speed-up = median over rounds of "
+                   "default / amp-hf (range: slowest–fastest round)."), "",
+                  "| model | runtime | batch | threads | default ms | amp-hf ms | paired speed-up | range |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in report["skip_norm_fusion"]:
+            lines.append(f"| {row['family']} | {row['runtime']} | {row['batch']} | {row['threads']} | "
+                         f"{row['default_ms']:.1f} | {row['amp_hf_ms']:.1f} | {row['paired_speedup']:.2f}× | "
+                         f"{row['speedup_range'][0]:.2f}–{row['speedup_range'][1]:.2f} |")
         lines.append("")
     lines += ["## Goals", "", "| goal | case | value | met |", "|---|---|---|---|"]
     for check in report["goals"]:
@@ -735,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     vit = families["vit-b16"]
     measure_round_to(vit.extra["round_models"], vit.extra["round_graphs"], settings, state, save, providers,
                      vit.feeds, progress)  # fmt: skip
+    if settings.providers == "cpu":
+        measure_skip_norm_fusion(families, settings, state, save, progress)
     progress.close()
     for family in families.values():
         if family.name not in state["quality"]:
@@ -904,6 +964,7 @@ def assemble(state, families, settings, args, started, load_before) -> dict:
         "round_to": _round_to_table(state, families, settings),
         "profile": state.get("profile"),
         "parts": state.get("parts"),
+        "skip_norm_fusion": skip_norm_table(state),
         "plot": Path(args.out).with_suffix(".png").name,
     }
     report["goals"] = goals(rows, info)

@@ -129,6 +129,9 @@ def test_quick_run_writes_every_row_the_report_and_the_plot(tmp_path):
             assert part["unpruned"]["mlp matmuls"] > 0 and part["pruned"]["mlp matmuls"] > 0
             assert part["unpruned"]["other matmuls"] > 0 and 0 < part["mlp_share"] < 1
     assert "## Where pruning's time goes" in out.with_suffix(".md").read_text()
+    # ONNX Runtime's default session against amp-hf's, on every unpruned graph of both models
+    assert {(r["family"], r["runtime"]) for r in report["skip_norm_fusion"]} == {
+        (family, runtime) for family in ("minilm", "vit-b16") for runtime in ("ort-fp32", "ort-int8-dynamic", "ort-int8-static")}
     # A second run resumes: every case is already measured, nothing is re-timed.
     cases = json.loads((tmp_path / "work" / "cases-cpu.json").read_text())["cases"]
     again = subprocess.run(command, capture_output=True, text=True, timeout=3000, check=False, cwd=REPO)
