@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     export.add_argument(
         "--ort-fusions",
         choices=ORT_FUSIONS,
-        help="fuse attention/LayerNorm/GELU into ONNX Runtime ops for this provider",
+        help="fuse attention/LayerNorm/GELU into ONNX Runtime ops for this provider (cpu writes the residual "
+        "add + LayerNorm unfused: ONNX Runtime's SkipLayerNormalization CPU kernel is slower)",
     )
     export.add_argument(
         "--quantize",

@@ -55,7 +55,6 @@ CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 def disabled_optimizers(providers: Sequence[str]) -> list[str]:
     """Graph optimizers a session over ``providers`` should not run (``InferenceSession(disabled_optimizers=)``)."""
     first = providers[0] if providers else "CPUExecutionProvider"
-    first = first[0] if isinstance(first, tuple) else first
     return list(CPU_DISABLED_OPTIMIZERS) if first == "CPUExecutionProvider" else []
 
 

@@ -439,29 +439,31 @@ def skip_norm_table(state: dict) -> list[dict]:
 # -- profile ------------------------------------------------------------------------------------------------------
 
 
-def ort_profile(path: Path, arrays: dict, threads: int, runs: int = 3) -> dict[str, float]:
-    """Share of ONNX Runtime's kernel time per op type (its own profiler, ``runs`` runs after one warm-up)."""
+def profiled_kernels(path: Path, arrays: dict, threads: int, runs: int, spinning: bool = True) -> list[dict]:
+    """ONNX Runtime's profiler events of every kernel, over one warm-up run then ``runs`` runs, in amp-hf's CPU
+    session (``export.runtime``: all graph optimisations except those it disables)."""
     import onnxruntime as ort
 
-    from export.runtime import disabled_optimizers
+    from export.runtime import disabled_optimizers, session_options
 
-    options = ort.SessionOptions()
+    options = session_options(threads, spinning)
     options.enable_profiling = True
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=disabled_optimizers(["CPUExecutionProvider"]))
-    session.run(None, arrays)
-    for _ in range(runs):
+    for _ in range(runs + 1):
         session.run(None, arrays)
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink()
+    return [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+def ort_profile(path: Path, arrays: dict, threads: int, runs: int = 3) -> dict[str, float]:
+    """Share of ONNX Runtime's kernel time per op type (its own profiler, ``runs`` runs after one warm-up)."""
     totals: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "?")
-            totals[op] = totals.get(op, 0.0) + event["dur"]
+    for event in profiled_kernels(path, arrays, threads, runs):
+        op = event.get("args", {}).get("op_name", "?")
+        totals[op] = totals.get(op, 0.0) + event["dur"]
     whole = sum(totals.values()) or 1.0
     return {op: round(us / whole, 4) for op, us in sorted(totals.items(), key=lambda item: -item[1])}
 
@@ -476,24 +478,7 @@ def time_by_part(path: Path, arrays: dict, threads: int, mlp_widths: set[int], r
     an input or output whose last axis is an MLP hidden width: both matmuls, the activation, its quantization),
     split into matmuls and the rest, and everything else split into matmuls, (de)quantization and other kernels.
     The parts the MLP widths do not touch bound the speed-up pruning can give on that runtime (Amdahl)."""
-    import onnxruntime as ort
-
-    from export.runtime import disabled_optimizers
-
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=disabled_optimizers(["CPUExecutionProvider"]))
-    session.run(None, arrays)
-    for _ in range(runs):
-        session.run(None, arrays)
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    kernels = profiled_kernels(path, arrays, threads, runs, spinning=False)
     kernels = kernels[len(kernels) // (runs + 1):]  # drop the warm-up run
     parts = dict.fromkeys(("mlp matmuls", "mlp other", "other matmuls", "other (de)quantize", "other kernels"), 0.0)
     for event in kernels:
