@@ -17,7 +17,8 @@ import onnx
 from .errors import ExportOptionError
 
 OPS_FILE = Path(__file__).parent / "data" / "tensorrt_onnx_ops.json"
-ENGINE_CACHE_DIR = "trt_engine_cache"  # relative to the export folder
+ENGINE_CACHE_DIR = "trt_engine_cache"  # relative to the export folder; neither is pushed (hub_cards.push)
+TIMING_CACHE_DIR = "trt_timing_cache"
 
 
 @functools.cache
@@ -132,7 +133,7 @@ def ort_tensorrt_options(shapes: dict, fp16: bool) -> dict:
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": ENGINE_CACHE_DIR,
         "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": ENGINE_CACHE_DIR,
+        "trt_timing_cache_path": TIMING_CACHE_DIR,
     }
 
 

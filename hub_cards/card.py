@@ -374,9 +374,10 @@ def _onnx_example(repo: str, graph: OnnxGraph) -> str:
         "import onnxruntime as ort\n"
         "from huggingface_hub import snapshot_download\n\n"
         f'folder = snapshot_download("{repo}", allow_patterns=["onnx/*"])  # graphs + any external weights\n'
-        f'session = ort.InferenceSession(f"{{folder}}/onnx/{graph.path}", providers=["CPUExecutionProvider"],\n'
-        '                               # ONNX Runtime\'s fused SkipLayerNormalization is slower on CPU than what it fuses\n'
-        '                               disabled_optimizers=["SkipLayerNormFusion"])\n'
+        "options = ort.SessionOptions()\n"
+        "# ONNX Runtime's fused SkipLayerNormalization is slower on CPU than the Add + LayerNorm it fuses\n"
+        'options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")\n'
+        f'session = ort.InferenceSession(f"{{folder}}/onnx/{graph.path}", options, providers=["CPUExecutionProvider"])\n'
         f"outputs = session.run(None, {{\n{feeds},\n}})  # {', '.join(graph.outputs)}"
     )
 

@@ -127,8 +127,8 @@ def plan_upload(
 ) -> UploadPlan:
     """Everything a push would send, read from the local folder (no network).
 
-    The checkpoint folder goes to the repo root (hidden files and ``__pycache__`` excluded), ONNX graphs
-    under ``onnx/``. README.md and width_profile.png are rendered for ``repo_id`` — replacing the folder's
+    The checkpoint folder goes to the repo root (hidden files, ``__pycache__`` and TensorRT engine / timing
+    caches excluded), ONNX graphs under ``onnx/``. README.md and width_profile.png are rendered for ``repo_id`` — replacing the folder's
     copies — unless ``keep_card`` uploads the folder's own (e.g. hand-edited) README.md as it is.
     """
     _check_repo_id(repo_id)
@@ -222,11 +222,17 @@ def _check_repo_id(repo_id: str) -> None:
         raise HubPushError(f"give the repo id with its namespace, e.g. your-user-name/{repo_id}")
 
 
+# What ONNX Runtime's TensorRT provider caches in an export folder (export.tensorrt's ENGINE_CACHE_DIR and
+# TIMING_CACHE_DIR): engines built for one GPU and TensorRT version, useless elsewhere and often large.
+MACHINE_CACHE_FOLDERS = frozenset({"trt_engine_cache", "trt_timing_cache"})
+SKIPPED_FOLDERS = MACHINE_CACHE_FOLDERS | {"__pycache__"}
+
+
 def _folder_files(folder: Path) -> list[tuple[str, Path]]:
     files = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+        if not path.is_file() or any(part.startswith(".") or part in SKIPPED_FOLDERS for part in relative.parts):
             continue
         files.append((relative.as_posix(), path))
     return files

@@ -444,12 +444,11 @@ def profiled_kernels(path: Path, arrays: dict, threads: int, runs: int, spinning
     session (``export.runtime``: all graph optimisations except those it disables)."""
     import onnxruntime as ort
 
-    from export.runtime import disabled_optimizers, session_options
+    from export.runtime import session_options
 
-    options = session_options(threads, spinning)
+    options = session_options(threads, spinning, ["CPUExecutionProvider"])
     options.enable_profiling = True
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=disabled_optimizers(["CPUExecutionProvider"]))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for _ in range(runs + 1):
         session.run(None, arrays)
     trace = Path(session.end_profiling())
@@ -834,16 +833,15 @@ def _command(args) -> str:
 
 
 def _providers(choice: str) -> list[str] | None:
-    import onnxruntime as ort
+    """The providers of ``--providers``, None (after one line on stderr) when this build lacks one or it does not
+    load: the sessions then check that they run on it (``export.runtime.create_session``)."""
+    from export.runtime import ProviderError, check_loadable
 
-    wanted = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}[choice]  # fmt: skip
-    missing = [name for name in wanted if name not in ort.get_available_providers()]
-    if missing:
-        print(f"bench_deploy: error: {', '.join(missing)} not in this onnxruntime build: install onnxruntime-gpu "
-              "(pip install -e .[gpu]) on a CUDA machine", file=sys.stderr)  # fmt: skip
+    try:
+        return check_loadable(choice)
+    except ProviderError as error:
+        print(f"bench_deploy: error: {error}", file=sys.stderr)
         return None
-    return wanted
 
 
 def build_families(work: Path, settings: Settings) -> dict[str, Family]:

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The deployment benchmark on a CUDA machine: installs the gpu extra (onnxruntime-gpu 1.31 + TensorRT 10.x) into
-# the current Python environment, then runs scripts/bench_deploy.py on the CUDA and the TensorRT execution
-# providers (TensorRT: fp16, the export's written batch profile and engine cache), writing the same report as the
-# CPU run: docs/bench_deploy_cuda.{json,md,png} and docs/bench_deploy_tensorrt.{json,md,png}.
+# GPU deployment check + benchmark on a CUDA machine, which may have no network: it installs nothing unless told
+# (--install), prints an inventory (GPU, driver, CUDA runtime, onnxruntime build and the providers that load,
+# TensorRT, free memory), then runs what loads (scripts/bench_gpu.py): PyTorch CUDA eager fp16/bf16, ONNX Runtime
+# CUDA and TensorRT providers, unpruned vs pruned, every row labelled with the provider that actually ran, and one
+# short accelerate FSDP and one DDP distillation -> docs/bench_gpu.{json,md}. ~10 minutes on one GPU, --quick ~4.
 #
-#   bash scripts/bench_gpu.sh            # PYTHON=/path/to/python to pick the environment
-#   bash scripts/bench_gpu.sh --check    # only check for a CUDA device (what the tests run)
+#   bash scripts/bench_gpu.sh [--quick] [--providers cuda,tensorrt] [--out PATH] [--no-distill]
+#   bash scripts/bench_gpu.sh --inventory      # only the inventory (also without a GPU)
+#   bash scripts/bench_gpu.sh --check          # only check for a CUDA device (what the tests run)
+#   bash scripts/bench_gpu.sh --install [...]  # first swap the CPU onnxruntime for amp-hf[gpu] (needs PyPI)
+#   PYTHON=/path/to/venv/bin/python bash scripts/bench_gpu.sh   # the environment to use (default: python)
 #
 # Without a CUDA device it stops at once with one line and exit code 1: nothing is installed or written.
 set -euo pipefail
@@ -20,19 +24,31 @@ cuda_device() {
   "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
 
+install=0
+args=()
+for arg in "$@"; do
+  case "$arg" in
+    --install) install=1 ;;
+    --inventory) exec "$PYTHON" "$REPO/scripts/bench_gpu.py" --inventory ;;
+    *) args+=("$arg") ;;
+  esac
+done
+
 if ! cuda_device; then
   echo "bench_gpu.sh: no CUDA device (nvidia-smi lists no GPU and torch.cuda.is_available() is False): run it on a machine with an NVIDIA GPU" >&2
   exit 1
 fi
-if [[ "${1:-}" == "--check" ]]; then
+if [[ "${args[0]:-}" == "--check" ]]; then
   echo "bench_gpu.sh: CUDA device found"
   exit 0
 fi
 
+if [[ "$install" == 1 ]]; then
+  # onnxruntime and onnxruntime-gpu install the same onnxruntime/ folder: remove both, then install the GPU wheel
+  # alone; scripts/bench_gpu.py imports amp-hf from this checkout, so nothing re-installs the CPU wheel.
+  "$PYTHON" -m pip uninstall -y onnxruntime onnxruntime-gpu
+  "$PYTHON" -m pip install "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+fi
+
 cd "$REPO"
-# onnxruntime-gpu replaces the CPU wheel (both install the `onnxruntime` module).
-"$PYTHON" -m pip uninstall -y onnxruntime >/dev/null 2>&1 || true
-"$PYTHON" -m pip install -e ".[gpu]"
-for providers in cuda tensorrt; do
-  "$PYTHON" scripts/bench_deploy.py --providers "$providers" --out "docs/bench_deploy_${providers}"
-done
+exec "$PYTHON" scripts/bench_gpu.py ${args[@]+"${args[@]}"}

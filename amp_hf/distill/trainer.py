@@ -292,6 +292,10 @@ def _recipe(config: DistillConfig, loop: DistillationLoop) -> dict:
         "epochs": schedule.total_steps / loop.steps_per_epoch,
         "global_batch_size": loop.global_batch,
         "processes": loop.accelerator.num_processes,
+        # how accelerate ran it (NO / MULTI_GPU / FSDP / ...) and what it wrapped the student in: FSDP engaged
+        # only if the wrapper is FSDP's (FullyShardedDataParallel, or FSDP2's FSDP<Module> class)
+        "distributed_type": str(loop.accelerator.distributed_type.value),
+        "student_wrapper": type(loop.student).__name__,
         "mixed_precision": loop.accelerator.mixed_precision,
         "seed": config.seed,
         "amp_hf_version": __version__,
