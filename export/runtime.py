@@ -40,8 +40,9 @@ PROVIDER_CHOICES = {  # what `--provider NAME` asks for, in the order ONNX Runti
     "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
-GPU_INSTALL = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'amp-hf[gpu]' (README: GPU "
-               "deployment)")  # fmt: skip
+GPU_INSTALL = ("install onnxruntime-gpu alone in place of onnxruntime: pip uninstall -y onnxruntime "
+               "onnxruntime-gpu, then pip install --no-deps 'onnxruntime-gpu[cuda,cudnn]' as amp-hf[gpu] pins it "
+               "(README: GPU deployment)")  # fmt: skip
 
 
 class ProviderError(ExportOptionError):
