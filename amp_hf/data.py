@@ -161,8 +161,17 @@ def load_source(source: str, split: str = "train"):
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict) and split not in loaded:
+                raise DataError(f"split {split!r} does not exist in {source}: use one of {', '.join(loaded)}")
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        try:
+            return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        except (ValueError, FileNotFoundError) as error:  # no images, or none under a folder named for the split
+            raise DataError(
+                f"cannot read {source} as an image folder with a {split!r} split ({' '.join(str(error).split())}): "
+                "pass a folder of <label>/<image> files (or <split>/<label>/<image>), or a dataset saved with "
+                "save_to_disk"
+            ) from error
     if path.suffix in (".csv", ".json", ".jsonl", ".parquet", ".txt") and path.is_file():
         kind = {".jsonl": "json", ".txt": "text"}.get(path.suffix, path.suffix[1:])
         return datasets.load_dataset(kind, data_files=str(path), split="train")

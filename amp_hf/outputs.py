@@ -17,10 +17,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import LinkOutsideError, OutputError
 
 MARKER = ".amp-hf-output.json"
 DEFAULT_FLAG = "overwrite=true (--overwrite)"
@@ -107,7 +107,12 @@ def _check_inputs(target: Path, inputs: Iterable, overwrite: bool) -> None:
 
 
 def _check_replaceable(target: Path, overwrite: bool, flag: str) -> None:
-    if target.is_symlink() or not target.is_dir():
+    if target.is_symlink():  # replacing it would swap the link for a folder, never touch what it points to
+        raise OutputError(
+            f"output {target} is a symlink (to {os.readlink(target)}): amp-hf does not write through or replace "
+            "links; give the folder it points to as the output, or choose another output path"
+        )
+    if not target.is_dir():
         raise OutputError(f"output {target} exists and is not a folder: choose another output path")
     if not overwrite:
         raise OutputError(f"{target} already exists: choose another output path, or pass {flag} to replace it")
@@ -127,6 +132,14 @@ def _check_replaceable(target: Path, overwrite: bool, flag: str) -> None:
             f"{target} holds files amp-hf did not write ({shown}), so overwrite will not delete it: move them "
             "out or choose another output path"
         )
+
+
+def marker_lists(folder: str | os.PathLike, name: str) -> bool:
+    """True when ``folder``'s marker says amp-hf wrote its entry ``name`` (a file amp-hf may write over)."""
+    try:
+        return name in json.loads((Path(folder) / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def written_entries(folder: Path) -> set[str] | None:
@@ -263,11 +276,149 @@ def atomic_directory(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, target)
-    except BaseException:
+    except BaseException as error:
+        full = disk_full_error(error, staging)  # judged before the cleanup frees the space again
         shutil.rmtree(staging, ignore_errors=True)
+        if full is not None and full is not error:
+            raise full from error
         raise
     record_written(target.parent, [target.name])
 
 
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# safetensors (Rust) reports an I/O failure as its own SafetensorError, keeping only the OS error text
+_DISK_FULL_TEXT = re.compile(r"\(os error (?:28|122)\)|No space left on device|Disk quota exceeded")
+# torch.save's zip writer reports a short write without the cause ("unexpected pos N vs M")
+_FREE_AFTER_FAILURE = 64 * 1024
+
+
+def disk_full_error(error: BaseException, folder: str | os.PathLike | None = None) -> OSError | None:
+    """``error`` (raised while writing into ``folder``) as an ``OSError(ENOSPC)``, or None if the disk was not full.
+
+    Recognised: an ENOSPC / EDQUOT OSError, any error whose text (or cause's) carries the OS message, and a
+    writer's error raised while ``folder``'s file system has (next to) no space left."""
+    seen = error
+    while seen is not None:
+        if is_disk_full(seen):
+            return seen if seen is error else OSError(seen.errno, seen.strerror, seen.filename or folder)
+        if _DISK_FULL_TEXT.search(str(seen)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder) if folder else None)
+        seen = seen.__cause__ or seen.__context__
+    if folder is not None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+        with contextlib.suppress(OSError):
+            existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
+            if shutil.disk_usage(existing).free < _FREE_AFTER_FAILURE:
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_as_oserror(folder: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a full disk while writing into ``folder``, whatever the writer's error type, as ``OSError(ENOSPC)``
+    (the command line prints it as one line); other errors pass unchanged."""
+    try:
+        yield
+    except BaseException as error:
+        mapped = disk_full_error(error, folder)
+        if mapped is None or mapped is error:
+            raise
+        raise mapped from error
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str, keep: str = "") -> None:
+    """Refuse (``OutputError``) to start writing ``needed`` bytes of ``what`` into ``folder`` when its file system
+    has less free space."""
+    existing = next(p for p in (expand(folder), *expand(folder).parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise OutputError(
+            f"not enough free space for {what} in {folder}: it needs about {needed / 2**20:,.1f} MiB and "
+            f"{free / 2**20:,.1f} MiB are free{keep}; free some space or choose another output"
+        )
+
+
+# -- folders amp-hf sends or copies -----------------------------------------------------------------------
+
+
+def _link_roots(root: Path) -> list[Path]:
+    """Where links in ``root`` may point: inside it, and for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<rev>``, whose files are links into ``../../blobs``) that repo's blobs."""
+    roots = [root]
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        roots.append((root.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _refuse_link(link: Path, target: Path, folder: Path) -> None:
+    shown = os.readlink(link)
+    where = shown if os.path.isabs(shown) else f"{shown} ({target})"
+    if not target.exists():
+        raise LinkOutsideError(f"{link} is a symlink to {where}, which does not exist: remove the link or restore "
+                               "its target")
+    raise LinkOutsideError(
+        f"{link} is a symlink to {where}, outside {folder}: amp-hf sends and copies only what lies inside the "
+        "folder; replace the link by a copy of what it points to, or remove it"
+    )
+
+
+def folder_files(folder: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                 skip: Callable[[tuple[str, ...]], bool] = lambda parts: False) -> list[tuple[str, Path]]:
+    """Every file under ``folder`` as ``(relative posix path, path)``, sorted; the one way amp-hf lists a folder
+    it uploads (``push``, ``demo --push``) or copies.
+
+    Symlinks (to files or folders) are followed when their target lies inside ``root`` (default: ``folder``);
+    any other link raises ``LinkOutsideError`` naming it and its target, before anything is read: a link
+    would otherwise send or copy a file the user never put in the folder. ``skip(parts)`` drops entries (and
+    whole sub-folders) by their relative path parts, before they are checked.
+    """
+    folder = Path(folder)
+    roots = _link_roots(Path(root if root is not None else folder).resolve())
+    found: list[tuple[str, Path]] = []
+
+    def walk(directory: Path, prefix: tuple[str, ...], visiting: frozenset[Path]) -> None:
+        for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+            parts = (*prefix, entry.name)
+            if skip(parts):
+                continue
+            if entry.is_symlink():
+                target = entry.resolve(strict=False)
+                if not target.exists() or not _inside(target, roots):
+                    _refuse_link(entry, target, folder)
+            else:
+                target = entry
+            if target.is_dir():
+                resolved = target.resolve()
+                if resolved not in visiting:  # a link back to a folder being walked would never end
+                    walk(entry, parts, visiting | {resolved})
+            elif target.is_file():
+                found.append(("/".join(parts), entry))
+
+    walk(folder, (), frozenset({folder.resolve()}))
+    return found
+
+
+def copy_folder(source: str | os.PathLike, target: str | os.PathLike, *, root: str | os.PathLike | None = None) -> None:
+    """Copy ``source`` into ``target`` (merged into an existing folder), links resolved as ``folder_files`` does:
+    the copy holds plain files, and nothing from outside ``root`` (default: ``source``)."""
+    target = Path(target)
+    for relative, path in folder_files(source, root=root):
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, destination)
+
+
+def copy_file_from(root: str | os.PathLike, source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy one file of the folder ``root``, refusing a link out of it as ``folder_files`` does."""
+    source = Path(source)
+    if source.is_symlink():
+        resolved = source.resolve(strict=False)
+        if not resolved.exists() or not _inside(resolved, _link_roots(Path(root).resolve())):
+            _refuse_link(source, resolved, Path(root))
+    shutil.copy2(source, target)

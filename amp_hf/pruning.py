@@ -89,6 +89,23 @@ class PruneConfig:
         if self.search.reconstruct and self.reconstruct.enabled:
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
                              "model is the searched one): drop reconstruct.enabled")
+        if self.search.reconstruct or self.reconstruct.enabled:
+            self._check_calibration_batches()
+
+    def _check_calibration_batches(self) -> None:
+        """The refit holds whole batches out (``reconstruct.split_heldout``): at least 2 must come from the
+        calibration samples, known from the config before anything is loaded."""
+        data = self.reconstruct.calibration_data(self.scoring.data)
+        if data.num_samples is None or data.num_samples // data.batch_size >= 2:
+            return
+        key = "reconstruct.num_samples" if self.reconstruct.num_samples is not None else (
+            "reconstruct.data.num_samples" if self.reconstruct.data is not None else "scoring.data.num_samples")
+        batch = "reconstruct.data.batch_size" if self.reconstruct.data is not None else "scoring.data.batch_size"
+        raise ValueError(
+            f"{key}={data.num_samples} gives {data.num_samples // data.batch_size} whole calibration batch(es) of "
+            f"{data.batch_size}, but the reconstruction needs at least 2 (whole batches are held out): set {key} "
+            f">= {2 * data.batch_size} or lower {batch}"
+        )
 
 
 OVERWRITE = "overwrite=true"  # how the prune/score commands ask to replace an output
@@ -220,6 +237,13 @@ def check_before_compute(run: PruneRun) -> None:
                 "dgmr.width / dgmr.ratio"
             )
         return
+    needed_steps = math.ceil(math.log2(max(widths)))  # H / 2^steps reaches one neuron: the rest repeat it
+    if search.allocation in ("adaptive", "budget") and search.steps > needed_steps:
+        raise ConfigError(
+            f"search.steps={search.steps} is more than the search can use: each step halves the width interval, "
+            f"and the widest MLP (H={max(widths)}) is down to one neuron after log2(H) ≈ {needed_steps} steps, so "
+            f"the rest would only repeat it; set search.steps <= {needed_steps}"
+        )
     if search.round_to > 1 and search.round_to >= min(widths):
         layer = widths.index(min(widths))
         raise ConfigError(

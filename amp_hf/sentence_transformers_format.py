@@ -19,7 +19,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .outputs import copy_file_from, copy_folder
 
 logger = logging.getLogger(__name__)
 
@@ -90,17 +91,17 @@ def carry_sentence_transformers(source: str | os.PathLike, target: str | os.Path
         if index == transformer:
             settings = source / relative / TRANSFORMER_SETTINGS_FILE
             if settings.is_file():
-                shutil.copyfile(settings, target / TRANSFORMER_SETTINGS_FILE)
+                copy_file_from(source, settings, target / TRANSFORMER_SETTINGS_FILE)
             module["path"] = ""
         elif relative in ("", "."):
             logger.warning("sentence-transformers module %s lives in the model root: not carried", module["type"])
             continue
         elif (source / relative).is_dir():
-            shutil.copytree(source / relative, target / relative, dirs_exist_ok=True)
+            copy_folder(source / relative, target / relative, root=source)
         carried.append(module)
     (target / MODULES_FILE).write_text(json.dumps(carried, indent=2) + "\n")
     if (source / SETTINGS_FILE).is_file():
-        shutil.copyfile(source / SETTINGS_FILE, target / SETTINGS_FILE)
+        copy_file_from(source, source / SETTINGS_FILE, target / SETTINGS_FILE)
     return True
 
 

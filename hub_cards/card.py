@@ -17,7 +17,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import amp_hf
-from amp_hf.outputs import record_written
+from amp_hf.errors import OutputError
+from amp_hf.outputs import marker_lists, record_written
 
 from .facts import CheckpointFacts, EvalEntry, OnnxGraph, gather_facts
 from .plot import width_profile_png
@@ -167,13 +168,22 @@ def write_card(
     license: str | None = None,
     onnx_dir: str | os.PathLike | None = None,
     repo_id: str | None = None,
+    overwrite_readme: bool = False,
 ) -> list[Path]:
     """Write README.md and width_profile.png into the checkpoint folder; returns the written paths.
 
-    Each file is replaced atomically (written beside it, then renamed), so a failure never leaves a
-    truncated card.
+    An existing file is replaced only when it is amp-hf's own (the folder's output marker lists it) or
+    ``overwrite_readme`` says so: a hand-written README.md is refused before anything is written. Each file is
+    replaced atomically (written beside it, then renamed), so a failure never leaves a truncated card.
     """
     facts = gather_facts(checkpoint, onnx_dir=onnx_dir, base_model=base_model, license=license)
+    for name in (CARD_FILE, PLOT_FILE):
+        existing = Path(checkpoint) / name
+        if not overwrite_readme and (existing.exists() or existing.is_symlink()) and not marker_lists(checkpoint, name):
+            raise OutputError(
+                f"{existing} was not written by amp-hf, so the card will not replace it: pass --overwrite-readme "
+                f"to replace it, move it away, or push it as it is with `amp-hf push --keep-card`"
+            )
     written = []
     for name, content in card_files(facts, repo_id=repo_id, template=template).items():
         target = Path(checkpoint) / name

@@ -197,6 +197,59 @@ def _disk_full(monkeypatch) -> None:
     monkeypatch.setattr(amp_hf.pruning, "write_pruned", full)
 
 
+def _link(name: str, target: str) -> Callable[[Path], None]:
+    """Setup: a copy of the pruned checkpoint ``linked`` holding the symlink ``name`` -> ``target``."""
+
+    def setup(root: Path) -> None:
+        shutil.copytree(root / "pruned", root / "linked")
+        (root / "linked" / name).symlink_to(target)
+
+    return setup
+
+
+def _link_output(root: Path) -> None:
+    (root / "pruned-link").symlink_to("pruned")
+
+
+def _hand_written_readme(root: Path) -> None:
+    (root / "pruned" / "README.md").write_text("# My model\n\nNotes I wrote by hand.\n")
+
+
+def _small_disk(name: str, kib: int, then: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """Setup: a real ``kib`` KiB file system (tmpfs) at ``<workspace>/../name``, beside the workspace, so writes
+    into it fail with ENOSPC as on a full disk. Mounting needs root (CI containers run as root)."""
+
+    def setup(root: Path) -> None:
+        import subprocess
+
+        if os.geteuid() != 0:
+            pytest.skip("simulating a full disk mounts a small tmpfs, which needs root")
+        mount = root.parent / name
+        mount.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)], check=True)
+        if then is not None:
+            then(root)
+
+    return setup
+
+
+def _unmount_under(folder: Path) -> list[Path]:
+    """Unmount the tmpfs mounts ``_small_disk`` made under ``folder``; returns each mount's leftover entries."""
+    import subprocess
+
+    leftovers = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mount = Path(line.split()[1])
+        if folder in mount.parents:
+            leftovers += sorted(mount.rglob("*"))
+            subprocess.run(["umount", str(mount)], check=True)
+    return leftovers
+
+
+DISTILL_FULL = ["distill", "--config", "distill.yaml", "schedule.max_steps=3", "schedule.warmup_steps=0",
+                "data.num_samples=64", "data.batch_size=16", "augment.kind=none"]
+
+
 DIGITS = ["scoring.data.source=digits", "scoring.data.num_samples=32", "scoring.data.batch_size=16"]
 
 CASES = [
@@ -317,6 +370,59 @@ CASES = [
     # pushes that cannot happen are refused before the work
     Case("demo-push-bad-repo-id", ["demo", "--quick", "--output", "demo", "--push", "bad name!!"],
          r"'bad name!!' is not a valid repo id"),
+    # issue 28: nothing leaves the folder, nothing of the user's is overwritten, no NaN passes
+    Case("push-file-link-out-of-the-folder", ["push", "linked", "someone/tiny", "--dry-run"],
+         r"linked/secret.txt is a symlink to ../notes.txt \(.*notes.txt\), outside linked: .*replace the link by a "
+         r"copy of what it points to, or remove it; nothing was sent", _link("secret.txt", "../notes.txt")),
+    Case("push-folder-link-out-of-the-folder", ["push", "linked", "someone/tiny", "--dry-run"],
+         r"linked/extra is a symlink to ../mine \(.*mine\), outside linked: .*nothing was sent", _link("extra", "../mine")),
+    Case("push-broken-link", ["push", "linked", "someone/tiny", "--dry-run"],
+         r"linked/gone.txt is a symlink to .*, which does not exist: remove the link", _link("gone.txt", "nowhere")),
+    Case("card-over-a-hand-written-readme", ["card", "pruned"],
+         r"pruned/README.md was not written by amp-hf, so the card will not replace it: pass --overwrite-readme",
+         _hand_written_readme),
+    Case("delta-e-nan", ["prune", "model=vit", "output=out", "search.delta_e=nan"],
+         r"search.delta_e must be a finite number; got nan"),
+    Case("dgmr-ratio-inf", ["prune", "model=vit", "output=out", "method=dgmr", "dgmr.ratio=inf"],
+         r"dgmr.ratio must be a finite number; got inf"),
+    Case("config-file-nan", ["prune", "--config", "c.yaml", "output=out"],
+         r"search.tolerance must be a finite number; got nan", _write("c.yaml", "search:\n  tolerance: .nan\n")),
+    Case("config-file-infinity", ["prune", "--config", "c.yaml", "output=out"],
+         r"reconstruct.revert_margin must be a finite number; got inf",
+         _write("c.yaml", "reconstruct:\n  revert_margin: .inf\n")),
+    Case("push-timeout-inf", ["push", "pruned", "someone/tiny", "--timeout", "inf"],
+         r"the timeout must be a positive, finite number of seconds; got inf"),
+    Case("disk-full-while-saving-a-prune", ["prune", "model=vit", "output={ws}/../full/out", *MAGNITUDE],
+         r"no space left on the device .*full/\.out\.partial-.*nothing was saved: free some space",
+         _small_disk("full", 64)),
+    Case("disk-full-while-saving-a-distillation-checkpoint",
+         [*DISTILL_FULL, "output=out", "run_dir={ws}/../full/run", "checkpointing.every_steps=1"],
+         r"no space left on the device .*full/run/checkpoints/\.step_00000001\.partial\); nothing was saved",
+         _small_disk("full", 64, _distill_config)),
+    Case("distill-output-on-a-disk-without-room", [*DISTILL_FULL, "output={ws}/../full/out"],
+         r"not enough free space for the distilled checkpoint in .*full: it needs about [0-9.]+ MiB and 0.0 MiB are "
+         r"free; free some space", _small_disk("full", 16, _distill_config)),
+    Case("reconstruct-num-samples-below-two-batches", ["prune", "model=vit", "output=out", "reconstruct.enabled=true",
+                                                       "reconstruct.num_samples=24", *DIGITS],
+         r"reconstruct.num_samples=24 gives 1 whole calibration batch\(es\) of 16, but the reconstruction needs at "
+         r"least 2 .*set reconstruct.num_samples >= 32 or lower scoring.data.batch_size"),
+    Case("search-reconstruct-data-samples-below-two-batches",
+         ["prune", "model=vit", "output=out", "search.reconstruct=true", "scoring.data.num_samples=16",
+          "scoring.data.batch_size=16"],
+         r"scoring.data.num_samples=16 gives 1 whole calibration batch"),
+    Case("overwrite-a-symlinked-amp-output", ["prune", "model=vit", "output=pruned-link", "overwrite=true",
+                                              *MAGNITUDE],
+         r"output pruned-link is a symlink \(to pruned\): amp-hf does not write through or replace links; give the "
+         r"folder it points to", _link_output),
+    Case("python-object-tag-in-an-override", ["prune", "model=vit", "output=out",
+                                              "search.delta_e=!!python/object/apply:os.system [echo hi]"],
+         r"override 'search.delta_e=!!python/object/apply:os.system \[echo hi\]': the value is not a plain YAML "
+         r"value \(.*\); give a number"),
+    Case("search-steps-beyond-one-neuron", ["prune", "model=vit", "output=out", "search.steps=100000", *DIGITS],
+         r"search.steps=100000 is more than the search can use: .*H=64\) is down to one neuron after log2\(H\) ≈ 6 "
+         r"steps.*set search.steps <= 6"),
+    Case("eval-data-not-an-image-folder", ["eval", "pruned", "--data", "{ws}/mine", "--output", "report.json"],
+         r"cannot read .*mine as an image folder with a 'train' split \(.*\): pass a folder of <label>/<image>"),
 ]
 
 
@@ -331,6 +437,9 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(case, workspace, ca
         code = main(case.args(workspace))
     except SystemExit as exit:  # argparse's own usage errors
         code = exit.code
+    finally:
+        leftovers = _unmount_under(workspace.parent)
+    assert not [path for path in leftovers if ".partial" in path.name], leftovers  # no half-written staging folder
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("amp-hf") and ": error: " in line]
