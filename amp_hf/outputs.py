@@ -379,7 +379,8 @@ def folder_files(folder: str | os.PathLike, *, root: str | os.PathLike | None = 
     whole sub-folders) by their relative path parts, before they are checked.
     """
     folder = Path(folder)
-    roots = _link_roots(Path(root if root is not None else folder).resolve())
+    boundary = Path(root) if root is not None else folder
+    roots = _link_roots(boundary.resolve())
     found: list[tuple[str, Path]] = []
 
     def walk(directory: Path, prefix: tuple[str, ...], visiting: frozenset[Path]) -> None:
@@ -390,7 +391,7 @@ def folder_files(folder: str | os.PathLike, *, root: str | os.PathLike | None = 
             if entry.is_symlink():
                 target = entry.resolve(strict=False)
                 if not target.exists() or not _inside(target, roots):
-                    _refuse_link(entry, target, folder)
+                    _refuse_link(entry, target, boundary)
             else:
                 target = entry
             if target.is_dir():
@@ -404,21 +405,16 @@ def folder_files(folder: str | os.PathLike, *, root: str | os.PathLike | None = 
     return found
 
 
-def copy_folder(source: str | os.PathLike, target: str | os.PathLike, *, root: str | os.PathLike | None = None) -> None:
-    """Copy ``source`` into ``target`` (merged into an existing folder), links resolved as ``folder_files`` does:
-    the copy holds plain files, and nothing from outside ``root`` (default: ``source``)."""
-    target = Path(target)
-    for relative, path in folder_files(source, root=root):
-        destination = target / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, destination)
+def check_link_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` (a file of the folder ``root``), refused as ``folder_files`` refuses a link out of ``root``."""
+    path = Path(path)
+    if path.is_symlink():
+        resolved = path.resolve(strict=False)
+        if not resolved.exists() or not _inside(resolved, _link_roots(Path(root).resolve())):
+            _refuse_link(path, resolved, Path(root))
+    return path
 
 
 def copy_file_from(root: str | os.PathLike, source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Copy one file of the folder ``root``, refusing a link out of it as ``folder_files`` does."""
-    source = Path(source)
-    if source.is_symlink():
-        resolved = source.resolve(strict=False)
-        if not resolved.exists() or not _inside(resolved, _link_roots(Path(root).resolve())):
-            _refuse_link(source, resolved, Path(root))
-    shutil.copy2(source, target)
+    shutil.copy2(check_link_inside(root, source), target)

@@ -43,6 +43,7 @@ from .selection import (
     tower_cost,
     uniform_widths,
 )
+from .sentence_transformers_format import check_carried_files
 from .slicing import slice_model
 
 logger = logging.getLogger(__name__)
@@ -367,6 +368,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     if config.output is None:
         raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
     output = prepare_output(config.output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
+    check_carried_files(resolve_model_path(config.model))
     run = PruneRun.start(config, accelerator)
     processor = run.processor
 

@@ -207,6 +207,14 @@ def _link(name: str, target: str) -> Callable[[Path], None]:
     return setup
 
 
+def _sentence_transformer_with_a_link_out(root: Path) -> None:
+    from tiny_models import save_tiny_sentence_transformer
+
+    (root / "st").mkdir()
+    model = save_tiny_sentence_transformer(root / "st")
+    (model / "1_Pooling" / "extra.txt").symlink_to("../../../notes.txt")
+
+
 def _link_output(root: Path) -> None:
     (root / "pruned-link").symlink_to("pruned")
 
@@ -378,6 +386,9 @@ CASES = [
          r"linked/extra is a symlink to ../mine \(.*mine\), outside linked: .*nothing was sent", _link("extra", "../mine")),
     Case("push-broken-link", ["push", "linked", "someone/tiny", "--dry-run"],
          r"linked/gone.txt is a symlink to .*, which does not exist: remove the link", _link("gone.txt", "nowhere")),
+    Case("prune-copies-a-module-folder-linking-out", ["prune", "model=st/model", "output=out", *MAGNITUDE],
+         r"st/model/1_Pooling/extra.txt is a symlink to ../../../notes.txt \(.*/notes.txt\), outside st/model: ",
+         _sentence_transformer_with_a_link_out),
     Case("card-over-a-hand-written-readme", ["card", "pruned"],
          r"pruned/README.md was not written by amp-hf, so the card will not replace it: pass --overwrite-readme",
          _hand_written_readme),
@@ -531,3 +542,29 @@ def test_push_to_a_hub_that_never_answers_fails_within_a_minute(workspace, monke
     assert re.search(r"did not answer within 1 s .* also when retried; nothing was committed", err), err
     assert len(held) >= 2  # the request was retried
     assert elapsed < 60
+
+
+def test_folder_files_follows_links_that_stay_inside(tmp_path):
+    """Links inside the folder are followed (one back to a folder being walked is not walked again); a Hugging Face cache
+    snapshot's links into its repo's blobs are inside that repo; anything else is refused."""
+    from amp_hf.errors import LinkOutsideError
+    from amp_hf.outputs import folder_files
+
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "0123abcd").write_text("{}")
+    snapshot = repo / "snapshots" / ("a" * 40)
+    (snapshot / "1_Pooling").mkdir(parents=True)
+    (snapshot / "1_Pooling" / "config.json").symlink_to("../../../blobs/0123abcd")
+    (snapshot / "1_Pooling" / "again").symlink_to("..")  # a loop, inside
+    (snapshot / "alias.json").symlink_to("1_Pooling/config.json")
+    listed = dict(folder_files(snapshot))
+    assert sorted(listed) == ["1_Pooling/config.json", "alias.json"]
+    assert all(path.read_text() == "{}" for path in listed.values())
+
+    copy = tmp_path / "copy"  # the same folder outside a cache: its blob links lead out of it
+    shutil.copytree(snapshot, copy, symlinks=True)
+    (copy / "1_Pooling" / "config.json").unlink()
+    (copy / "1_Pooling" / "config.json").symlink_to(repo / "blobs" / "0123abcd")
+    with pytest.raises(LinkOutsideError, match=r"copy/1_Pooling/config.json is a symlink to /.*0123abcd, outside "):
+        folder_files(copy)

@@ -25,6 +25,7 @@ from ..data import DataError, model_inputs, prepare_dataset
 from ..distributed import make_accelerator
 from ..outputs import check_free_space, prepare_output
 from ..provenance import hub_reference, portable, portable_reference
+from ..sentence_transformers_format import check_carried_files
 from .augment import AugmentedImages, ImageAugmentation
 from .config import DistillConfig
 from .features import FeatureModel, split_features
@@ -78,6 +79,7 @@ def run_distillation(config: DistillConfig, resume: bool = False) -> Path | None
     output = prepare_output(config.output, overwrite=config.overwrite, flag="overwrite=true",
                             inputs=[config.teacher, config.student, config.data.source, config.run_path])
     resume_from = resume_checkpoint(config, resume)
+    check_carried_files(config.student)  # its sentence-transformers modules are copied into the output
     pair = load_checked_pair(config)
     check_free_space(output.parent, _weights_bytes(pair.student.state_dict()), "the distilled checkpoint")
     set_seed(config.seed)
