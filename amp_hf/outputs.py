@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import LinkOutsideError, OutputError
+from .errors import LinkOutsideError, OutputError, UsageError
 
 MARKER = ".amp-hf-output.json"
 DEFAULT_FLAG = "overwrite=true (--overwrite)"
@@ -279,8 +279,8 @@ def atomic_directory(
     except BaseException as error:
         full = disk_full_error(error, staging)  # judged before the cleanup frees the space again
         shutil.rmtree(staging, ignore_errors=True)
-        if full is not None and full is not error:
-            raise full from error
+        if full is not None:  # named by the output asked for, not the staging folder just removed
+            raise OSError(full.errno, full.strerror, str(target)) from error
         raise
     record_written(target.parent, [target.name])
 
@@ -307,25 +307,12 @@ def disk_full_error(error: BaseException, folder: str | os.PathLike | None = Non
         if _DISK_FULL_TEXT.search(str(seen)):
             return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder) if folder else None)
         seen = seen.__cause__ or seen.__context__
-    if folder is not None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+    if folder is not None and not isinstance(error, (KeyboardInterrupt, SystemExit, UsageError)):
         with contextlib.suppress(OSError):
             existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
             if shutil.disk_usage(existing).free < _FREE_AFTER_FAILURE:
                 return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
     return None
-
-
-@contextlib.contextmanager
-def disk_full_as_oserror(folder: str | os.PathLike) -> Iterator[None]:
-    """Re-raise a full disk while writing into ``folder``, whatever the writer's error type, as ``OSError(ENOSPC)``
-    (the command line prints it as one line); other errors pass unchanged."""
-    try:
-        yield
-    except BaseException as error:
-        mapped = disk_full_error(error, folder)
-        if mapped is None or mapped is error:
-            raise
-        raise mapped from error
 
 
 def check_free_space(folder: str | os.PathLike, needed: int, what: str, keep: str = "") -> None:

@@ -239,11 +239,12 @@ def check_before_compute(run: PruneRun) -> None:
             )
         return
     needed_steps = math.ceil(math.log2(max(widths)))  # H / 2^steps reaches one neuron: the rest repeat it
-    if search.allocation in ("adaptive", "budget") and search.steps > needed_steps:
+    limit = max(needed_steps, SearchConfig.steps)  # AMP's default is never refused, even for a toy-sized MLP
+    if search.allocation in ("adaptive", "budget") and search.steps > limit:
         raise ConfigError(
             f"search.steps={search.steps} is more than the search can use: each step halves the width interval, "
             f"and the widest MLP (H={max(widths)}) is down to one neuron after log2(H) ≈ {needed_steps} steps, so "
-            f"the rest would only repeat it; set search.steps <= {needed_steps}"
+            f"the rest would only repeat it; set search.steps <= {limit}"
         )
     if search.round_to > 1 and search.round_to >= min(widths):
         layer = widths.index(min(widths))

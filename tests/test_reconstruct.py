@@ -309,7 +309,8 @@ def test_prune_records_reconstruction_provenance(vit_checkpoint, tmp_path, capsy
 @pytest.mark.parametrize("override, message", [
     ("reconstruct.heldout_fraction=1.5", "heldout_fraction must be in \\(0, 1\\)"),
     ("reconstruct.mode=greedy", "reconstruct.mode must be one of"),
-    ("reconstruct.num_samples=16", "at least 2 calibration batches"),
+    ("reconstruct.num_samples=16", r"reconstruct.num_samples=16 gives 1 whole calibration batch\(es\) of 16, but the "
+                                  r"reconstruction needs at least 2"),
 ])
 def test_bad_reconstruct_settings_fail_with_the_fix(vit_checkpoint, tmp_path, capsys, override, message):
     assert main([*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path / 'never'}", override]) == 2

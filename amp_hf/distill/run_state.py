@@ -146,8 +146,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep_last: int) -> Pa
     except BaseException as error:  # an unfinished checkpoint is never left behind, whatever stopped it
         full = disk_full_error(error, staging)  # judged before the cleanup frees the space again
         shutil.rmtree(staging, ignore_errors=True)
-        if full is not None and full is not error:
-            raise full from error
+        if full is not None:  # named by the checkpoint being written, not the staging folder just removed
+            raise OSError(full.errno, full.strerror, str(final)) from error
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
