@@ -283,6 +283,7 @@ CASES = [
     Case("eval-batch-size-zero", ["eval", "pruned", "--batch-size", "0"], r"--batch-size: expected an integer >= 1"),
     Case("bench-batch-size-zero", ["bench", "batch_sizes=[0]"], r"batch_sizes and threads must be >= 1"),
     Case("export-opset-99", ["export", "pruned", "onnx", "--opset", "99"], r"opset 99 does not exist yet"),
+    # The percentages below are ratios of integer parameter counts: the same digits on every machine.
     Case("uniform-target-above-mlps", ["prune", "model=vit", "output=out", "method=magnitude",
                                        "search.allocation=uniform", "search.target_reduction=0.6"],
          r"search.target_reduction 0.60 is more than the MLPs hold \(0.37 of the tower's cost\)"),

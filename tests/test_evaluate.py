@@ -256,7 +256,7 @@ def test_text_classifier_cache_is_shared_by_pruned_models(clip_setup, tmp_path, 
     pruned = slice_model(model, PrunePlan(widths, [range(0, w, 2) for w in widths], method="test"))
     monkeypatch.setattr("amp_hf.zero_shot.build_text_classifier", lambda *a, **k: pytest.fail("cache not used"))
     reused, reused_path = cached_text_classifier(pruned, tokenizer, CLASSNAMES, templates, cache_dir=tmp_path)
-    assert reused_path == path and torch.equal(reused, classifier)
+    assert reused_path == path and torch.equal(reused, classifier)  # exact: read back from the cache file
     monkeypatch.undo()
 
     # Another prompt set is another classifier.
@@ -377,7 +377,7 @@ def test_cli_writes_report_beside_the_checkpoint(digits_vit, tmp_path, capsys):
     assert rows[("knn", "accuracy", 10)]["details"]["num_train_samples"] == 300
     # The teacher is the model itself: identical embeddings and neighbours.
     assert rows[("fidelity", "mean_cosine", None)]["value"] == pytest.approx(1.0, abs=1e-5)
-    assert rows[("fidelity", "neighbour_overlap", 10)]["value"] == 1.0
+    assert rows[("fidelity", "neighbour_overlap", 10)]["value"] == 1.0  # a ratio of counts: same neighbours
     assert "knn" in capsys.readouterr().out
 
 

@@ -52,7 +52,7 @@ def test_timm_folder_loads_despite_num_classes_in_model_args(case, timm_folders)
     assert type(model.timm_model) is type(reference)
     with torch.no_grad():
         torch.testing.assert_close(features(model, pixels)["last_hidden_state"], reference.forward_features(pixels),
-                                   rtol=0, atol=0)  # fmt: skip
+                                   rtol=0, atol=0)  # fmt: skip  # exact: same timm model, weights, inputs, process
         # The criterion's embedding is timm's own pre-logits feature.
         embedding = amp_hf.get_adapter(model).embed(model, {"pixel_values": pixels})
         torch.testing.assert_close(embedding, reference.forward_head(reference.forward_features(pixels), pre_logits=True))
@@ -64,7 +64,7 @@ def test_keeping_every_neuron_is_bit_exact(case, timm_folders):
     kept = amp_hf.slice_model(model, amp_hf.keep_all_plan(model))
     pixels = sample_pixels()
     for name, value in features(model, pixels).items():
-        assert torch.equal(features(kept, pixels)[name], value), name
+        assert torch.equal(features(kept, pixels)[name], value), name  # keep-all copies every weight: same ops
 
 
 @pytest.fixture(scope="module")
