@@ -62,7 +62,8 @@ TOLERANCES = {
     # float64 mean of float32 activation x gradient products (forward + backward, ~2x the forward's depth); atol is
     # relative to the layer's largest score: signed scores cancel, their error scales with the terms, not the sum
     "taylor": (1e-4, 1e-4),
-    # pick ranks (integers n..1, 0 unpicked) from a float64 QR of copied weights: a rank is exact or it is not
+    # pick ranks (integers n..1, 0 unpicked) from a float64 QR of copied weights: exact (here the closest pivot
+    # call is 3e-4 relative apart, float64 rounding 1e-16)
     "dgmr": (0.0, 0.0),
     # float64 norms of copied float32 weights: <= 128 terms x float64 eps 1.1e-16, x100 margin
     "magnitude": (1e-12, 0.0),
