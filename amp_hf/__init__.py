@@ -4,9 +4,8 @@ and ship the result as ordinary `from_pretrained`-loadable checkpoints.
 Importing the package registers the pruned ``amp_*`` model types with transformers' Auto classes.
 """
 
-__version__ = "0.1.0"
-
 from . import models  # noqa: F401  (registers the amp_* types with the Auto classes)
+from ._version import __version__
 from .accounting import compare_stats, count_flops, count_parameters, model_stats
 from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
 from .families import ADAPTERS, FamilyAdapter, MlpStack, UnsupportedModelError, get_adapter, resolve, supported_models

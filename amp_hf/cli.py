@@ -11,9 +11,9 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import UsageError
-from .outputs import is_disk_full
+from .files.outputs import is_disk_full
 
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (

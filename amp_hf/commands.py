@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .config_utils import load_config
+from .files.config_utils import load_config
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import DataConfig
-from .outputs import atomic_directory, prepare_output
+from .files.outputs import atomic_directory, prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def _prune(teacher: str, checkpoint: Path, settings: DemoSettings) -> dict:
 
 def _distill(teacher: str, student: Path, output: Path, settings: DemoSettings) -> dict:
     """A short feature distillation (AMP's MSE on CLS + tokens); its resume state lives in a scratch folder."""
-    from .config_utils import load_config
     from .distill import DistillConfig, run_distillation
+    from .files.config_utils import load_config
 
     with tempfile.TemporaryDirectory(prefix="amp-hf-demo-run-") as scratch:
         overrides = [
@@ -283,8 +283,8 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
     from .data import load_processor
     from .evaluate import write_report
     from .families import get_adapter
+    from .files.provenance import hub_reference
     from .loading import load_model, resolve_model_path
-    from .provenance import hub_reference
 
     started = time.time()
     if push:  # the repo id, offline mode and the token are checked before the demo, not after it

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import CheckpointError
 from .data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
 from .errors import OutputError
@@ -58,10 +58,10 @@ from .eval_metrics import (
     zero_shot_logits,
 )
 from .families import UnsupportedModelError, get_adapter
+from .files.outputs import default_mode, expand, prepare_output, record_written
+from .files.provenance import portable, portable_reference
+from .files.sentence_transformers_format import sentence_embedder
 from .loading import load_model, resolve_model_path
-from .outputs import default_mode, expand, prepare_output, record_written
-from .provenance import portable, portable_reference
-from .sentence_transformers_format import sentence_embedder
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     cached_text_classifier,

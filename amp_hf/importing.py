@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError, save_pruned
 from .families import get_adapter
-from .provenance import hub_reference
+from .files.provenance import hub_reference
 from .slicing import build_pruned_model, hidden_tensor_names
 
 METHODS = {"amp": "imported-amp", "dgmr": "imported-dgmr"}
@@ -301,7 +301,7 @@ def import_official(
         raise CheckpointError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if layout != "auto" and layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}: choose auto or one of {', '.join(LAYOUTS)}")
-    from .outputs import expand, prepare_output
+    from .files.outputs import expand, prepare_output
 
     output = prepare_output(output, overwrite=overwrite, inputs=[weights, base_name], flag="--overwrite")
     weights = expand(weights)

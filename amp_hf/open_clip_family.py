@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 from .families import FamilyAdapter, ModelClass
 from .io_spec import open_clip_spec
 from .models.amp_layer_widths import find_layer_stack, find_neuron_map

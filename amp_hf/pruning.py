@@ -15,17 +15,17 @@ from typing import Literal
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .accounting import compare_stats, model_stats
 from .checkpoint import write_pruned
-from .config_utils import ConfigError
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
 from .distributed import make_accelerator
 from .families import MlpStack, resolve
+from .files.config_utils import ConfigError
+from .files.outputs import atomic_directory, expand_user, prepare_output
+from .files.provenance import hub_reference, is_hub_id, portable, portable_reference
 from .loading import load_model, resolve_model_path
-from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
-from .provenance import hub_reference, is_hub_id, portable, portable_reference
 from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct, search_refit_summary
 from .selection import (
     SCORING_METHODS,

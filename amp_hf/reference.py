@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .cache import cache_root
+from ._version import __version__
 from .checkpoint import atomic_directory
 from .data import FASHION_MNIST_CLASSES, fashion_mnist_arrays, load_source
+from .files.cache import cache_root
 
 logger = logging.getLogger(__name__)
 

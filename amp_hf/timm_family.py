@@ -26,8 +26,9 @@ from transformers import (
 )
 from transformers.utils import is_timm_available
 
-from .checkpoint import CheckpointError, from_pretrained_checked
+from .errors import CheckpointError
 from .families import FamilyAdapter, ModelClass
+from .files.reading import from_pretrained_checked
 from .io_spec import POOLED, backbone_spec, classifier_spec
 from .models.amp_layer_widths import global_width_access
 from .models.modeling_amp_timm_wrapper import (

@@ -153,7 +153,7 @@ def _run_export(args) -> int:
 
 
 def _run_bench(args) -> int:
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
 
     from .bench import BenchConfig, run_benchmark
 

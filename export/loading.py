@@ -8,11 +8,11 @@ import torch
 from transformers import PreTrainedModel
 
 from amp_hf import ADAPTERS, CheckpointError, UnsupportedModelError
-from amp_hf.checkpoint import read_config
 from amp_hf.families import MODEL_CLASSES
+from amp_hf.files.outputs import expand
+from amp_hf.files.reading import read_config
 from amp_hf.loading import load_model
 from amp_hf.open_clip_family import is_open_clip_folder
-from amp_hf.outputs import expand
 
 
 def supported_architectures() -> dict[str, type]:

@@ -17,7 +17,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import amp_hf
-from amp_hf.outputs import record_written
+from amp_hf.files.outputs import record_written
 
 from .facts import CheckpointFacts, EvalEntry, OnnxGraph, gather_facts
 from .plot import width_profile_png

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from amp_hf.errors import UsageError
-from amp_hf.outputs import expand
+from amp_hf.files.outputs import expand
 
 from .card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
 from .push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub

@@ -35,10 +35,12 @@ from huggingface_hub import ModelCard, try_to_load_from_cache
 from transformers.initialization import no_init_weights
 
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
-from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
+from amp_hf.checkpoint import CheckpointError, pruned_architecture
 from amp_hf.families import MODEL_CLASSES
-from amp_hf.provenance import EMBEDDED_HUB_IDS, hub_reference, is_hub_id
-from amp_hf.sentence_transformers_format import read_modules, sentence_settings
+from amp_hf.files.aliases import EMBEDDED_HUB_IDS
+from amp_hf.files.provenance import hub_reference, is_hub_id
+from amp_hf.files.reading import read_config
+from amp_hf.files.sentence_transformers_format import read_modules, sentence_settings
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +291,7 @@ def _datasets(provenance: dict, prune_config: dict) -> list[str]:
 
 
 def _split_base_model(recorded: str | None, revision: str | None) -> tuple[str | None, str | None, str | None]:
-    """(Hub repo id, local path or name, revision) of the recorded base model (``amp_hf.provenance.hub_reference``:
+    """(Hub repo id, local path or name, revision) of the recorded base model (``amp_hf.files.provenance.hub_reference``:
     a Hub id, amp-hf's embedded default, a HF cache snapshot, a folder whose card names its id)."""
     if not recorded:
         return None, None, revision

@@ -33,7 +33,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineMod
 from huggingface_hub.utils import validate_repo_id
 
 import amp_hf
-from amp_hf.provenance import find_local_paths, local_path_markers
+from amp_hf.files.provenance import find_local_paths, local_path_markers
 
 from .card import CARD_FILE, card_files, format_size
 from .facts import ONNX_SUBFOLDER, gather_facts
@@ -159,7 +159,7 @@ TEXT_SUFFIXES = (".json", ".md", ".txt", ".py", ".yaml", ".yml", ".sh", ".jinja"
 
 def refuse_local_paths(files: list[UploadFile], markers: list[str]) -> None:
     """Raise (before anything is sent) when a file would upload an absolute path of this machine: on the Hub it
-    names nothing anyone can open, and it shows the local layout (``amp_hf.provenance``)."""
+    names nothing anyone can open, and it shows the local layout (``amp_hf.files.provenance``)."""
     for upload in files:
         found = find_local_paths(_metadata_text(upload), markers)
         if found:

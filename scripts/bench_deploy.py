@@ -113,7 +113,7 @@ def minilm_models(work: Path, settings: Settings) -> dict[str, str]:
     from bench_distill import MINILM_DISTILL, MINILM_SCORING, distill
 
     from amp_hf import count_parameters, get_adapter
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.loading import load_model, resolve_model_path
     from amp_hf.pruning import PruneConfig, run_prune
 
@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     providers = _providers(args.providers)
     if providers is None:
         return 2
-    from amp_hf.cache import cache_root
+    from amp_hf.files.cache import cache_root
 
     work = Path(args.work) if args.work else cache_root() / ("bench_deploy-quick" if args.quick else "bench_deploy")
     out = Path(args.out)

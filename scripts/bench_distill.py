@@ -36,7 +36,7 @@ BLOCK_REDUCTION = 0.40  # fraction of the transformer-block (encoder layer) para
 def prune(model_name: str, output: Path, scoring: list[str]) -> dict:
     """AMP entropy Taylor scores, uniform widths removing BLOCK_REDUCTION of the block parameters."""
     from amp_hf import count_parameters, get_adapter
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.loading import load_model
     from amp_hf.pruning import PruneConfig, run_prune
 

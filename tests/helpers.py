@@ -95,7 +95,7 @@ def prune_one_and_two_processes(main, args: list[str], tmp_path: Path) -> tuple[
 
 def local_paths_under(folder: Path, *extra) -> dict[str, list[str]]:
     """Every absolute path of this machine found in any file under ``folder``, read as raw bytes (a grep)."""
-    from amp_hf.provenance import find_local_paths, local_path_markers
+    from amp_hf.files.provenance import find_local_paths, local_path_markers
 
     markers = local_path_markers(folder, *extra)
     hits = {}

@@ -169,9 +169,9 @@ def _run_folder(*, run_config: str | None = None, steps: tuple[str, ...] = ("ste
     """Setup: a distillation run folder ``distilled.run`` with the given damage."""
 
     def setup(root: Path) -> None:
-        from amp_hf.config_utils import load_config
         from amp_hf.distill.config import DistillConfig
         from amp_hf.distill.run_state import write_run_config
+        from amp_hf.files.config_utils import load_config
 
         _distill_config(root)
         write_run_config(load_config(DistillConfig, root / "distill.yaml", ["output=distilled"]))

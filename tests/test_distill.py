@@ -23,7 +23,6 @@ from transformers import AutoModel, ViTConfig, ViTModel
 import amp_hf
 from amp_hf import PrunePlan, get_adapter, save_pruned, slice_model
 from amp_hf.cli import main as cli_main
-from amp_hf.config_utils import ConfigError, load_config
 from amp_hf.data import (
     DataConfig,
     ProcessedDataset,
@@ -40,6 +39,7 @@ from amp_hf.distill.losses import distillation_losses
 from amp_hf.distill.pairing import load_pair, select_trainable
 from amp_hf.distill.run_state import resume_checkpoint, write_run_config
 from amp_hf.distill.schedule import build_optimizer, build_schedule
+from amp_hf.files.config_utils import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

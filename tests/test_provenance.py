@@ -11,8 +11,8 @@ import pytest
 from helpers import local_paths_under
 from tiny_models import build
 
-from amp_hf.config_utils import ConfigError, load_config
-from amp_hf.provenance import hub_reference, portable_reference
+from amp_hf.files.config_utils import ConfigError, load_config
+from amp_hf.files.provenance import hub_reference, portable_reference
 from amp_hf.pruning import PruneConfig, run_prune
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"

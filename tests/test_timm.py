@@ -275,7 +275,7 @@ def test_card_names_the_timm_base_and_shows_timm_usage(timm_folders, tmp_path):
 def test_headline_tower_configs_parse_with_the_papers_settings(name):
     from helpers import REPO
 
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.pruning import PruneConfig
 
     config = load_config(PruneConfig, REPO / "configs" / f"{name}.yaml")

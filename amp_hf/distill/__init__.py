@@ -2,7 +2,7 @@
 
 ``amp-hf distill`` (see ``cli.py``) or, from Python::
 
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.distill import DistillConfig, run_distillation
     run_distillation(load_config(DistillConfig, "configs/distill_minilm.yaml", ["output=out/minilm-distilled"]))
 """

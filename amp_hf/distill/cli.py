@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config_utils import load_config
+from ..files.config_utils import load_config
 from .config import DistillConfig
 from .trainer import run_distillation
 

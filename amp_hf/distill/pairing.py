@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned, read_config
+from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned
 from ..data import DataError, default_image_processor, load_processor
 from ..families import FamilyAdapter, get_adapter
+from ..files.reading import read_config
 from ..loading import load_model, resolve_model_path
 from ..open_clip_family import is_open_clip_folder
 from ..plan import PrunePlan

@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .._version import __version__
+from ..errors import OutputError
 
 MARKER = ".amp-hf-output.json"
 DEFAULT_FLAG = "overwrite=true (--overwrite)"
@@ -250,8 +251,6 @@ def atomic_directory(
     os.chmod(staging, default_mode())
     try:
         yield staging
-        from . import __version__
-
         _write_marker(staging, {"written_by": "amp-hf", "version": __version__,
                                 "files": sorted(entry.name for entry in staging.iterdir())})  # fmt: skip
         _apply_umask(staging)
