@@ -9,12 +9,12 @@ from ._version import __version__
 from .accounting import compare_stats, count_flops, count_parameters, model_stats
 from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
 from .families import ADAPTERS, FamilyAdapter, MlpStack, UnsupportedModelError, get_adapter, resolve, supported_models
+from .families.open_clip import load_open_clip_folder, wrap_open_clip
+from .families.timm import load_timm_folder, wrap_timm
 from .loading import load_model, resolve_model_path
 from .models import NeuronMap
-from .open_clip_family import load_open_clip_folder, wrap_open_clip
 from .plan import PlanError, PrunePlan, top_indices
 from .slicing import keep_all_plan, slice_model, slice_state_dict
-from .timm_family import load_timm_folder, wrap_timm
 
 __all__ = [
     "ADAPTERS",

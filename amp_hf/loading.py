@@ -9,10 +9,10 @@ import transformers
 
 from .checkpoint import CheckpointError, load_pruned
 from .families import get_adapter
+from .families.open_clip import is_open_clip_folder, load_open_clip_folder
+from .families.timm import is_timm_folder, load_timm_folder
 from .files.aliases import EMBEDDED_MODELS, resolve_model_path
 from .files.reading import from_pretrained_checked, read_config
-from .open_clip_family import is_open_clip_folder, load_open_clip_folder
-from .timm_family import is_timm_folder, load_timm_folder
 
 
 def load_model(name_or_path: str, **kwargs):

@@ -9,10 +9,10 @@ from transformers import PreTrainedModel
 
 from amp_hf import ADAPTERS, CheckpointError, UnsupportedModelError
 from amp_hf.families import MODEL_CLASSES
+from amp_hf.families.open_clip import is_open_clip_folder
 from amp_hf.files.outputs import expand
 from amp_hf.files.reading import read_config
 from amp_hf.loading import load_model
-from amp_hf.open_clip_family import is_open_clip_folder
 
 
 def supported_architectures() -> dict[str, type]:

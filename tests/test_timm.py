@@ -15,8 +15,8 @@ from tiny_timm import SIZE, TIMM_CASES, build_timm, sample_pixels, save_timm_fol
 from transformers import AutoModel  # noqa: E402
 
 import amp_hf  # noqa: E402
+from amp_hf.families.timm import TimmError, wrap_timm  # noqa: E402
 from amp_hf.models import AmpTimmWrapperModel, find_neuron_map  # noqa: E402
-from amp_hf.timm_family import TimmError, wrap_timm  # noqa: E402
 
 CASES = list(TIMM_CASES)
 

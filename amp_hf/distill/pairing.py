@@ -16,9 +16,9 @@ from transformers import PreTrainedModel
 from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned
 from ..data import DataError, default_image_processor, load_processor
 from ..families import FamilyAdapter, get_adapter
+from ..families.open_clip import is_open_clip_folder
 from ..files.reading import read_config
 from ..loading import load_model, resolve_model_path
-from ..open_clip_family import is_open_clip_folder
 from ..plan import PrunePlan
 from ..slicing import hidden_tensor_names
 from .features import FeatureModel

@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .families import FamilyAdapter, ModelClass
-from .io_spec import open_clip_spec
-from .models.amp_layer_widths import find_layer_stack, find_neuron_map
-from .models.modeling_amp_open_clip import (
+from ..errors import CheckpointError
+from ..models.amp_layer_widths import find_layer_stack, find_neuron_map
+from ..models.modeling_amp_open_clip import (
     NEURON_MAPS,
     OPEN_CLIP_CONFIG_FILE,
     AmpOpenCLIPConfig,
     AmpOpenCLIPModel,
     OpenCLIPVisionTower,
 )
+from .base import FamilyAdapter, ModelClass
+from .io_spec import open_clip_spec
 
 OPEN_CLIP_WEIGHT_FILES = (
     "open_clip_model.safetensors",
