@@ -21,6 +21,7 @@ from .checkpoint import write_pruned
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
 from .distributed import make_accelerator
 from .families import MlpStack, resolve
+from .files.artifacts import PRUNE_REPORT_FILE
 from .files.config_utils import ConfigError
 from .files.outputs import atomic_directory, expand_user, prepare_output
 from .files.provenance import hub_reference, is_hub_id, portable, portable_reference
@@ -46,7 +47,6 @@ from .selection import (
 from .slicing import slice_model
 
 logger = logging.getLogger(__name__)
-REPORT_FILE = "prune_report.json"
 
 
 @dataclass
@@ -376,7 +376,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
             portable_report = portable(json.loads(json.dumps(report, default=str)), output)
             portable_report["model"] = portable_reference(config.model, output)
             del portable_report["output"]  # the report sits in it
-            (staging / REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
+            (staging / PRUNE_REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
     accelerator.wait_for_everyone()
     return report
 

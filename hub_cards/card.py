@@ -17,13 +17,13 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import amp_hf
+from amp_hf.files import eval_report
+from amp_hf.files.artifacts import CARD_FILE, PLOT_FILE
 from amp_hf.files.outputs import record_written
 
-from .facts import CheckpointFacts, EvalEntry, OnnxGraph, gather_facts
+from .facts import CheckpointFacts, OnnxGraph, gather_facts
 from .plot import width_profile_png
 
-CARD_FILE = "README.md"
-PLOT_FILE = "width_profile.png"
 TEMPLATE_NAME = "model_card.md.jinja"
 REPO_PLACEHOLDER = "<namespace>/<model-name>"
 
@@ -117,7 +117,7 @@ def _task_name(task: str) -> str:
     return EVAL_TASKS.get(task, (None, task))[1]
 
 
-def _metric_label(entry: EvalEntry) -> str:
+def _metric_label(entry: eval_report.EvalResult) -> str:
     if entry.metric_name:
         return entry.metric_name
     return f"{entry.metric} (k={entry.k})" if entry.k is not None else entry.metric

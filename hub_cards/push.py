@@ -33,10 +33,11 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineMod
 from huggingface_hub.utils import validate_repo_id
 
 import amp_hf
+from amp_hf.files.artifacts import ONNX_SUBFOLDER
 from amp_hf.files.provenance import find_local_paths, local_path_markers
 
 from .card import CARD_FILE, card_files, format_size
-from .facts import ONNX_SUBFOLDER, gather_facts
+from .facts import gather_facts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

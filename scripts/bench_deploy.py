@@ -333,7 +333,7 @@ def quality(family: Family, providers: list) -> dict:
     """Per (model, runtime): fidelity to the unpruned fp32 PyTorch embedding, int8 cost, kNN top-1."""
     import torch
 
-    from amp_hf.eval_metrics import knn_accuracy
+    from amp_hf.evaluation.metrics import knn_accuracy
     from export.validation import mean_cosine
 
     results, cache = {}, {}

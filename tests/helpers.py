@@ -110,7 +110,7 @@ def local_paths_under(folder: Path, *extra) -> dict[str, list[str]]:
 def amp_hf_embeddings(checkpoint: Path, data):
     """amp-hf's own evaluation embeddings (``embed_dataset``) of ``data`` by the checkpoint."""
     import amp_hf
-    from amp_hf.evaluate import embed_dataset
+    from amp_hf.evaluation.tasks import embed_dataset
 
     features, _ = embed_dataset(amp_hf.load_model(str(checkpoint)), data)
     return features

@@ -19,26 +19,18 @@ import torch.nn.functional as F
 
 from amp_hf import PrunePlan, UnsupportedModelError, get_adapter, slice_model
 from amp_hf.data import DataConfig
-from amp_hf.eval_metrics import (
+from amp_hf.evaluation.metrics import (
     knn_accuracy,
     mean_cosine,
     neighbour_overlap,
     retrieval_recall,
     topk_accuracy,
 )
-from amp_hf.evaluate import (
-    REPORT_FILE,
-    REPORT_SCHEMA,
-    EvalResult,
-    evaluate_knn,
-    evaluate_retrieval,
-    evaluate_top1,
-    evaluate_zero_shot,
-    read_report,
-    write_report,
-)
+from amp_hf.evaluation.tasks import evaluate_knn, evaluate_retrieval, evaluate_top1, evaluate_zero_shot
+from amp_hf.evaluation.zero_shot import build_text_classifier, cached_text_classifier, image_features
+from amp_hf.files.artifacts import EVAL_REPORT_FILE, EVAL_REPORT_SCHEMA
+from amp_hf.files.eval_report import EvalResult, read_report, write_report
 from amp_hf.reference import read_record, train_reference_vit
-from amp_hf.zero_shot import build_text_classifier, cached_text_classifier, image_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -341,7 +333,7 @@ def test_knn_and_top1_on_the_digits_reference_vit(digits_vit):
 
 
 def test_report_merges_reruns(tmp_path):
-    path = tmp_path / REPORT_FILE
+    path = tmp_path / EVAL_REPORT_FILE
     write_report([EvalResult("knn", "digits", "test", "accuracy", 0.5, k=10),
                   EvalResult("top1", "digits", "test", "accuracy", 0.7)], path, model="m")  # fmt: skip
     write_report([EvalResult("knn", "digits", "test", "accuracy", 0.6, k=10)], path, model="m")
@@ -363,10 +355,10 @@ def test_cli_writes_report_beside_the_checkpoint(digits_vit, tmp_path, capsys):
     argv = ["eval", str(checkpoint), "--task", "knn", "top1", "fidelity", "--teacher", str(digits_vit),
             "--data", "digits", "--num-samples", "50", "--num-train-samples", "300", "--batch-size", "100"]  # fmt: skip
     assert _cli(argv) == 0
-    report = json.loads((checkpoint / REPORT_FILE).read_text())
+    report = json.loads((checkpoint / EVAL_REPORT_FILE).read_text())
     # The report may be pushed with the checkpoint, so it names the checkpoint relative to itself.
-    assert report["schema"] == REPORT_SCHEMA and report["model"] == "." and report["timestamp"]
-    assert str(tmp_path) not in (checkpoint / REPORT_FILE).read_text()
+    assert report["schema"] == EVAL_REPORT_SCHEMA and report["model"] == "." and report["timestamp"]
+    assert str(tmp_path) not in (checkpoint / EVAL_REPORT_FILE).read_text()
     rows = {(r["task"], r["metric"], r.get("k")): r for r in report["results"]}
     assert set(rows) == {("knn", "accuracy", k) for k in (10, 20, 100, 200)} | {
         ("top1", "accuracy", None), ("fidelity", "mean_cosine", None), ("fidelity", "neighbour_overlap", 10)

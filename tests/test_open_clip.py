@@ -176,7 +176,7 @@ def test_zero_shot_classification_reuses_the_base_text_classifier(native, tmp_pa
     import torch.nn.functional as F
 
     from amp_hf.data import DataConfig
-    from amp_hf.evaluate import evaluate_zero_shot
+    from amp_hf.evaluation.tasks import evaluate_zero_shot
 
     data = DataConfig(source="digits", num_samples=24, batch_size=12)
     templates = ("a photo of the number {}.", "a drawing of a {}.")
@@ -189,7 +189,7 @@ def test_zero_shot_classification_reuses_the_base_text_classifier(native, tmp_pa
     assert all(0.0 <= r.value <= 1.0 for r in base_results + results)
 
     # the classifier is open_clip's own: normalised mean over templates of encode_text(tokenize(prompt))
-    from amp_hf.zero_shot import load_text_classifier
+    from amp_hf.evaluation.zero_shot import load_text_classifier
 
     classifier, classnames, _ = load_text_classifier(cache_file)
     tokenizer = native.get_tokenizer()

@@ -10,8 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from ..errors import CheckpointError
-
-CONFIG_FILE = "config.json"
+from .artifacts import CONFIG_FILE
 
 
 def read_config(path: str | os.PathLike) -> dict:

@@ -85,7 +85,7 @@ class CrossEntropyCriterion:
             tokenizer = getattr(processor, "tokenizer", processor)
             if tokenizer is None:
                 raise ValueError("criterion ce on a CLIP/SigLIP model needs the checkpoint's tokenizer")
-            from ..zero_shot import build_text_classifier  # the classifier `amp-hf eval --task zeroshot` uses
+            from ..evaluation.zero_shot import build_text_classifier  # the classifier `amp-hf eval --task zeroshot` uses
 
             classifier = build_text_classifier(model, tokenizer, self.config.class_names,
                                                [self.config.prompt_template])

@@ -19,9 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..families import MlpStack, resolve
-
-SCORES_FILE = "scores.safetensors"
-SCORES_META = "scores.json"
+from ..files.artifacts import SCORES_FILE, SCORES_META_FILE
 
 
 @dataclass
@@ -40,7 +38,7 @@ class NeuronScores:
         tensors.update({f"layer.{i}.signed": s.contiguous() for i, s in enumerate(self.signed)})
         save_file(tensors, str(directory / SCORES_FILE))
         meta = {"num_samples": self.num_samples, "num_layers": len(self.abs), **self.metadata}
-        (directory / SCORES_META).write_text(json.dumps(meta, indent=2))
+        (directory / SCORES_META_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> NeuronScores:
@@ -48,7 +46,7 @@ class NeuronScores:
         if not (directory / SCORES_FILE).is_file():
             raise FileNotFoundError(f"no {SCORES_FILE} in {directory}: run `amp-hf score` first")
         tensors = load_file(str(directory / SCORES_FILE))
-        meta = json.loads((directory / SCORES_META).read_text())
+        meta = json.loads((directory / SCORES_META_FILE).read_text())
         layers = meta.pop("num_layers")
         return cls(
             abs=[tensors[f"layer.{i}.abs"] for i in range(layers)],
