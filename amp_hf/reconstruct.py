@@ -38,7 +38,7 @@ from .layer_stack import run_layer
 from .plan import PrunePlan
 from .refit import RefitResult, accumulate_gram, new_gram, refit_output_projection
 from .selection import CRITERIA, CriterionConfig, CriterionEvaluator, build_criterion
-from .slicing import slice_model
+from .slicing import slice_stack
 
 logger = logging.getLogger(__name__)
 
@@ -435,9 +435,10 @@ class SearchRefit:
 
 
 @torch.no_grad()
-def install_search_refit(pruned: nn.Module, projections: dict[int, tuple], layers: list[dict]) -> dict:
+def install_search_refit(pruned: nn.Module | MlpStack, projections: dict[int, tuple], layers: list[dict]) -> dict:
     """Put the output projections the search refit (``SearchRefit``; ``layers``: its per-layer reports) into
-    the sliced model ``pruned`` and record them in its provenance; returns that provenance."""
+    the sliced model ``pruned`` (best: the stack ``slice_stack`` returned) and record them in its provenance;
+    returns that provenance."""
     stack = resolve(pruned)
     for index, (weight, bias) in projections.items():
         linear = _output(stack, index)
@@ -456,7 +457,7 @@ def install_search_refit(pruned: nn.Module, projections: dict[int, tuple], layer
                               else layer["error_reconstructed"] for layer in layers],
         },
     }
-    pruned.config.amp_pruning["reconstruction"] = provenance
+    stack.model.config.amp_pruning["reconstruction"] = provenance
     return {**provenance, "layers": layers}
 
 
@@ -515,13 +516,28 @@ def reconstruct(
     criterion=None,
     amp_pruning: dict | None = None,
 ) -> tuple[nn.Module, ReconstructionReport]:
+    """``reconstruct_stack``, returning the pruned model itself."""
+    pruned, report = reconstruct_stack(model, plan, batches, config, accelerator, criterion, amp_pruning)
+    return pruned.model, report
+
+
+def reconstruct_stack(
+    model: nn.Module | MlpStack,
+    plan: PrunePlan,
+    batches: Sequence[dict],
+    config: ReconstructConfig | None = None,
+    accelerator=None,
+    criterion=None,
+    amp_pruning: dict | None = None,
+) -> tuple[MlpStack, ReconstructionReport]:
     """Slice ``model`` by ``plan`` and refit every pruned layer's output projection; ``model`` is unchanged.
 
     ``batches``: this process's shards of the calibration batches (model inputs, labels optional); the last
     ``config.heldout_fraction`` of them are held out. ``criterion``: the end-to-end check (default: AMP's
     entropy criterion; must be ``prepare``-d). ``amp_pruning``: provenance for the new config (as in
     ``slice_model``); the reconstruction summary is added under ``"reconstruction"``.
-    Returns the pruned model (reconstructed, or plainly sliced where that measured better) and the report.
+    Returns the pruned model (reconstructed, or plainly sliced where that measured better), resolved, and the
+    report.
     """
     started = time.time()
     stack = resolve(model)
@@ -529,8 +545,8 @@ def reconstruct(
     config = config or ReconstructConfig(enabled=True)
     criterion = criterion or build_criterion(CriterionConfig())
     fit, heldout = split_heldout(batches, config.heldout_fraction)
-    pruned = slice_model(stack, plan, amp_pruning)
-    pruned_stack = resolve(pruned, stack.adapter)
+    pruned_stack = slice_stack(stack, plan, amp_pruning)
+    pruned = pruned_stack.model
     progress = accelerator is None or accelerator.is_local_main_process
     with _eval_mode(model, pruned):
         def evaluate(candidate=pruned_stack) -> float:
@@ -564,4 +580,4 @@ def reconstruct(
         layers=layers, wall_time_s=round(time.time() - started, 2),
     )
     pruned.config.amp_pruning["reconstruction"] = report.provenance()
-    return pruned, report
+    return pruned_stack, report

@@ -94,7 +94,7 @@ def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=No
     log(f"  entropy Taylor scores: {seconds['entropy Taylor scores']:.0f} s")
     if setup.get("ce"):
         ce = build_criterion(CriterionConfig(name="ce"))
-        ce.prepare(model, amp_hf.get_adapter(model))
+        ce.prepare(amp_hf.resolve(model))
         scores["ce"] = taylor_scores(model, scoring, ce).abs
     started = time.time()
     scores["dgmr"] = dgmr_scores(model, width=max(amp_hf.get_adapter(model).widths(model)))

@@ -209,11 +209,11 @@ def test_ce_criterion_uses_zero_shot_prompts(native):
 
     classes = ["cat", "dog", "car"]
     criterion = build_criterion(CriterionConfig(name="ce", class_names=classes))
-    criterion.prepare(native, amp_hf.get_adapter(native), native.get_processor())
+    criterion.prepare(amp_hf.resolve(native), native.get_processor())
     batch = sample_batch()
     labels = torch.tensor([2, 0])
     with torch.no_grad():
-        loss = criterion(native, amp_hf.get_adapter(native), {"pixel_values": batch["pixel_values"], "labels": labels})
+        loss = criterion(amp_hf.resolve(native), {"pixel_values": batch["pixel_values"], "labels": labels})
         clip = native.open_clip_model
         text = clip.encode_text(native.get_tokenizer()([f"a photo of a {c}." for c in classes]), normalize=True)
         logits = clip.logit_scale.exp() * clip.encode_image(batch["pixel_values"], normalize=True) @ text.T

@@ -236,8 +236,8 @@ def output_biases(model) -> list[torch.Tensor]:
 class LastBias:
     """A criterion that only sees the last output projection's bias: slicing keeps it, a refit moves it."""
 
-    def __call__(self, model, adapter, batch):
-        return output_biases(model)[-1].double().sum()
+    def __call__(self, stack, batch):
+        return output_biases(stack.model)[-1].double().sum()
 
 
 class AnyBiasMoved:
@@ -246,8 +246,8 @@ class AnyBiasMoved:
     def __init__(self, sliced):
         self.sliced = [b.detach().clone() for b in output_biases(sliced)]
 
-    def __call__(self, model, adapter, batch):
-        moved = any(not torch.equal(b, s) for b, s in zip(output_biases(model), self.sliced))
+    def __call__(self, stack, batch):
+        moved = any(not torch.equal(b, s) for b, s in zip(output_biases(stack.model), self.sliced))
         return torch.tensor(float(moved))
 
 

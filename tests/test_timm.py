@@ -291,8 +291,8 @@ def test_ce_criterion_reads_the_timm_classifier_head():
 
     model = wrap_timm(build_timm("vit_mlp", num_classes=5), model_args=SIZE)
     criterion = build_criterion(CriterionConfig(name="ce"))
-    criterion.prepare(model, amp_hf.get_adapter(model), None)  # a head inside timm_model counts
+    criterion.prepare(amp_hf.resolve(model), None)  # a head inside timm_model counts
     batch = {"pixel_values": sample_pixels(), "labels": torch.tensor([1, 3])}
     with torch.no_grad():
         expected = F.cross_entropy(model.timm_model(batch["pixel_values"]), batch["labels"])
-        torch.testing.assert_close(criterion(model, amp_hf.get_adapter(model), batch), expected)
+        torch.testing.assert_close(criterion(amp_hf.resolve(model), batch), expected)

@@ -95,7 +95,7 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
     global-batch criterion whatever the number of processes (1-process and N-process scores agree).
     """
     stack = resolve(model)
-    model, adapter = stack.model, stack.adapter
+    model = stack.model
     widths = stack.widths()
     device = next(model.parameters()).device
     abs_sum = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
@@ -112,7 +112,7 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
                 break
             activations.clear()
             local = next(iter(batch.values())).shape[0]
-            loss = criterion(model, adapter, batch) / world  # equal shards: local/global = 1/world
+            loss = criterion(stack, batch) / world  # equal shards: local/global = 1/world
             ordered = [activations[i] for i in range(len(widths))]
             grads = torch.autograd.grad(loss, ordered)
             for index, (a, g) in enumerate(zip(ordered, grads)):
