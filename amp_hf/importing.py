@@ -327,7 +327,7 @@ def import_official(
     }
     pruned = build_pruned_model(base, widths, merged, amp_pruning).eval()
     processor = None
-    if adapter.name != "open_clip":  # open_clip models carry their preprocessing in their config
+    if not adapter.processor_in_config:
         try:
             processor = load_processor(str(base_name), adapter)
         except DataError:  # a base without a processor: the checkpoint works without one

@@ -1,4 +1,4 @@
-"""One build funnel for every model amp-hf reads: local folders (stock, pruned, or open_clip's Hub layout) and the
+"""One build funnel for every model amp-hf reads: local folders (stock, pruned, or a family's own Hub layout) and the
 embedded default."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from pathlib import Path
 import transformers
 
 from .checkpoint import CheckpointError, load_pruned
-from .families import get_adapter
-from .families.open_clip import is_open_clip_folder, load_open_clip_folder
+from .families import folder_family, get_adapter
 from .families.timm import is_timm_folder, load_timm_folder
 from .files.aliases import EMBEDDED_MODELS, resolve_model_path
 from .files.reading import from_pretrained_checked, read_config
@@ -18,8 +17,9 @@ from .files.reading import from_pretrained_checked, read_config
 def load_model(name_or_path: str, **kwargs):
     """Load a supported model as the class it was saved from (pruned amp_* or stock transformers)."""
     path = resolve_model_path(name_or_path)
-    if Path(path).is_dir() and is_open_clip_folder(path):  # open_clip's Hub layout, no config.json
-        return load_open_clip_folder(path).eval()
+    family = folder_family(path) if Path(path).is_dir() else None
+    if family is not None:  # a family's own Hub layout (open_clip's), no config.json
+        return family.load_folder(path).eval()
     if Path(path).is_dir():
         config = read_config(path)
         if str(config.get("model_type", "")).startswith("amp_"):

@@ -273,12 +273,12 @@ def _distillation_summary(facts: CheckpointFacts) -> str | None:
 
 
 def _base_model_markdown(facts: CheckpointFacts) -> str | None:
-    open_clip = f" (open_clip `{facts.open_clip_model}`)" if facts.open_clip_model else ""
+    label = f" ({facts.base_model_label})" if facts.base_model_label else ""
     if facts.base_model:
-        return f"[{facts.base_model}](https://huggingface.co/{facts.base_model}){open_clip}"
+        return f"[{facts.base_model}](https://huggingface.co/{facts.base_model}){label}"
     if facts.base_model_path:
-        return f"`{Path(facts.base_model_path).name}` (a local model){open_clip}"
-    return f"open_clip `{facts.open_clip_model}`" if facts.open_clip_model else None
+        return f"`{Path(facts.base_model_path).name}` (a local model){label}"
+    return facts.base_model_label
 
 
 def _width_rows(facts: CheckpointFacts) -> list[dict]:

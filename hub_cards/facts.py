@@ -46,7 +46,6 @@ from amp_hf.files.sentence_transformers_format import read_modules, sentence_set
 
 logger = logging.getLogger(__name__)
 
-_OPEN_CLIP_HUB = "hf-hub:"
 STATS_KEYS = ("params_total", "params_tower", "params_mlp", "flops_total", "flops_tower")
 # Hub dataset ids of amp-hf's built-in data sources that have one.
 KNOWN_HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
@@ -98,7 +97,7 @@ class CheckpointFacts:
     transformers_version: str | None = None  # the version that saved the checkpoint
     has_image_processor: bool = False
     has_tokenizer: bool = False
-    open_clip_model: str | None = None  # the open_clip base id an amp_open_clip model was built from
+    base_model_label: str | None = None  # the family's name for the model it was built from (open_clip's model id)
     sentence_transformers: dict | None = None  # modules / max_seq_length / prompts of a sentence-transformers model
 
     @property
@@ -154,12 +153,8 @@ def gather_facts(
     base_id, base_path, base_revision = _split_base_model(
         base_model or provenance.get("base_model"), provenance.get("base_model_revision")
     )
-    open_clip_model = config.get("open_clip_model_name")
-    open_clip_hub_id = str(open_clip_model or "").removeprefix(_OPEN_CLIP_HUB).strip("/")
-    if base_id is None and str(open_clip_model).startswith(_OPEN_CLIP_HUB) and is_hub_id(open_clip_hub_id):
-        base_id = open_clip_hub_id  # open_clip's `hf-hub:org/name` base
     adapter = _adapter_for(architecture)
-    if base_id is None:  # e.g. a local copy of a timm Hub folder: its config names the Hub id
+    if base_id is None:  # e.g. a local copy of a timm Hub folder, or open_clip's `hf-hub:org/name`: the config names it
         base_id = adapter.hub_base_model(config)
     onnx_folder = _onnx_folder(path, onnx_dir)
     export_metadata = (_read_json(onnx_folder / EXPORT_METADATA_FILE) or {}) if onnx_folder else {}
@@ -185,8 +180,8 @@ def gather_facts(
         auto_map=dict(config.get("auto_map") or {}),
         transformers_version=config.get("transformers_version"),
         has_image_processor=(path / "preprocessor_config.json").is_file(),
-        has_tokenizer=(path / "tokenizer_config.json").is_file() or (path / "open_clip_config.json").is_file(),
-        open_clip_model=open_clip_model,
+        has_tokenizer=(path / "tokenizer_config.json").is_file() or adapter.stores_processor(path),
+        base_model_label=adapter.base_model_label(config),
         sentence_transformers=sentence_settings(path) if read_modules(path) else None,
     )
 

@@ -8,6 +8,7 @@ moved across transformers 5.x minors. The table of families is ``registry.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -90,6 +91,7 @@ class FamilyAdapter:
     ``neuron_maps``: the candidate maps of one layer's MLP. Both default to what the family's amp classes
     declare (``_amp_backbone_class``, ``_amp_neuron_maps``), so the remote code probes the same way.
     Which (sub-)config owns the widths is declared once, on the amp class (``_amp_width_config``).
+    ``processor_in_config``: the model carries its preprocessing in its own config (no processor files to copy).
     """
 
     name: str
@@ -103,6 +105,7 @@ class FamilyAdapter:
     notes: str = ""
     backbone_class: type | None = None
     neuron_maps: tuple[NeuronMap, ...] = ()
+    processor_in_config: bool = False
 
     def __post_init__(self):
         if self.summary not in ("cls", "mean"):
@@ -188,9 +191,30 @@ class FamilyAdapter:
         ids = torch.ones(batch_size, length, dtype=torch.long, device=device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
+    # -- folders in the family's own layout ---------------------------------------------------------
+    def is_folder(self, path: str | os.PathLike) -> bool:
+        """A folder in this family's own Hub layout, which transformers cannot read (no config.json)."""
+        return False
+
+    def load_folder(self, path: str | os.PathLike) -> PreTrainedModel:
+        """The model of a folder ``is_folder`` accepts."""
+        raise UnsupportedModelError(f"the {self.name} family has no folder layout of its own")
+
+    def stores_processor(self, path: str | os.PathLike) -> bool:
+        """Whether the folder holds this family's own preprocessing files (not transformers' processor files)."""
+        return False
+
+    def folder_processor(self, path: str | os.PathLike):
+        """The processor of a folder ``stores_processor`` accepts."""
+        raise UnsupportedModelError(f"the {self.name} family keeps no processor of its own")
+
     # -- model card ----------------------------------------------------------------------------------
     def hub_base_model(self, config: dict) -> str | None:
         """The base model's Hub id as a checkpoint's config.json records it, for families that record one."""
+        return None
+
+    def base_model_label(self, config: dict) -> str | None:
+        """How the card names the model a checkpoint was built from, beside the base model (None: nothing)."""
         return None
 
     def usage_example(self, repo: str) -> str | None:

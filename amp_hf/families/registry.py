@@ -172,6 +172,11 @@ def supported_models() -> list[str]:
     return sorted(cls.__name__ for adapter in ADAPTERS.values() for cls in adapter.model_classes)
 
 
+def folder_family(path) -> FamilyAdapter | None:
+    """The family whose own Hub layout the folder ``path`` is in (None: a transformers folder, or none)."""
+    return next((adapter for adapter in ADAPTERS.values() if adapter.is_folder(path)), None)
+
+
 def get_adapter(model: nn.Module) -> FamilyAdapter:
     for adapter in ADAPTERS.values():
         if adapter.supports(model):
