@@ -246,7 +246,7 @@ def test_text_classifier_cache_is_shared_by_pruned_models(clip_setup, tmp_path, 
 
     widths = get_adapter(model).widths(model)
     pruned = slice_model(model, PrunePlan(widths, [range(0, w, 2) for w in widths], method="test"))
-    monkeypatch.setattr("amp_hf.zero_shot.build_text_classifier", lambda *a, **k: pytest.fail("cache not used"))
+    monkeypatch.setattr("amp_hf.evaluation.zero_shot.build_text_classifier", lambda *a, **k: pytest.fail("cache not used"))
     reused, reused_path = cached_text_classifier(pruned, tokenizer, CLASSNAMES, templates, cache_dir=tmp_path)
     assert reused_path == path and torch.equal(reused, classifier)  # exact: read back from the cache file
     monkeypatch.undo()

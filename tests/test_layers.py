@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("amp_hf", "amp_hf.plan", "amp_hf.slicing", "amp_hf.accounting", "amp_hf.checkpoint", "amp_hf.loading",
               "amp_hf.data", "amp_hf.layer_stack", "amp_hf.distributed")),
     ("selection/evaluation", ("amp_hf.selection", "amp_hf.evaluation")),
-    ("reconstruct/hub_cards", ("amp_hf.reconstruct", "amp_hf.refit", "hub_cards")),
+    ("reconstruct/hub_cards", ("amp_hf.reconstruct", "hub_cards")),
     ("stages", ("amp_hf.pruning", "amp_hf.distill", "export", "amp_hf.importing", "amp_hf.reference")),
     ("demo", ("amp_hf.demo",)),
     ("cli", ("amp_hf.cli", "amp_hf.__main__")),

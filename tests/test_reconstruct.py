@@ -20,7 +20,7 @@ import amp_hf
 from amp_hf.cli import main
 from amp_hf.plan import PrunePlan
 from amp_hf.reconstruct import ReconstructConfig, reconstruct
-from amp_hf.refit import (
+from amp_hf.reconstruct.gram import (
     UNDERDETERMINED_DAMPING,
     accumulate_gram,
     new_gram,
