@@ -143,7 +143,7 @@ def vit_models(settings: Settings) -> tuple[dict, dict]:
     import torch
 
     from amp_hf import PrunePlan, slice_model
-    from amp_hf.selection.search import round_width
+    from amp_hf.selection.cost import round_width
     from export.bench import BenchConfig, build_models, uneven_widths
 
     config = BenchConfig(prune_fraction=MLP_PRUNE_FRACTION, **settings.vit_shape)

@@ -188,6 +188,12 @@ def test_every_module_has_a_layer():
     assert [module for module in MODULES if layer_of(module) is None] == []
 
 
+def test_every_package_folder_has_an_init():
+    # setup.cfg's `packages = find:` skips a folder without one, so it would be missing from the wheel
+    folders = {path.parent for path in MODULES.values()}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []
+
+
 def test_no_import_circle():
     assert circles(GRAPH) == []
 
@@ -226,7 +232,7 @@ def test_the_rules_catch_a_circle_and_an_upward_import(tmp_path):
 if __name__ == "__main__":
     result = figures()
     print(f"{result['modules']} modules, {result['imports']} imports, {len(result['circles'])} circles, "
-          f"{len(result['upward'])} upward imports, {len(result['argparse outside cli'])} argparse imports outside cli/")
+          f"{len(result['upward'])} upward imports, {len(result['argparse outside cli'])} argparse uses outside cli/")
     for key in ("without a layer", "circles", "upward", "argparse outside cli"):
         for entry in result[key]:
             print(f"  {key}: {entry}")
