@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError, DataError
+from .families import ADAPTERS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -196,24 +197,20 @@ def _pick(columns, explicit, candidates, what):
 # -- preprocessing ------------------------------------------------------------------------------------
 
 
-OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
-
-
 def load_processor(model_or_path, adapter=None):
     """The model's own image processor / tokenizer; for checkpoints without one, a default from config."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from .loading import resolve_model_path
+    from .files.aliases import resolve_model_path
 
-    if hasattr(model_or_path, "get_processor"):  # models that carry their own preprocessing (open_clip)
+    if hasattr(model_or_path, "get_processor"):  # models that carry their own preprocessing
         return model_or_path.get_processor()
     path = model_or_path if isinstance(model_or_path, (str, Path)) else getattr(model_or_path, "name_or_path", "")
     path = resolve_model_path(str(path)) if path else path
     modality = adapter.modality if adapter is not None else None
-    if path and (Path(path) / OPEN_CLIP_CONFIG_FILE).is_file():  # open_clip's Hub layout or amp_open_clip
-        from .models.modeling_amp_open_clip import OpenCLIPProcessor
-
-        return OpenCLIPProcessor.from_pretrained(path)
+    family = next((family for family in ADAPTERS.values() if path and family.stores_processor(path)), None)
+    if family is not None:  # a family's own preprocessing files
+        return family.folder_processor(path)
     if path and Path(path).is_dir():
         loader = AutoTokenizer if modality == "text" else AutoImageProcessor
         try:

@@ -15,18 +15,20 @@ from typing import Literal
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .accounting import compare_stats, model_stats
 from .checkpoint import write_pruned
-from .config_utils import ConfigError
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
 from .distributed import make_accelerator
 from .families import MlpStack, resolve
+from .files.artifacts import PRUNE_REPORT_FILE
+from .files.config_utils import ConfigError
+from .files.outputs import atomic_directory, expand_user, prepare_output
+from .files.provenance import hub_reference, is_hub_id, portable, portable_reference
+from .files.sentence_transformers_format import check_carried_files
 from .loading import load_model, resolve_model_path
-from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
-from .provenance import hub_reference, is_hub_id, portable, portable_reference
-from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct, search_refit_summary
+from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct_stack, search_refit_summary
 from .selection import (
     SCORING_METHODS,
     CriterionConfig,
@@ -43,11 +45,9 @@ from .selection import (
     tower_cost,
     uniform_widths,
 )
-from .sentence_transformers_format import check_carried_files
-from .slicing import slice_model
+from .slicing import slice_stack
 
 logger = logging.getLogger(__name__)
-REPORT_FILE = "prune_report.json"
 
 
 @dataclass
@@ -151,7 +151,7 @@ class PruneRun:
     def criterion(self):
         if self._criterion is None:
             self._criterion = build_criterion(self.config.criterion)
-            self._criterion.prepare(self.model, self.stack.adapter, self.processor)
+            self._criterion.prepare(self.stack, self.processor)
         return self._criterion
 
     def loader(self, data: DataConfig, shuffle: bool):
@@ -343,21 +343,21 @@ def provenance(run: PruneRun, plan: PrunePlan, scores: NeuronScores) -> dict:
 
 
 def slice_and_reconstruct(run: PruneRun, plan: PrunePlan, amp_pruning: dict,
-                          search_info: dict | None = None) -> tuple[torch.nn.Module, dict | None]:
-    """The pruned model: plainly sliced, or (``reconstruct.enabled``) with refit output projections, or
-    (``search.reconstruct``) with the output projections the search refit."""
+                          search_info: dict | None = None) -> tuple[MlpStack, dict | None]:
+    """The pruned model, resolved: plainly sliced, or (``reconstruct.enabled``) with refit output projections,
+    or (``search.reconstruct``) with the output projections the search refit."""
     config = run.config
     if search_info is not None and "output_projections" in search_info:
-        pruned = slice_model(run.stack, plan, amp_pruning)
+        pruned = slice_stack(run.stack, plan, amp_pruning)
         refit = install_search_refit(pruned, search_info.pop("output_projections"), search_info.pop("search_refit"))
         return pruned, {"summary": search_refit_summary(refit), **refit}
     if not config.reconstruct.enabled:
-        return slice_model(run.stack, plan, amp_pruning), None
+        return slice_stack(run.stack, plan, amp_pruning), None
     data = config.reconstruct.calibration_data(config.scoring.data)
     batches = list(run.loader(data, shuffle=True))
-    pruned, report = reconstruct(run.stack, plan, batches, config.reconstruct, run.accelerator, run.criterion,
-                                 amp_pruning)
-    pruned.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
+    pruned, report = reconstruct_stack(run.stack, plan, batches, config.reconstruct, run.accelerator, run.criterion,
+                                       amp_pruning)
+    pruned.model.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
     return pruned, {"summary": report.summary(), **report.to_dict()}
 
 
@@ -378,8 +378,9 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
         check_scores_fit(scores, run.stack)
     scores = scores or compute_scores(run)
     plan, search_info = allocate(run, scores)
-    pruned, reconstruction = slice_and_reconstruct(run, plan, provenance(run, plan, scores), search_info)
-    before, after = model_stats(run.stack), model_stats(pruned)
+    pruned_stack, reconstruction = slice_and_reconstruct(run, plan, provenance(run, plan, scores), search_info)
+    pruned = pruned_stack.model
+    before, after = model_stats(run.stack), model_stats(pruned_stack)
     pruned.config.amp_pruning.update(params_before=before["params_tower"], params_after=after["params_tower"],
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])
     report = {
@@ -403,7 +404,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
             portable_report = portable(json.loads(json.dumps(report, default=str)), output)
             portable_report["model"] = portable_reference(config.model, output)
             del portable_report["output"]  # the report sits in it
-            (staging / REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
+            (staging / PRUNE_REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
     accelerator.wait_for_everyone()
     return report
 

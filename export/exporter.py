@@ -23,8 +23,8 @@ from transformers import PreTrainedModel
 
 from amp_hf import __version__, get_adapter
 from amp_hf.data import default_image_processor
-from amp_hf.outputs import atomic_directory, copy_file_from, expand, prepare_output
-from amp_hf.provenance import portable_reference
+from amp_hf.files.outputs import atomic_directory, copy_file_from, expand, prepare_output
+from amp_hf.files.provenance import portable_reference
 
 from . import tensorrt
 from .calibration import Calibration, calibration_modality, load_calibration

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from amp_hf.files.artifacts import EXPORT_METADATA_FILE as METADATA_FILE
+
 from .errors import ExportOptionError
 from .specs import Embedding
 
@@ -27,7 +29,6 @@ PROVIDER_PREFERENCE = (
     "CPUExecutionProvider",
 )
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-METADATA_FILE = "amp_export.json"
 TENSORRT_OPTIONS_FILE = "ort_tensorrt_options.json"
 
 

@@ -35,11 +35,12 @@ from huggingface_hub.utils import validate_repo_id
 
 import amp_hf
 from amp_hf.errors import LinkOutsideError
-from amp_hf.outputs import folder_files
-from amp_hf.provenance import find_local_paths, local_path_markers
+from amp_hf.files.artifacts import ONNX_SUBFOLDER
+from amp_hf.files.outputs import folder_files
+from amp_hf.files.provenance import find_local_paths, local_path_markers
 
 from .card import CARD_FILE, card_files, format_size
-from .facts import ONNX_SUBFOLDER, gather_facts
+from .facts import gather_facts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,7 +165,7 @@ TEXT_SUFFIXES = (".json", ".md", ".txt", ".py", ".yaml", ".yml", ".sh", ".jinja"
 
 def refuse_local_paths(files: list[UploadFile], markers: list[str]) -> None:
     """Raise (before anything is sent) when a file would upload an absolute path of this machine: on the Hub it
-    names nothing anyone can open, and it shows the local layout (``amp_hf.provenance``)."""
+    names nothing anyone can open, and it shows the local layout (``amp_hf.files.provenance``)."""
     for upload in files:
         found = find_local_paths(_metadata_text(upload), markers)
         if found:
@@ -229,7 +230,7 @@ def _check_repo_id(repo_id: str) -> None:
 
 def _folder_files(folder: Path) -> list[tuple[str, Path]]:
     """What of ``folder`` is sent: hidden files and ``__pycache__`` never; a symlink out of the folder refuses
-    the whole push (``amp_hf.outputs.folder_files``), before anything is sent."""
+    the whole push (``amp_hf.files.outputs.folder_files``), before anything is sent."""
     if not folder.is_dir():
         return []  # gather_facts names what is wrong with the path
     try:

@@ -169,9 +169,9 @@ def _run_folder(*, run_config: str | None = None, steps: tuple[str, ...] = ("ste
     """Setup: a distillation run folder ``distilled.run`` with the given damage."""
 
     def setup(root: Path) -> None:
-        from amp_hf.config_utils import load_config
         from amp_hf.distill.config import DistillConfig
         from amp_hf.distill.run_state import write_run_config
+        from amp_hf.files.config_utils import load_config
 
         _distill_config(root)
         write_run_config(load_config(DistillConfig, root / "distill.yaml", ["output=distilled"]))
@@ -344,6 +344,7 @@ CASES = [
     Case("eval-batch-size-zero", ["eval", "pruned", "--batch-size", "0"], r"--batch-size: expected an integer >= 1"),
     Case("bench-batch-size-zero", ["bench", "batch_sizes=[0]"], r"batch_sizes and threads must be >= 1"),
     Case("export-opset-99", ["export", "pruned", "onnx", "--opset", "99"], r"opset 99 does not exist yet"),
+    # The percentages below are ratios of integer parameter counts: the same digits on every machine.
     Case("uniform-target-above-mlps", ["prune", "model=vit", "output=out", "method=magnitude",
                                        "search.allocation=uniform", "search.target_reduction=0.6"],
          r"search.target_reduction 0.60 is more than the MLPs hold \(0.37 of the tower's cost\)"),
@@ -548,7 +549,7 @@ def test_folder_files_follows_links_that_stay_inside(tmp_path):
     """Links inside the folder are followed (one back to a folder being walked is not walked again); a Hugging Face cache
     snapshot's links into its repo's blobs are inside that repo; anything else is refused."""
     from amp_hf.errors import LinkOutsideError
-    from amp_hf.outputs import folder_files
+    from amp_hf.files.outputs import folder_files
 
     repo = tmp_path / "models--org--name"
     (repo / "blobs").mkdir(parents=True)

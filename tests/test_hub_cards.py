@@ -431,7 +431,7 @@ def test_push_refuses_links_out_of_the_folder_and_sends_nothing(link, pruned, on
 
 
 def test_a_url_is_not_a_local_path():
-    from amp_hf.provenance import find_local_paths, local_path_markers
+    from amp_hf.files.provenance import find_local_paths, local_path_markers
 
     markers = local_path_markers()
     assert find_local_paths("see https://example.org/tmp/x and 'relative/tmp/y'", markers) == []

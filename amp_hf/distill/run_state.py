@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError, ConfigError
-from ..outputs import disk_full_error
+from ..files.outputs import disk_full_error
 from .config import DistillConfig, config_fingerprint
 
 RUN_CONFIG = "run_config.yaml"

@@ -18,14 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import load_pruned, save_pruned
-from ..config_utils import ConfigError
 from ..data import DataError, model_inputs, prepare_dataset
 from ..distributed import make_accelerator
-from ..outputs import check_free_space, prepare_output
-from ..provenance import hub_reference, portable, portable_reference
-from ..sentence_transformers_format import check_carried_files
+from ..files.config_utils import ConfigError
+from ..files.outputs import check_free_space, prepare_output
+from ..files.provenance import hub_reference, portable, portable_reference
+from ..files.sentence_transformers_format import check_carried_files
 from .augment import AugmentedImages, ImageAugmentation
 from .config import DistillConfig
 from .features import FeatureModel, split_features

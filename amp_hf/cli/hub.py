@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from amp_hf.errors import UsageError
-from amp_hf.outputs import expand
+from hub_cards.card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
+from hub_cards.push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
 
-from .card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
-from .push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
+from ..errors import UsageError
+from ..files.outputs import expand
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 T = TypeVar("T")
 

@@ -20,12 +20,22 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import LinkOutsideError, OutputError, UsageError
+from .._version import __version__
+from ..errors import LinkOutsideError, OutputError, UsageError
+from .artifacts import (
+    CONFIG_FILE,
+    DEMO_SUMMARY_FILE,
+    EXPORT_METADATA_FILE,
+    OUTPUT_MARKER,
+    PRUNE_REPORT_FILE,
+    REFERENCE_RECORD_FILE,
+    SCORES_META_FILE,
+)
 
-MARKER = ".amp-hf-output.json"
+MARKER = OUTPUT_MARKER
 DEFAULT_FLAG = "overwrite=true (--overwrite)"
 # Artifacts that identify an output folder amp-hf wrote before it left a marker.
-_LEGACY_ARTIFACTS = ("prune_report.json", "amp_export.json", "scores.json", "reference.json")
+_LEGACY_ARTIFACTS = (PRUNE_REPORT_FILE, EXPORT_METADATA_FILE, SCORES_META_FILE, REFERENCE_RECORD_FILE)
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[^/]*$")
 
 
@@ -159,10 +169,10 @@ def written_entries(folder: Path) -> set[str] | None:
 def _legacy_output(folder: Path) -> bool:
     if any((folder / name).is_file() for name in _LEGACY_ARTIFACTS):
         return True
-    if (folder / "summary.json").is_file() and (folder / "checkpoint").is_dir():  # amp-hf demo
+    if (folder / DEMO_SUMMARY_FILE).is_file() and (folder / "checkpoint").is_dir():  # amp-hf demo
         return True
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and str(config.get("model_type", "")).startswith("amp_")
@@ -263,8 +273,6 @@ def atomic_directory(
     os.chmod(staging, default_mode())
     try:
         yield staging
-        from . import __version__
-
         _write_marker(staging, {"written_by": "amp-hf", "version": __version__,
                                 "files": sorted(entry.name for entry in staging.iterdir())})  # fmt: skip
         _apply_umask(staging)
