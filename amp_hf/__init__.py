@@ -4,18 +4,17 @@ and ship the result as ordinary `from_pretrained`-loadable checkpoints.
 Importing the package registers the pruned ``amp_*`` model types with transformers' Auto classes.
 """
 
-__version__ = "0.1.0"
-
 from . import models  # noqa: F401  (registers the amp_* types with the Auto classes)
+from ._version import __version__
 from .accounting import compare_stats, count_flops, count_parameters, model_stats
 from .checkpoint import CheckpointError, atomic_directory, is_pruned_checkpoint, load_pruned, save_pruned
 from .families import ADAPTERS, FamilyAdapter, MlpStack, UnsupportedModelError, get_adapter, resolve, supported_models
+from .families.open_clip import load_open_clip_folder, wrap_open_clip
+from .families.timm import load_timm_folder, wrap_timm
 from .loading import load_model, resolve_model_path
 from .models import NeuronMap
-from .open_clip_family import load_open_clip_folder, wrap_open_clip
 from .plan import PlanError, PrunePlan, top_indices
 from .slicing import keep_all_plan, slice_model, slice_state_dict
-from .timm_family import load_timm_folder, wrap_timm
 
 __all__ = [
     "ADAPTERS",

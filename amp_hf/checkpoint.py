@@ -7,7 +7,6 @@ renamed into place, so a crash never leaves a half-written checkpoint at the tar
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -17,12 +16,11 @@ from transformers import PreTrainedModel
 
 from . import families
 from .errors import CheckpointError
+from .files.outputs import atomic_directory
+from .files.reading import first_line, from_pretrained_checked, read_config
+from .files.sentence_transformers_format import carry_sentence_transformers
 from .models import amp_layer_widths
-from .outputs import atomic_directory
 from .plan import PLAN_FILE, PrunePlan
-from .sentence_transformers_format import carry_sentence_transformers
-
-CONFIG_FILE = "config.json"
 
 
 def _modeling_files(model: PreTrainedModel) -> list[Path]:
@@ -77,22 +75,6 @@ def save_pruned(
     return Path(path)
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    config_path = Path(path) / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{path} is not a checkpoint folder: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}): the checkpoint is corrupt; re-save it") from error
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"{config_path} holds a JSON {type(config).__name__}, not an object of config fields: the checkpoint "
-            "is corrupt; re-save it"
-        )
-    return config
-
-
 def is_pruned_checkpoint(path: str | os.PathLike) -> bool:
     return str(read_config(path).get("model_type", "")).startswith("amp_")
 
@@ -118,39 +100,6 @@ def load_pruned(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
     return model
 
 
-# What transformers / safetensors raise for a folder whose files do not fit together (truncated or missing
-# weights, a config that disagrees with the tensors): at this boundary all of them mean a damaged checkpoint.
-_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError, EOFError)
-
-
-def from_pretrained_checked(model_cls, path: str | os.PathLike, **kwargs) -> PreTrainedModel:
-    """``model_cls.from_pretrained(path)``, failing with a ``CheckpointError`` when the folder is damaged:
-    unreadable or truncated weights, tensors missing or of the wrong shape for config.json."""
-    from safetensors import SafetensorError
-
-    try:
-        model, info = model_cls.from_pretrained(path, output_loading_info=True, **kwargs)
-    except CheckpointError:
-        raise
-    except (*_LOAD_ERRORS, SafetensorError) as error:
-        if "mismatch" in str(error):
-            raise CheckpointError(
-                f"cannot load {path}: tensor shapes in the weights disagree with config.json (sizes or "
-                "per_layer_config were changed, or the files come from different saves); re-save the checkpoint"
-            ) from error
-        raise CheckpointError(
-            f"cannot load the weights in {path} ({type(error).__name__}: {_first_line(error)}): the checkpoint is "
-            "incomplete or corrupt; re-save it"
-        ) from error
-    broken = {kind: names for kind, names in info.items() if kind in ("missing_keys", "mismatched_keys") and names}
-    if broken:
-        raise CheckpointError(
-            f"{path}: the weights do not match config.json ({_summary(broken)}); the checkpoint is incomplete or "
-            "corrupt: re-save it"
-        )
-    return model
-
-
 def load_plan(path: str | os.PathLike, model: PreTrainedModel | None = None) -> PrunePlan | None:
     """The checkpoint's ``amp_plan.json`` (None when it has none), checked against the model's widths."""
     plan_file = Path(path) / PLAN_FILE
@@ -159,7 +108,7 @@ def load_plan(path: str | os.PathLike, model: PreTrainedModel | None = None) -> 
     try:
         plan = PrunePlan.load(plan_file)
     except (ValueError, TypeError, KeyError) as error:
-        raise CheckpointError(f"{plan_file} is damaged ({_first_line(error)}): delete it or re-save the checkpoint") from error
+        raise CheckpointError(f"{plan_file} is damaged ({first_line(error)}): delete it or re-save the checkpoint") from error
     if model is not None:
         from .families import get_adapter
 
@@ -170,16 +119,3 @@ def load_plan(path: str | os.PathLike, model: PreTrainedModel | None = None) -> 
                 f"{widths}: the plan is stale; delete {PLAN_FILE} or re-save the checkpoint"
             )
     return plan
-
-
-def _summary(broken: dict) -> str:
-    parts = []
-    for kind, names in broken.items():
-        names = sorted(str(n) for n in names)
-        parts.append(f"{len(names)} {kind.replace('_', ' ')}, e.g. {names[0]}")
-    return "; ".join(parts)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

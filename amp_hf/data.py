@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError, DataError
+from .families import ADAPTERS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -161,8 +162,17 @@ def load_source(source: str, split: str = "train"):
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict) and split not in loaded:
+                raise DataError(f"split {split!r} does not exist in {source}: use one of {', '.join(loaded)}")
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        try:
+            return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        except (ValueError, FileNotFoundError) as error:  # no images, or none under a folder named for the split
+            raise DataError(
+                f"cannot read {source} as an image folder with a {split!r} split ({' '.join(str(error).split())}): "
+                "pass a folder of <label>/<image> files (or <split>/<label>/<image>), or a dataset saved with "
+                "save_to_disk"
+            ) from error
     if path.suffix in (".csv", ".json", ".jsonl", ".parquet", ".txt") and path.is_file():
         kind = {".jsonl": "json", ".txt": "text"}.get(path.suffix, path.suffix[1:])
         return datasets.load_dataset(kind, data_files=str(path), split="train")
@@ -187,24 +197,20 @@ def _pick(columns, explicit, candidates, what):
 # -- preprocessing ------------------------------------------------------------------------------------
 
 
-OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
-
-
 def load_processor(model_or_path, adapter=None):
     """The model's own image processor / tokenizer; for checkpoints without one, a default from config."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from .loading import resolve_model_path
+    from .files.aliases import resolve_model_path
 
-    if hasattr(model_or_path, "get_processor"):  # models that carry their own preprocessing (open_clip)
+    if hasattr(model_or_path, "get_processor"):  # models that carry their own preprocessing
         return model_or_path.get_processor()
     path = model_or_path if isinstance(model_or_path, (str, Path)) else getattr(model_or_path, "name_or_path", "")
     path = resolve_model_path(str(path)) if path else path
     modality = adapter.modality if adapter is not None else None
-    if path and (Path(path) / OPEN_CLIP_CONFIG_FILE).is_file():  # open_clip's Hub layout or amp_open_clip
-        from .models.modeling_amp_open_clip import OpenCLIPProcessor
-
-        return OpenCLIPProcessor.from_pretrained(path)
+    family = next((family for family in ADAPTERS.values() if path and family.stores_processor(path)), None)
+    if family is not None:  # a family's own preprocessing files
+        return family.folder_processor(path)
     if path and Path(path).is_dir():
         loader = AutoTokenizer if modality == "text" else AutoImageProcessor
         try:

@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from .data import DataConfig
-from .outputs import atomic_directory, prepare_output
+from .files.artifacts import BASE_EVAL_REPORT_FILE, CONFIG_FILE, DEMO_SUMMARY_FILE, EVAL_REPORT_FILE, ONNX_SUBFOLDER
+from .files.outputs import atomic_directory, prepare_output
 
 logger = logging.getLogger(__name__)
 
-SLICED, DISTILLED, SUMMARY = "sliced", "distilled", "summary.json"
+SLICED, DISTILLED, SUMMARY = "sliced", "distilled", DEMO_SUMMARY_FILE
 KNN_K = 20
 
 
@@ -92,8 +93,8 @@ def _prune(teacher: str, checkpoint: Path, settings: DemoSettings) -> dict:
 
 def _distill(teacher: str, student: Path, output: Path, settings: DemoSettings) -> dict:
     """A short feature distillation (AMP's MSE on CLS + tokens); its resume state lives in a scratch folder."""
-    from .config_utils import load_config
     from .distill import DistillConfig, run_distillation
+    from .files.config_utils import load_config
 
     with tempfile.TemporaryDirectory(prefix="amp-hf-demo-run-") as scratch:
         overrides = [
@@ -103,7 +104,7 @@ def _distill(teacher: str, student: Path, output: Path, settings: DemoSettings) 
             "schedule.epochs=1", f"optim.base_lr={settings.distill_lr}", "checkpointing.every_steps=100000",
         ]  # fmt: skip
         run_distillation(load_config(DistillConfig, None, overrides))
-    return json.loads((output / "config.json").read_text())["amp_pruning"]["distillation"]
+    return json.loads((output / CONFIG_FILE).read_text())["amp_pruning"]["distillation"]
 
 
 @dataclass
@@ -117,8 +118,8 @@ class Measured:
 
 
 def _measure(model, settings: DemoSettings, processor) -> Measured:
-    from .eval_metrics import knn_correct
-    from .evaluate import embed_dataset
+    from .evaluation.metrics import knn_correct
+    from .evaluation.tasks import embed_dataset
 
     bank, bank_labels = embed_dataset(model, _data(settings, "train", settings.eval_bank, seed=2), processor,
                                       description="kNN bank")  # fmt: skip
@@ -143,8 +144,8 @@ def _top1_hits(model, settings: DemoSettings, processor) -> torch.Tensor:
 
 def _results(measured: Measured, teacher: Measured | None, settings: DemoSettings) -> list:
     """The rows of the model's eval_report.json (what its card shows)."""
-    from .eval_metrics import mean_cosine, neighbour_overlap
-    from .evaluate import EvalResult
+    from .evaluation.metrics import mean_cosine, neighbour_overlap
+    from .files.eval_report import EvalResult
 
     count = len(measured.knn_hits)
     details = {"train_split": "train", "num_train_samples": len(measured.bank)}
@@ -166,7 +167,7 @@ def _quality(models: dict[str, Measured]) -> dict:
     or of the value itself (fidelity)."""
     from torch.nn.functional import cosine_similarity
 
-    from .eval_metrics import mean_and_error
+    from .evaluation.metrics import mean_and_error
 
     base = models["unpruned"]
     quality = {}
@@ -281,10 +282,10 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
     from hub_cards import write_card
 
     from .data import load_processor
-    from .evaluate import write_report
     from .families import get_adapter
+    from .files.eval_report import write_report
+    from .files.provenance import hub_reference
     from .loading import load_model, resolve_model_path
-    from .provenance import hub_reference
 
     started = time.time()
     if push:  # the repo id, offline mode and the token are checked before the demo, not after it
@@ -307,17 +308,17 @@ def run_demo(output: str | Path, quick: bool = False, vision: bool = False, push
         measured = {name: _measure(model, settings, processor) for name, model in models.items()}
         base_name = hub_reference(teacher_name)[0] or "unpruned"
         for name, folder in ((SLICED, sliced_dir), (DISTILLED, distilled_dir)):
-            write_report(_results(measured[name], measured["unpruned"], settings), folder / "eval_report.json",
+            write_report(_results(measured[name], measured["unpruned"], settings), folder / EVAL_REPORT_FILE,
                          model=str(folder))  # fmt: skip
-            write_report(_results(measured["unpruned"], None, settings), folder / "eval_report_base.json",
+            write_report(_results(measured["unpruned"], None, settings), folder / BASE_EVAL_REPORT_FILE,
                          model=base_name)  # fmt: skip
 
-        exported = export_checkpoint(distilled_dir, distilled_dir / "onnx", ExportOptions())
+        exported = export_checkpoint(distilled_dir, distilled_dir / ONNX_SUBFOLDER, ExportOptions())
         inputs = _latency_inputs(processor, settings, teacher)
         graphs = {"pruned": exported.graph_files[0]}
         with tempfile.TemporaryDirectory(prefix="amp-hf-demo-unpruned-") as scratch:
             if settings.export_teacher:
-                unpruned = export_checkpoint(resolve_model_path(teacher_name), Path(scratch) / "onnx", ExportOptions())
+                unpruned = export_checkpoint(resolve_model_path(teacher_name), Path(scratch) / ONNX_SUBFOLDER, ExportOptions())
                 graphs["unpruned"] = unpruned.graph_files[0]
             latency = _latency(graphs, inputs, settings.latency_repeats)
         for folder in (sliced_dir, distilled_dir):
@@ -371,30 +372,3 @@ def _max_diff(validation: dict):
 
     walk(validation)
     return f"max |ORT - PyTorch| = {max(values):.1e}" if values else "validated"
-
-
-def cmd_demo(args) -> int:
-    from .errors import UsageError
-
-    try:
-        from hub_cards.push import HubPushError
-    except ImportError:  # a build without hub_cards: --push is refused by run_demo's import
-        HubPushError = UsageError
-    try:
-        summary = run_demo(args.output, quick=args.quick, vision=args.vision, push=args.push, overwrite=args.overwrite)
-    except HubPushError as error:
-        raise UsageError(str(error)) from error
-    print(format_summary(summary))
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="the main job: AMP prune → distil → eval → ONNX → card on the real all-MiniLM-L6-v2, offline"
-    )
-    parser.add_argument("--output", "-o", default="out/demo", help="folder for the checkpoints, ONNX, cards, summary")
-    parser.add_argument("--quick", action="store_true", help="few samples (CI smoke run)")
-    parser.add_argument("--vision", action="store_true", help="the Fashion-MNIST ViT instead of MiniLM")
-    parser.add_argument("--push", metavar="REPO_ID", help="push the distilled checkpoint (with ONNX and card) to this repo")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
-    parser.set_defaults(func=cmd_demo)

@@ -36,3 +36,7 @@ class UnsupportedModelError(UsageError, ValueError):
 class OutputError(UsageError, FileExistsError):
     """An output path amp-hf must not (or cannot) write: it exists, holds someone else's files, overlaps an
     input, or its parent is not a writable folder. Raised before any compute."""
+
+
+class LinkOutsideError(UsageError, ValueError):
+    """A symlink in a folder amp-hf sends or copies whose target lies outside that folder."""

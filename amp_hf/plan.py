@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import PlanError
-
-PLAN_FILE = "amp_plan.json"
+from .files.artifacts import PLAN_FILE  # noqa: F401  (amp_hf.plan.PLAN_FILE, as checkpoint code reads it)
 
 
 @dataclass

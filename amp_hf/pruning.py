@@ -15,18 +15,20 @@ from typing import Literal
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .accounting import compare_stats, model_stats
 from .checkpoint import write_pruned
-from .config_utils import ConfigError
 from .data import DataConfig, DataError, load_processor, make_loader, prepare_dataset
 from .distributed import make_accelerator
 from .families import MlpStack, resolve
+from .files.artifacts import PRUNE_REPORT_FILE
+from .files.config_utils import ConfigError
+from .files.outputs import atomic_directory, expand_user, prepare_output
+from .files.provenance import hub_reference, is_hub_id, portable, portable_reference
+from .files.sentence_transformers_format import check_carried_files
 from .loading import load_model, resolve_model_path
-from .outputs import atomic_directory, expand_user, prepare_output
 from .plan import PrunePlan
-from .provenance import hub_reference, is_hub_id, portable, portable_reference
-from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct, search_refit_summary
+from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct_stack, search_refit_summary
 from .selection import (
     SCORING_METHODS,
     CriterionConfig,
@@ -43,10 +45,9 @@ from .selection import (
     tower_cost,
     uniform_widths,
 )
-from .slicing import slice_model
+from .slicing import slice_stack
 
 logger = logging.getLogger(__name__)
-REPORT_FILE = "prune_report.json"
 
 
 @dataclass
@@ -89,6 +90,23 @@ class PruneConfig:
         if self.search.reconstruct and self.reconstruct.enabled:
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
                              "model is the searched one): drop reconstruct.enabled")
+        if self.search.reconstruct or self.reconstruct.enabled:
+            self._check_calibration_batches()
+
+    def _check_calibration_batches(self) -> None:
+        """The refit holds whole batches out (``reconstruct.split_heldout``): at least 2 must come from the
+        calibration samples, known from the config before anything is loaded."""
+        data = self.reconstruct.calibration_data(self.scoring.data)
+        if data.num_samples is None or data.num_samples // data.batch_size >= 2:
+            return
+        key = "reconstruct.num_samples" if self.reconstruct.num_samples is not None else (
+            "reconstruct.data.num_samples" if self.reconstruct.data is not None else "scoring.data.num_samples")
+        batch = "reconstruct.data.batch_size" if self.reconstruct.data is not None else "scoring.data.batch_size"
+        raise ValueError(
+            f"{key}={data.num_samples} gives {data.num_samples // data.batch_size} whole calibration batch(es) of "
+            f"{data.batch_size}, but the reconstruction needs at least 2 (whole batches are held out): set {key} "
+            f">= {2 * data.batch_size} or lower {batch}"
+        )
 
 
 OVERWRITE = "overwrite=true"  # how the prune/score commands ask to replace an output
@@ -133,7 +151,7 @@ class PruneRun:
     def criterion(self):
         if self._criterion is None:
             self._criterion = build_criterion(self.config.criterion)
-            self._criterion.prepare(self.model, self.stack.adapter, self.processor)
+            self._criterion.prepare(self.stack, self.processor)
         return self._criterion
 
     def loader(self, data: DataConfig, shuffle: bool):
@@ -220,6 +238,14 @@ def check_before_compute(run: PruneRun) -> None:
                 "dgmr.width / dgmr.ratio"
             )
         return
+    needed_steps = math.ceil(math.log2(max(widths)))  # H / 2^steps reaches one neuron: the rest repeat it
+    limit = max(needed_steps, SearchConfig.steps)  # AMP's default is never refused, even for a toy-sized MLP
+    if search.allocation in ("adaptive", "budget") and search.steps > limit:
+        raise ConfigError(
+            f"search.steps={search.steps} is more than the search can use: each step halves the width interval, "
+            f"and the widest MLP (H={max(widths)}) is down to one neuron after log2(H) ≈ {needed_steps} steps, so "
+            f"the rest would only repeat it; set search.steps <= {limit}"
+        )
     if search.round_to > 1 and search.round_to >= min(widths):
         layer = widths.index(min(widths))
         raise ConfigError(
@@ -317,21 +343,21 @@ def provenance(run: PruneRun, plan: PrunePlan, scores: NeuronScores) -> dict:
 
 
 def slice_and_reconstruct(run: PruneRun, plan: PrunePlan, amp_pruning: dict,
-                          search_info: dict | None = None) -> tuple[torch.nn.Module, dict | None]:
-    """The pruned model: plainly sliced, or (``reconstruct.enabled``) with refit output projections, or
-    (``search.reconstruct``) with the output projections the search refit."""
+                          search_info: dict | None = None) -> tuple[MlpStack, dict | None]:
+    """The pruned model, resolved: plainly sliced, or (``reconstruct.enabled``) with refit output projections,
+    or (``search.reconstruct``) with the output projections the search refit."""
     config = run.config
     if search_info is not None and "output_projections" in search_info:
-        pruned = slice_model(run.stack, plan, amp_pruning)
+        pruned = slice_stack(run.stack, plan, amp_pruning)
         refit = install_search_refit(pruned, search_info.pop("output_projections"), search_info.pop("search_refit"))
         return pruned, {"summary": search_refit_summary(refit), **refit}
     if not config.reconstruct.enabled:
-        return slice_model(run.stack, plan, amp_pruning), None
+        return slice_stack(run.stack, plan, amp_pruning), None
     data = config.reconstruct.calibration_data(config.scoring.data)
     batches = list(run.loader(data, shuffle=True))
-    pruned, report = reconstruct(run.stack, plan, batches, config.reconstruct, run.accelerator, run.criterion,
-                                 amp_pruning)
-    pruned.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
+    pruned, report = reconstruct_stack(run.stack, plan, batches, config.reconstruct, run.accelerator, run.criterion,
+                                       amp_pruning)
+    pruned.model.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
     return pruned, {"summary": report.summary(), **report.to_dict()}
 
 
@@ -343,6 +369,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     if config.output is None:
         raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
     output = prepare_output(config.output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
+    check_carried_files(resolve_model_path(config.model))
     run = PruneRun.start(config, accelerator)
     processor = run.processor
 
@@ -351,8 +378,9 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
         check_scores_fit(scores, run.stack)
     scores = scores or compute_scores(run)
     plan, search_info = allocate(run, scores)
-    pruned, reconstruction = slice_and_reconstruct(run, plan, provenance(run, plan, scores), search_info)
-    before, after = model_stats(run.stack), model_stats(pruned)
+    pruned_stack, reconstruction = slice_and_reconstruct(run, plan, provenance(run, plan, scores), search_info)
+    pruned = pruned_stack.model
+    before, after = model_stats(run.stack), model_stats(pruned_stack)
     pruned.config.amp_pruning.update(params_before=before["params_tower"], params_after=after["params_tower"],
                                      flops_before=before["flops_tower"], flops_after=after["flops_tower"])
     report = {
@@ -376,7 +404,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
             portable_report = portable(json.loads(json.dumps(report, default=str)), output)
             portable_report["model"] = portable_reference(config.model, output)
             del portable_report["output"]  # the report sits in it
-            (staging / REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
+            (staging / PRUNE_REPORT_FILE).write_text(json.dumps(portable_report, indent=2))
     accelerator.wait_for_everyone()
     return report
 

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .cache import cache_root
+from ._version import __version__
 from .checkpoint import atomic_directory
 from .data import FASHION_MNIST_CLASSES, fashion_mnist_arrays, load_source
+from .files.artifacts import REFERENCE_RECORD_FILE
+from .files.cache import cache_root
 
 logger = logging.getLogger(__name__)
 
-RECORD_FILE = "reference.json"
 REFERENCE_DATASETS = ("digits", "fashion_mnist")
 
 
@@ -76,7 +76,7 @@ def reference_path(dataset: str, cache_dir: str | os.PathLike | None = None) -> 
 
 def read_record(path: str | os.PathLike) -> dict:
     """The ``reference.json`` of a trained reference model (recipe, test accuracy, training time)."""
-    return json.loads((Path(path) / RECORD_FILE).read_text())
+    return json.loads((Path(path) / REFERENCE_RECORD_FILE).read_text())
 
 
 def train_reference_vit(
@@ -129,7 +129,7 @@ def train_reference_vit(
         with atomic_directory(target, overwrite=True) as staging:
             model.save_pretrained(staging)
             _image_processor(recipe, mean, std).save_pretrained(staging)
-            (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
+            (staging / REFERENCE_RECORD_FILE).write_text(json.dumps(record, indent=2))
     except OSError:
         # Another process finished the same model first (the final rename found a full folder): use theirs.
         if not _is_current(target, recipe):

@@ -46,6 +46,12 @@ def slice_model(model: PreTrainedModel | MlpStack, plan: PrunePlan, amp_pruning:
 
     ``amp_pruning`` (provenance) is stored in the new config; by default it is built from the plan.
     """
+    return slice_stack(model, plan, amp_pruning).model
+
+
+def slice_stack(model: PreTrainedModel | MlpStack, plan: PrunePlan, amp_pruning: dict | None = None) -> MlpStack:
+    """``slice_model``, handing back the pruned model resolved: slicing changes widths, not structure, so its
+    layer path and neuron maps are ``model``'s and the pruned model is never probed again."""
     stack = resolve(model)
     model = stack.model
     plan.validate(stack.widths())
@@ -53,7 +59,8 @@ def slice_model(model: PreTrainedModel | MlpStack, plan: PrunePlan, amp_pruning:
         amp_pruning = {"method": plan.method, **plan.details}
     amp_pruning = {**amp_pruning, "original_widths": plan.original_widths, "widths": plan.widths}
     state_dict = slice_state_dict(model.state_dict(), stack.hidden_tensor_names(), plan.kept, plan.original_widths)
-    return build_pruned_model(stack, plan.widths, state_dict, amp_pruning)
+    pruned = build_pruned_model(stack, plan.widths, state_dict, amp_pruning)
+    return MlpStack(pruned, stack.adapter, stack.layers_path, stack.maps)
 
 
 def build_pruned_model(model: PreTrainedModel | MlpStack, widths: Sequence[int], state_dict: dict[str, torch.Tensor],

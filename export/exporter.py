@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -24,8 +23,8 @@ from transformers import PreTrainedModel
 
 from amp_hf import __version__, get_adapter
 from amp_hf.data import default_image_processor
-from amp_hf.outputs import atomic_directory, expand, prepare_output
-from amp_hf.provenance import portable_reference
+from amp_hf.files.outputs import atomic_directory, copy_file_from, expand, prepare_output
+from amp_hf.files.provenance import portable_reference
 
 from . import tensorrt
 from .calibration import Calibration, calibration_modality, load_calibration
@@ -286,7 +285,7 @@ TOKENIZER_FILES = (
 def _copy_processor_files(source: Path, directory: Path) -> None:
     for name in (*PROCESSOR_FILES, *TOKENIZER_FILES):
         if (source / name).is_file():
-            shutil.copy2(source / name, directory / name)
+            copy_file_from(source, source / name, directory / name)
 
 
 def _metadata(

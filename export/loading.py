@@ -8,11 +8,10 @@ import torch
 from transformers import PreTrainedModel
 
 from amp_hf import ADAPTERS, CheckpointError, UnsupportedModelError
-from amp_hf.checkpoint import read_config
-from amp_hf.families import MODEL_CLASSES
+from amp_hf.families import MODEL_CLASSES, folder_family
+from amp_hf.files.outputs import expand
+from amp_hf.files.reading import read_config
 from amp_hf.loading import load_model
-from amp_hf.open_clip_family import is_open_clip_folder
-from amp_hf.outputs import expand
 
 
 def supported_architectures() -> dict[str, type]:
@@ -31,7 +30,7 @@ def load_checkpoint(path: str | os.PathLike) -> PreTrainedModel:
             f"checkpoint folder {path} does not exist: pass a folder holding config.json and model.safetensors "
             "(a `save_pretrained` / `amp-hf prune` output)"
         )
-    if is_open_clip_folder(path):  # open_clip's Hub layout: wrapped as amp_open_clip
+    if folder_family(path) is not None:  # a family's own Hub layout (open_clip's: wrapped as amp_open_clip)
         return load_model(str(path))
     config = read_config(path)  # CheckpointError for a missing or unreadable config.json
     architecture = (config.get("architectures") or [None])[0]

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from amp_hf.files.artifacts import EXPORT_METADATA_FILE as METADATA_FILE
+
 from .errors import ExportOptionError
 from .specs import Embedding
 from .tensorrt import ENGINE_CACHE_DIR, TIMING_CACHE_DIR
@@ -29,7 +31,6 @@ PROVIDER_PREFERENCE = (
     "CPUExecutionProvider",
 )
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-METADATA_FILE = "amp_export.json"
 TENSORRT_OPTIONS_FILE = "ort_tensorrt_options.json"
 # Folders ONNX Runtime's TensorRT provider writes into an export folder: built for one GPU + TensorRT version,
 # machine-specific, never pushed (hub_cards.push skips them).

@@ -1,5 +1,5 @@
 """Export specs by architecture (declared on each family's ``ModelClass`` entries, types in
-``amp_hf.io_spec``), graph modules, and the dummy inputs graphs are traced and validated with."""
+``amp_hf.families.io_spec``), graph modules, and the dummy inputs graphs are traced and validated with."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from amp_hf import ADAPTERS, UnsupportedModelError, get_adapter
 from amp_hf.families import TEXT_SEQUENCE_LENGTH
-from amp_hf.io_spec import ArchitectureSpec, Embedding, GraphSpec, Modality
+from amp_hf.families.io_spec import ArchitectureSpec, Embedding, GraphSpec, Modality
 
 __all__ = ["SPECS", "ArchitectureSpec", "Embedding", "GraphModule", "GraphSpec", "Modality", "architecture_spec"]
 

@@ -6,7 +6,7 @@ results, loading and ONNX usage, citations, limitations) and width_profile.png i
 """
 
 from .card import CARD_FILE, PLOT_FILE, CardTemplateError, build_card, card_data, card_files, write_card
-from .facts import CheckpointFacts, EvalEntry, OnnxGraph, gather_facts
+from .facts import CheckpointFacts, OnnxGraph, gather_facts
 from .plot import width_profile_png
 from .push import Backoff, HubPushError, PushResult, UploadFile, UploadPlan, plan_upload, push_to_hub
 
@@ -16,7 +16,6 @@ __all__ = [
     "Backoff",
     "CardTemplateError",
     "CheckpointFacts",
-    "EvalEntry",
     "HubPushError",
     "OnnxGraph",
     "PushResult",

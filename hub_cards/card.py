@@ -17,13 +17,14 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import amp_hf
-from amp_hf.outputs import record_written
+from amp_hf.errors import OutputError
+from amp_hf.files import eval_report
+from amp_hf.files.artifacts import CARD_FILE, PLOT_FILE
+from amp_hf.files.outputs import marker_lists, record_written
 
-from .facts import CheckpointFacts, EvalEntry, OnnxGraph, gather_facts
+from .facts import CheckpointFacts, OnnxGraph, gather_facts
 from .plot import width_profile_png
 
-CARD_FILE = "README.md"
-PLOT_FILE = "width_profile.png"
 TEMPLATE_NAME = "model_card.md.jinja"
 REPO_PLACEHOLDER = "<namespace>/<model-name>"
 
@@ -117,7 +118,7 @@ def _task_name(task: str) -> str:
     return EVAL_TASKS.get(task, (None, task))[1]
 
 
-def _metric_label(entry: EvalEntry) -> str:
+def _metric_label(entry: eval_report.EvalResult) -> str:
     if entry.metric_name:
         return entry.metric_name
     return f"{entry.metric} (k={entry.k})" if entry.k is not None else entry.metric
@@ -167,13 +168,22 @@ def write_card(
     license: str | None = None,
     onnx_dir: str | os.PathLike | None = None,
     repo_id: str | None = None,
+    overwrite_readme: bool = False,
 ) -> list[Path]:
     """Write README.md and width_profile.png into the checkpoint folder; returns the written paths.
 
-    Each file is replaced atomically (written beside it, then renamed), so a failure never leaves a
-    truncated card.
+    An existing file is replaced only when it is amp-hf's own (the folder's output marker lists it) or
+    ``overwrite_readme`` says so: a hand-written README.md is refused before anything is written. Each file is
+    replaced atomically (written beside it, then renamed), so a failure never leaves a truncated card.
     """
     facts = gather_facts(checkpoint, onnx_dir=onnx_dir, base_model=base_model, license=license)
+    for name in (CARD_FILE, PLOT_FILE):
+        existing = Path(checkpoint) / name
+        if not overwrite_readme and (existing.exists() or existing.is_symlink()) and not marker_lists(checkpoint, name):
+            raise OutputError(
+                f"{existing} was not written by amp-hf, so the card will not replace it: pass --overwrite-readme "
+                f"to replace it, move it away, or push it as it is with `amp-hf push --keep-card`"
+            )
     written = []
     for name, content in card_files(facts, repo_id=repo_id, template=template).items():
         target = Path(checkpoint) / name
@@ -273,12 +283,12 @@ def _distillation_summary(facts: CheckpointFacts) -> str | None:
 
 
 def _base_model_markdown(facts: CheckpointFacts) -> str | None:
-    open_clip = f" (open_clip `{facts.open_clip_model}`)" if facts.open_clip_model else ""
+    label = f" ({facts.base_model_label})" if facts.base_model_label else ""
     if facts.base_model:
-        return f"[{facts.base_model}](https://huggingface.co/{facts.base_model}){open_clip}"
+        return f"[{facts.base_model}](https://huggingface.co/{facts.base_model}){label}"
     if facts.base_model_path:
-        return f"`{Path(facts.base_model_path).name}` (a local model){open_clip}"
-    return f"open_clip `{facts.open_clip_model}`" if facts.open_clip_model else None
+        return f"`{Path(facts.base_model_path).name}` (a local model){label}"
+    return facts.base_model_label
 
 
 def _width_rows(facts: CheckpointFacts) -> list[dict]:

@@ -35,18 +35,17 @@ from huggingface_hub import ModelCard, try_to_load_from_cache
 from transformers.initialization import no_init_weights
 
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
-from amp_hf.checkpoint import CheckpointError, pruned_architecture, read_config
+from amp_hf.checkpoint import CheckpointError, pruned_architecture
 from amp_hf.families import MODEL_CLASSES
-from amp_hf.provenance import EMBEDDED_HUB_IDS, hub_reference, is_hub_id
-from amp_hf.sentence_transformers_format import read_modules, sentence_settings
+from amp_hf.files.aliases import EMBEDDED_HUB_IDS
+from amp_hf.files.artifacts import EVAL_REPORT_GLOB, EXPORT_METADATA_FILE, ONNX_SUBFOLDER, PRUNE_REPORT_FILE
+from amp_hf.files.eval_report import EvalResult
+from amp_hf.files.provenance import hub_reference, is_hub_id
+from amp_hf.files.reading import read_config
+from amp_hf.files.sentence_transformers_format import read_modules, sentence_settings
 
 logger = logging.getLogger(__name__)
 
-PRUNE_REPORT_FILE = "prune_report.json"  # amp_hf.pruning.REPORT_FILE
-_OPEN_CLIP_HUB = "hf-hub:"
-EVAL_REPORT_GLOB = "eval_report*.json"  # amp_hf.evaluate.REPORT_FILE and any renamed copies
-EXPORT_METADATA_FILE = "amp_export.json"  # export.runtime.METADATA_FILE
-ONNX_SUBFOLDER = "onnx"
 STATS_KEYS = ("params_total", "params_tower", "params_mlp", "flops_total", "flops_tower")
 # Hub dataset ids of amp-hf's built-in data sources that have one.
 KNOWN_HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
@@ -55,21 +54,6 @@ _SECTION_KEYS = {
     "method", "widths", "original_widths", "base_model", "base_model_revision", "license", "datasets", "stats",
     "distillation", "params_before", "params_after", "flops_before", "flops_after",
 }  # fmt: skip
-
-
-@dataclass
-class EvalEntry:
-    task: str
-    dataset: str
-    metric: str
-    value: float
-    split: str | None = None
-    k: int | None = None
-    dataset_name: str | None = None
-    metric_name: str | None = None
-    baseline: float | None = None
-    source: str = ""  # the report file it came from
-    baseline_source: str | None = None  # the base model's report the baseline came from, if any
 
 
 @dataclass
@@ -105,7 +89,7 @@ class CheckpointFacts:
     license: str | None = None
     datasets: list[str] = field(default_factory=list)  # data sources as recorded
     stats: dict[str, dict[str, int | None]] = field(default_factory=dict)  # quantity -> {"before", "after"}
-    evaluations: list[EvalEntry] = field(default_factory=list)
+    evaluations: list[EvalResult] = field(default_factory=list)
     onnx_folder: Path | None = None
     onnx_graphs: list[OnnxGraph] = field(default_factory=list)
     onnx_options: dict = field(default_factory=dict)  # export options from amp_export.json (dtype, target, ...)
@@ -113,7 +97,7 @@ class CheckpointFacts:
     transformers_version: str | None = None  # the version that saved the checkpoint
     has_image_processor: bool = False
     has_tokenizer: bool = False
-    open_clip_model: str | None = None  # the open_clip base id an amp_open_clip model was built from
+    base_model_label: str | None = None  # the family's name for the model it was built from (open_clip's model id)
     sentence_transformers: dict | None = None  # modules / max_seq_length / prompts of a sentence-transformers model
 
     @property
@@ -169,12 +153,8 @@ def gather_facts(
     base_id, base_path, base_revision = _split_base_model(
         base_model or provenance.get("base_model"), provenance.get("base_model_revision")
     )
-    open_clip_model = config.get("open_clip_model_name")
-    open_clip_hub_id = str(open_clip_model or "").removeprefix(_OPEN_CLIP_HUB).strip("/")
-    if base_id is None and str(open_clip_model).startswith(_OPEN_CLIP_HUB) and is_hub_id(open_clip_hub_id):
-        base_id = open_clip_hub_id  # open_clip's `hf-hub:org/name` base
     adapter = _adapter_for(architecture)
-    if base_id is None:  # e.g. a local copy of a timm Hub folder: its config names the Hub id
+    if base_id is None:  # e.g. a local copy of a timm Hub folder, or open_clip's `hf-hub:org/name`: the config names it
         base_id = adapter.hub_base_model(config)
     onnx_folder = _onnx_folder(path, onnx_dir)
     export_metadata = (_read_json(onnx_folder / EXPORT_METADATA_FILE) or {}) if onnx_folder else {}
@@ -200,8 +180,8 @@ def gather_facts(
         auto_map=dict(config.get("auto_map") or {}),
         transformers_version=config.get("transformers_version"),
         has_image_processor=(path / "preprocessor_config.json").is_file(),
-        has_tokenizer=(path / "tokenizer_config.json").is_file() or (path / "open_clip_config.json").is_file(),
-        open_clip_model=open_clip_model,
+        has_tokenizer=(path / "tokenizer_config.json").is_file() or adapter.stores_processor(path),
+        base_model_label=adapter.base_model_label(config),
         sentence_transformers=sentence_settings(path) if read_modules(path) else None,
     )
 
@@ -289,7 +269,7 @@ def _datasets(provenance: dict, prune_config: dict) -> list[str]:
 
 
 def _split_base_model(recorded: str | None, revision: str | None) -> tuple[str | None, str | None, str | None]:
-    """(Hub repo id, local path or name, revision) of the recorded base model (``amp_hf.provenance.hub_reference``:
+    """(Hub repo id, local path or name, revision) of the recorded base model (``amp_hf.files.provenance.hub_reference``:
     a Hub id, amp-hf's embedded default, a HF cache snapshot, a folder whose card names its id)."""
     if not recorded:
         return None, None, revision
@@ -357,7 +337,7 @@ def measure_stats(
 # -- evaluation reports -------------------------------------------------------------------------------
 
 
-def read_eval_reports(checkpoint: Path, base_model_names: Collection[str] = ()) -> list[EvalEntry]:
+def read_eval_reports(checkpoint: Path, base_model_names: Collection[str] = ()) -> list[EvalResult]:
     """Results from every ``eval_report*.json`` in the folder; malformed entries are skipped with a warning.
 
     A report whose ``model`` is one of ``base_model_names`` holds the unpruned model's numbers: they become
@@ -369,35 +349,17 @@ def read_eval_reports(checkpoint: Path, base_model_names: Collection[str] = ()) 
         results = data.get("results", []) if isinstance(data, dict) else data
         of_base_model = isinstance(data, dict) and data.get("model") in base_model_names
         for result in results if isinstance(results, list) else []:
-            entry = _eval_entry(result, report.name)
+            entry = EvalResult.from_row(result, report.name)
             if entry is None:
                 logger.warning("skipping a result in %s: needs task, dataset, metric and a numeric value", report.name)
             elif of_base_model:
-                baselines[_identity(entry)] = (entry.value, report.name)
+                baselines[entry.identity] = (entry.value, report.name)
             else:
                 entries.append(entry)
     for entry in entries:
-        if entry.baseline is None and _identity(entry) in baselines:
-            entry.baseline, entry.baseline_source = baselines[_identity(entry)]
+        if entry.baseline is None and entry.identity in baselines:
+            entry.baseline, entry.baseline_source = baselines[entry.identity]
     return entries
-
-
-def _identity(entry: EvalEntry) -> tuple:
-    return entry.task, entry.dataset, entry.split, entry.metric, entry.k
-
-
-def _eval_entry(result, source: str) -> EvalEntry | None:
-    if not isinstance(result, dict) or not all(result.get(k) for k in ("task", "dataset", "metric")):
-        return None
-    try:
-        value = float(result["value"])
-        baseline = float(result["baseline"]) if result.get("baseline") is not None else None
-        k = int(result["k"]) if result.get("k") is not None else None
-    except (KeyError, TypeError, ValueError):
-        return None
-    optional = {key: str(result[key]) for key in ("split", "dataset_name", "metric_name") if result.get(key)}
-    return EvalEntry(str(result["task"]), str(result["dataset"]), str(result["metric"]), value, k=k,
-                     baseline=baseline, source=source, **optional)  # fmt: skip
 
 
 # -- ONNX -----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +34,13 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineMod
 from huggingface_hub.utils import validate_repo_id
 
 import amp_hf
-from amp_hf.provenance import find_local_paths, local_path_markers
+from amp_hf.errors import LinkOutsideError
+from amp_hf.files.artifacts import ONNX_SUBFOLDER
+from amp_hf.files.outputs import folder_files
+from amp_hf.files.provenance import find_local_paths, local_path_markers
 
 from .card import CARD_FILE, card_files, format_size
-from .facts import ONNX_SUBFOLDER, gather_facts
+from .facts import gather_facts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,6 +137,9 @@ def plan_upload(
     """
     _check_repo_id(repo_id)
     checkpoint = Path(checkpoint)
+    # listed first: a link out of either folder is refused before any of their files is read into the card
+    folder_sources = _folder_files(checkpoint)
+    onnx_sources = _folder_files(Path(onnx_dir)) if onnx_dir is not None else []
     facts = gather_facts(checkpoint, onnx_dir=onnx_dir, base_model=base_model, license=license)
     if onnx_dir is not None and (checkpoint / ONNX_SUBFOLDER).exists():
         raise HubPushError(
@@ -144,9 +151,8 @@ def plan_upload(
         raise HubPushError(f"--keep-card needs {checkpoint / CARD_FILE}: write one with `amp-hf card {checkpoint}`")
 
     files = [UploadFile(name, content) for name, content in generated.items()]
-    files += [UploadFile(path, source) for path, source in _folder_files(checkpoint) if path not in generated]
-    if onnx_dir is not None:
-        files += [UploadFile(f"{ONNX_SUBFOLDER}/{path}", source) for path, source in _folder_files(Path(onnx_dir))]
+    files += [UploadFile(path, source) for path, source in folder_sources if path not in generated]
+    files += [UploadFile(f"{ONNX_SUBFOLDER}/{path}", source) for path, source in onnx_sources]
     files.sort(key=lambda f: f.path_in_repo)
     refuse_local_paths(files, local_path_markers(checkpoint, *([onnx_dir] if onnx_dir is not None else [])))
     message = f"Upload {facts.architecture} pruned with amp-hf {amp_hf.__version__}"
@@ -159,7 +165,7 @@ TEXT_SUFFIXES = (".json", ".md", ".txt", ".py", ".yaml", ".yml", ".sh", ".jinja"
 
 def refuse_local_paths(files: list[UploadFile], markers: list[str]) -> None:
     """Raise (before anything is sent) when a file would upload an absolute path of this machine: on the Hub it
-    names nothing anyone can open, and it shows the local layout (``amp_hf.provenance``)."""
+    names nothing anyone can open, and it shows the local layout (``amp_hf.files.provenance``)."""
     for upload in files:
         found = find_local_paths(_metadata_text(upload), markers)
         if found:
@@ -229,13 +235,14 @@ SKIPPED_FOLDERS = MACHINE_CACHE_FOLDERS | {"__pycache__"}
 
 
 def _folder_files(folder: Path) -> list[tuple[str, Path]]:
-    files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") or part in SKIPPED_FOLDERS for part in relative.parts):
-            continue
-        files.append((relative.as_posix(), path))
-    return files
+    """What of ``folder`` is sent: hidden files, ``__pycache__`` and TensorRT's machine caches never; a symlink
+    out of the folder refuses the whole push (``amp_hf.files.outputs.folder_files``), before anything is sent."""
+    if not folder.is_dir():
+        return []  # gather_facts names what is wrong with the path
+    try:
+        return folder_files(folder, skip=lambda parts: parts[-1].startswith(".") or parts[-1] in SKIPPED_FOLDERS)
+    except LinkOutsideError as error:
+        raise HubPushError(f"{error}; nothing was sent") from error
 
 
 def check_push_target(repo_id: str, token: str | None = None) -> str:
@@ -301,8 +308,8 @@ def push_to_hub(
 
     Every request may wait ``timeout`` seconds for the Hub; timeouts count as transient and are retried."""
     backoff = backoff or DEFAULT_BACKOFF
-    if not timeout > 0:
-        raise HubPushError(f"the timeout must be a positive number of seconds; got {timeout}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise HubPushError(f"the timeout must be a positive, finite number of seconds; got {timeout}")
     token = check_push_target(plan.repo_id, token)
     with http_timeouts(timeout):
         return _push(plan, private, revision, create_pr, token, commit_message, commit_description, backoff, timeout)

@@ -113,7 +113,7 @@ def minilm_models(work: Path, settings: Settings) -> dict[str, str]:
     from bench_distill import MINILM_DISTILL, MINILM_SCORING, distill
 
     from amp_hf import count_parameters, get_adapter
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.loading import load_model, resolve_model_path
     from amp_hf.pruning import PruneConfig, run_prune
 
@@ -143,7 +143,7 @@ def vit_models(settings: Settings) -> tuple[dict, dict]:
     import torch
 
     from amp_hf import PrunePlan, slice_model
-    from amp_hf.selection.search import round_width
+    from amp_hf.selection.cost import round_width
     from export.bench import BenchConfig, build_models, uneven_widths
 
     config = BenchConfig(prune_fraction=MLP_PRUNE_FRACTION, **settings.vit_shape)
@@ -333,7 +333,7 @@ def quality(family: Family, providers: list) -> dict:
     """Per (model, runtime): fidelity to the unpruned fp32 PyTorch embedding, int8 cost, kNN top-1."""
     import torch
 
-    from amp_hf.eval_metrics import knn_accuracy
+    from amp_hf.evaluation.metrics import knn_accuracy
     from export.validation import mean_cosine
 
     results, cache = {}, {}
@@ -752,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     providers = _providers(args.providers)
     if providers is None:
         return 2
-    from amp_hf.cache import cache_root
+    from amp_hf.files.cache import cache_root
 
     work = Path(args.work) if args.work else cache_root() / ("bench_deploy-quick" if args.quick else "bench_deploy")
     out = Path(args.out)

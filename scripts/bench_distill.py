@@ -36,7 +36,7 @@ BLOCK_REDUCTION = 0.40  # fraction of the transformer-block (encoder layer) para
 def prune(model_name: str, output: Path, scoring: list[str]) -> dict:
     """AMP entropy Taylor scores, uniform widths removing BLOCK_REDUCTION of the block parameters."""
     from amp_hf import count_parameters, get_adapter
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.loading import load_model
     from amp_hf.pruning import PruneConfig, run_prune
 
@@ -94,8 +94,8 @@ MINILM_QUERIES = dict(source="fortunes", split="test", num_samples=400, batch_si
 
 def bench_minilm(work: Path, processes: int) -> dict:
     from amp_hf.data import DataConfig
-    from amp_hf.eval_metrics import knn_accuracy, mean_cosine
-    from amp_hf.evaluate import embed_dataset
+    from amp_hf.evaluation.metrics import knn_accuracy, mean_cosine
+    from amp_hf.evaluation.tasks import embed_dataset
     from amp_hf.loading import load_model, resolve_model_path
 
     teacher_path = resolve_model_path("minilm")
@@ -138,7 +138,7 @@ VIT_SETTINGS = {
 
 def bench_vit(dataset: str, work: Path, processes: int, train_reference: bool) -> dict:
     from amp_hf.data import DataConfig
-    from amp_hf.evaluate import evaluate_top1
+    from amp_hf.evaluation.tasks import evaluate_top1
     from amp_hf.loading import load_model
     from amp_hf.reference import reference_path, train_reference_vit
 

@@ -53,8 +53,8 @@ from bench_distill import distill, final_loss  # noqa: E402  (the same `amp-hf d
 
 import amp_hf  # noqa: E402
 from amp_hf.data import DataConfig, load_processor, make_loader, prepare_dataset  # noqa: E402
-from amp_hf.eval_metrics import knn_accuracy, mean_cosine  # noqa: E402
-from amp_hf.evaluate import embed_dataset, evaluate_top1  # noqa: E402
+from amp_hf.evaluation.metrics import knn_accuracy, mean_cosine  # noqa: E402
+from amp_hf.evaluation.tasks import embed_dataset, evaluate_top1  # noqa: E402
 from amp_hf.reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct  # noqa: E402
 from amp_hf.selection import (  # noqa: E402
     CriterionConfig,
@@ -94,7 +94,7 @@ def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=No
     log(f"  entropy Taylor scores: {seconds['entropy Taylor scores']:.0f} s")
     if setup.get("ce"):
         ce = build_criterion(CriterionConfig(name="ce"))
-        ce.prepare(model, amp_hf.get_adapter(model))
+        ce.prepare(amp_hf.resolve(model))
         scores["ce"] = taylor_scores(model, scoring, ce).abs
     started = time.time()
     scores["dgmr"] = dgmr_scores(model, width=max(amp_hf.get_adapter(model).widths(model)))

@@ -22,8 +22,8 @@ import torch
 
 import amp_hf
 from amp_hf.data import DataConfig, load_processor, make_loader, prepare_dataset
-from amp_hf.eval_metrics import knn_accuracy, mean_cosine
-from amp_hf.evaluate import embed_dataset
+from amp_hf.evaluation.metrics import knn_accuracy, mean_cosine
+from amp_hf.evaluation.tasks import embed_dataset
 from amp_hf.reconstruct import ReconstructConfig, reconstruct
 from amp_hf.selection import (
     CriterionConfig,

@@ -69,19 +69,19 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def plain_step(model, adapter, criterion, batch):
+def plain_step(stack, criterion, batch):
     """What a training step costs: forward, criterion, backward into parameter gradients."""
-    model.zero_grad(set_to_none=True)
-    criterion(model, adapter, batch).backward()
+    stack.model.zero_grad(set_to_none=True)
+    criterion(stack, batch).backward()
 
 
 def bench(name, model, batches, delta_e, repeats, budget_target=None):
     criterion = build_criterion(CriterionConfig(name="entropy", temp_inv=15))
-    adapter = amp_hf.get_adapter(model)
+    stack = amp_hf.resolve(model)
     # scoring overhead: one Taylor batch vs one plain forward+backward, median of `repeats`
     plain, scoring = [], []
     for _ in range(repeats):
-        plain.append(timed(lambda: plain_step(model, adapter, criterion, batches[0]))[1])
+        plain.append(timed(lambda: plain_step(stack, criterion, batches[0]))[1])
         scoring.append(timed(lambda: taylor_scores(model, batches[:1], criterion))[1])
     model.zero_grad(set_to_none=True)
     scores = taylor_scores(model, batches, criterion).abs

@@ -95,7 +95,7 @@ def prune_one_and_two_processes(main, args: list[str], tmp_path: Path) -> tuple[
 
 def local_paths_under(folder: Path, *extra) -> dict[str, list[str]]:
     """Every absolute path of this machine found in any file under ``folder``, read as raw bytes (a grep)."""
-    from amp_hf.provenance import find_local_paths, local_path_markers
+    from amp_hf.files.provenance import find_local_paths, local_path_markers
 
     markers = local_path_markers(folder, *extra)
     hits = {}
@@ -110,7 +110,7 @@ def local_paths_under(folder: Path, *extra) -> dict[str, list[str]]:
 def amp_hf_embeddings(checkpoint: Path, data):
     """amp-hf's own evaluation embeddings (``embed_dataset``) of ``data`` by the checkpoint."""
     import amp_hf
-    from amp_hf.evaluate import embed_dataset
+    from amp_hf.evaluation.tasks import embed_dataset
 
     features, _ = embed_dataset(amp_hf.load_model(str(checkpoint)), data)
     return features

@@ -21,9 +21,9 @@ def oracle_search(model, scores, batches, criterion, delta_e, steps=6, round_to=
 
     def entropy(widths):
         plan = amp_hf.PrunePlan(full, [order[i][:w].tolist() for i, w in enumerate(widths)])
-        pruned = build(model, plan)
+        pruned = amp_hf.resolve(build(model, plan), adapter)
         with torch.no_grad():
-            return float(torch.stack([criterion(pruned, adapter, b).double() for b in batches]).mean())
+            return float(torch.stack([criterion(pruned, b).double() for b in batches]).mean())
 
     widths = list(full)
     reference = entropy(widths)

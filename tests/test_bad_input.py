@@ -169,9 +169,9 @@ def _run_folder(*, run_config: str | None = None, steps: tuple[str, ...] = ("ste
     """Setup: a distillation run folder ``distilled.run`` with the given damage."""
 
     def setup(root: Path) -> None:
-        from amp_hf.config_utils import load_config
         from amp_hf.distill.config import DistillConfig
         from amp_hf.distill.run_state import write_run_config
+        from amp_hf.files.config_utils import load_config
 
         _distill_config(root)
         write_run_config(load_config(DistillConfig, root / "distill.yaml", ["output=distilled"]))
@@ -195,6 +195,67 @@ def _disk_full(monkeypatch) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
 
     monkeypatch.setattr(amp_hf.pruning, "write_pruned", full)
+
+
+def _link(name: str, target: str) -> Callable[[Path], None]:
+    """Setup: a copy of the pruned checkpoint ``linked`` holding the symlink ``name`` -> ``target``."""
+
+    def setup(root: Path) -> None:
+        shutil.copytree(root / "pruned", root / "linked")
+        (root / "linked" / name).symlink_to(target)
+
+    return setup
+
+
+def _sentence_transformer_with_a_link_out(root: Path) -> None:
+    from tiny_models import save_tiny_sentence_transformer
+
+    (root / "st").mkdir()
+    model = save_tiny_sentence_transformer(root / "st")
+    (model / "1_Pooling" / "extra.txt").symlink_to("../../../notes.txt")
+
+
+def _link_output(root: Path) -> None:
+    (root / "pruned-link").symlink_to("pruned")
+
+
+def _hand_written_readme(root: Path) -> None:
+    (root / "pruned" / "README.md").write_text("# My model\n\nNotes I wrote by hand.\n")
+
+
+def _small_disk(name: str, kib: int, then: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """Setup: a real ``kib`` KiB file system (tmpfs) at ``<workspace>/../name``, beside the workspace, so writes
+    into it fail with ENOSPC as on a full disk. Mounting needs root (CI containers run as root)."""
+
+    def setup(root: Path) -> None:
+        import subprocess
+
+        if os.geteuid() != 0:
+            pytest.skip("simulating a full disk mounts a small tmpfs, which needs root")
+        mount = root.parent / name
+        mount.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)], check=True)
+        if then is not None:
+            then(root)
+
+    return setup
+
+
+def _unmount_under(folder: Path) -> list[Path]:
+    """Unmount the tmpfs mounts ``_small_disk`` made under ``folder``; returns each mount's leftover entries."""
+    import subprocess
+
+    leftovers = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mount = Path(line.split()[1])
+        if folder in mount.parents:
+            leftovers += sorted(mount.rglob("*"))
+            subprocess.run(["umount", str(mount)], check=True)
+    return leftovers
+
+
+DISTILL_FULL = ["distill", "--config", "distill.yaml", "schedule.max_steps=3", "schedule.warmup_steps=0",
+                "data.num_samples=64", "data.batch_size=16", "augment.kind=none"]
 
 
 DIGITS = ["scoring.data.source=digits", "scoring.data.num_samples=32", "scoring.data.batch_size=16"]
@@ -283,6 +344,7 @@ CASES = [
     Case("eval-batch-size-zero", ["eval", "pruned", "--batch-size", "0"], r"--batch-size: expected an integer >= 1"),
     Case("bench-batch-size-zero", ["bench", "batch_sizes=[0]"], r"batch_sizes and threads must be >= 1"),
     Case("export-opset-99", ["export", "pruned", "onnx", "--opset", "99"], r"opset 99 does not exist yet"),
+    # The percentages below are ratios of integer parameter counts: the same digits on every machine.
     Case("uniform-target-above-mlps", ["prune", "model=vit", "output=out", "method=magnitude",
                                        "search.allocation=uniform", "search.target_reduction=0.6"],
          r"search.target_reduction 0.60 is more than the MLPs hold \(0.37 of the tower's cost\)"),
@@ -317,6 +379,62 @@ CASES = [
     # pushes that cannot happen are refused before the work
     Case("demo-push-bad-repo-id", ["demo", "--quick", "--output", "demo", "--push", "bad name!!"],
          r"'bad name!!' is not a valid repo id"),
+    # issue 28: nothing leaves the folder, nothing of the user's is overwritten, no NaN passes
+    Case("push-file-link-out-of-the-folder", ["push", "linked", "someone/tiny", "--dry-run"],
+         r"linked/secret.txt is a symlink to ../notes.txt \(.*notes.txt\), outside linked: .*replace the link by a "
+         r"copy of what it points to, or remove it; nothing was sent", _link("secret.txt", "../notes.txt")),
+    Case("push-folder-link-out-of-the-folder", ["push", "linked", "someone/tiny", "--dry-run"],
+         r"linked/extra is a symlink to ../mine \(.*mine\), outside linked: .*nothing was sent", _link("extra", "../mine")),
+    Case("push-broken-link", ["push", "linked", "someone/tiny", "--dry-run"],
+         r"linked/gone.txt is a symlink to .*, which does not exist: remove the link", _link("gone.txt", "nowhere")),
+    Case("prune-copies-a-module-folder-linking-out", ["prune", "model=st/model", "output=out", *MAGNITUDE],
+         r"st/model/1_Pooling/extra.txt is a symlink to ../../../notes.txt \(.*/notes.txt\), outside st/model: ",
+         _sentence_transformer_with_a_link_out),
+    Case("card-over-a-hand-written-readme", ["card", "pruned"],
+         r"pruned/README.md was not written by amp-hf, so the card will not replace it: pass --overwrite-readme",
+         _hand_written_readme),
+    Case("delta-e-nan", ["prune", "model=vit", "output=out", "search.delta_e=nan"],
+         r"search.delta_e must be a finite number; got nan"),
+    Case("dgmr-ratio-inf", ["prune", "model=vit", "output=out", "method=dgmr", "dgmr.ratio=inf"],
+         r"dgmr.ratio must be a finite number; got inf"),
+    Case("config-file-nan", ["prune", "--config", "c.yaml", "output=out"],
+         r"search.tolerance must be a finite number; got nan", _write("c.yaml", "search:\n  tolerance: .nan\n")),
+    Case("config-file-infinity", ["prune", "--config", "c.yaml", "output=out"],
+         r"reconstruct.revert_margin must be a finite number; got inf",
+         _write("c.yaml", "reconstruct:\n  revert_margin: .inf\n")),
+    Case("push-timeout-inf", ["push", "pruned", "someone/tiny", "--timeout", "inf"],
+         r"the timeout must be a positive, finite number of seconds; got inf"),
+    Case("disk-full-while-saving-a-prune", ["prune", "model=vit", "output={ws}/../full/out", *MAGNITUDE],
+         r"no space left on the device \(No space left on device: .*/full/out\); nothing was saved: free some space",
+         _small_disk("full", 64)),
+    Case("disk-full-while-saving-a-distillation-checkpoint",
+         [*DISTILL_FULL, "output=out", "run_dir={ws}/../full/run", "checkpointing.every_steps=1"],
+         r"no space left on the device \(No space left on device: .*/full/run/checkpoints/step_00000001\); nothing was saved",
+         _small_disk("full", 64, _distill_config)),
+    Case("distill-output-on-a-disk-without-room", [*DISTILL_FULL, "output={ws}/../full/out"],
+         r"not enough free space for the distilled checkpoint in .*full: it needs about [0-9.]+ MiB and 0.0 MiB are "
+         r"free; free some space", _small_disk("full", 16, _distill_config)),
+    Case("reconstruct-num-samples-below-two-batches", ["prune", "model=vit", "output=out", "reconstruct.enabled=true",
+                                                       "reconstruct.num_samples=24", *DIGITS],
+         r"reconstruct.num_samples=24 gives 1 whole calibration batch\(es\) of 16, but the reconstruction needs at "
+         r"least 2 .*set reconstruct.num_samples >= 32 or lower scoring.data.batch_size"),
+    Case("search-reconstruct-data-samples-below-two-batches",
+         ["prune", "model=vit", "output=out", "search.reconstruct=true", "scoring.data.num_samples=16",
+          "scoring.data.batch_size=16"],
+         r"scoring.data.num_samples=16 gives 1 whole calibration batch"),
+    Case("overwrite-a-symlinked-amp-output", ["prune", "model=vit", "output=pruned-link", "overwrite=true",
+                                              *MAGNITUDE],
+         r"output pruned-link is a symlink \(to pruned\): amp-hf does not write through or replace links; give the "
+         r"folder it points to", _link_output),
+    Case("python-object-tag-in-an-override", ["prune", "model=vit", "output=out",
+                                              "search.delta_e=!!python/object/apply:os.system [echo hi]"],
+         r"override 'search.delta_e=!!python/object/apply:os.system \[echo hi\]': the value is not a plain YAML "
+         r"value \(.*\); give a number"),
+    Case("search-steps-beyond-one-neuron", ["prune", "model=vit", "output=out", "search.steps=100000", *DIGITS],
+         r"search.steps=100000 is more than the search can use: .*H=64\) is down to one neuron after log2\(H\) ≈ 6 "
+         r"steps.*set search.steps <= 6"),
+    Case("eval-data-not-an-image-folder", ["eval", "pruned", "--data", "{ws}/mine", "--output", "report.json"],
+         r"cannot read .*mine as an image folder with a 'train' split \(.*\): pass a folder of <label>/<image>"),
 ]
 
 
@@ -331,6 +449,9 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(case, workspace, ca
         code = main(case.args(workspace))
     except SystemExit as exit:  # argparse's own usage errors
         code = exit.code
+    finally:
+        leftovers = _unmount_under(workspace.parent)
+    assert not [path for path in leftovers if ".partial" in path.name], leftovers  # no half-written staging folder
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("amp-hf") and ": error: " in line]
@@ -422,3 +543,29 @@ def test_push_to_a_hub_that_never_answers_fails_within_a_minute(workspace, monke
     assert re.search(r"did not answer within 1 s .* also when retried; nothing was committed", err), err
     assert len(held) >= 2  # the request was retried
     assert elapsed < 60
+
+
+def test_folder_files_follows_links_that_stay_inside(tmp_path):
+    """Links inside the folder are followed (one back to a folder being walked is not walked again); a Hugging Face cache
+    snapshot's links into its repo's blobs are inside that repo; anything else is refused."""
+    from amp_hf.errors import LinkOutsideError
+    from amp_hf.files.outputs import folder_files
+
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "0123abcd").write_text("{}")
+    snapshot = repo / "snapshots" / ("a" * 40)
+    (snapshot / "1_Pooling").mkdir(parents=True)
+    (snapshot / "1_Pooling" / "config.json").symlink_to("../../../blobs/0123abcd")
+    (snapshot / "1_Pooling" / "again").symlink_to("..")  # a loop, inside
+    (snapshot / "alias.json").symlink_to("1_Pooling/config.json")
+    listed = dict(folder_files(snapshot))
+    assert sorted(listed) == ["1_Pooling/config.json", "alias.json"]
+    assert all(path.read_text() == "{}" for path in listed.values())
+
+    copy = tmp_path / "copy"  # the same folder outside a cache: its blob links lead out of it
+    shutil.copytree(snapshot, copy, symlinks=True)
+    (copy / "1_Pooling" / "config.json").unlink()
+    (copy / "1_Pooling" / "config.json").symlink_to(repo / "blobs" / "0123abcd")
+    with pytest.raises(LinkOutsideError, match=r"copy/1_Pooling/config.json is a symlink to /.*0123abcd, outside "):
+        folder_files(copy)

@@ -23,7 +23,6 @@ from transformers import AutoModel, ViTConfig, ViTModel
 import amp_hf
 from amp_hf import PrunePlan, get_adapter, save_pruned, slice_model
 from amp_hf.cli import main as cli_main
-from amp_hf.config_utils import ConfigError, load_config
 from amp_hf.data import (
     DataConfig,
     ProcessedDataset,
@@ -40,6 +39,7 @@ from amp_hf.distill.losses import distillation_losses
 from amp_hf.distill.pairing import load_pair, select_trainable
 from amp_hf.distill.run_state import resume_checkpoint, write_run_config
 from amp_hf.distill.schedule import build_optimizer, build_schedule
+from amp_hf.files.config_utils import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,8 @@ FINAL_NORM_CHECKS = {
     "dinov2_with_registers": lambda bb, h, out: torch.allclose(bb.layernorm(h), out.last_hidden_state, atol=1e-5),
     "siglip": lambda bb, h, out: torch.allclose(bb.post_layernorm(h), out.last_hidden_state, atol=1e-5),
     "clip": lambda bb, h, out: torch.allclose(bb.post_layernorm(h[:, 0]), out.pooler_output, atol=1e-5),
-    "bert": lambda bb, h, out: torch.equal(h, out.last_hidden_state),  # no final norm
+    # no final norm; exact: the same forward ops on the same inputs in one process
+    "bert": lambda bb, h, out: torch.equal(h, out.last_hidden_state),
 }
 
 
@@ -123,12 +124,13 @@ def test_features_are_the_last_block_output_before_the_final_norm(name):
         backbone = adapter.backbone(model)
         outputs = backbone(**inputs)
     hook.remove()
-    assert torch.equal(features, captured[0])
+    assert torch.equal(features, captured[0])  # exact: the hook captured this very forward pass
     assert FINAL_NORM_CHECKS[adapter.name](backbone, features, outputs)
     split = split_features({"hidden": features}, inputs, adapter.summary)
     if adapter.summary == "mean":  # no CLS token (SigLIP): the summary is the token mean
         assert torch.allclose(split.summary, features.mean(dim=1))
     else:
+        # exact: the summary is an index into the features, nothing is computed
         assert torch.equal(split.summary, features[:, 0]) and split.tokens.shape[1] == features.shape[1] - 1
 
 
@@ -154,7 +156,7 @@ def test_head_is_frozen_at_teacher_values_and_blocks_train(tmp_path, name):
     assert all(n.startswith(layers) or "embeddings" in n or "pre_layrnorm" in n for n in trainable)
     for tensor in EXPECTED_FROZEN[name]:
         assert tensor in frozen
-        assert torch.equal(pair.student.state_dict()[tensor], teacher_state[tensor])
+        assert torch.equal(pair.student.state_dict()[tensor], teacher_state[tensor])  # frozen: copied values
 
 
 def test_distillation_losses_combine_enabled_terms():
@@ -440,6 +442,7 @@ def test_stopped_and_resumed_run_reproduces_the_uninterrupted_weights(ddp_run):
 
     full, resumed = load_file(root / "full" / "model.safetensors"), load_file(output / "model.safetensors")
     assert full.keys() == resumed.keys()
+    # exact: both runs on this machine with the same threads (OMP_NUM_THREADS=1), seeds, batches and steps
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert _logged_losses(root / "full") == _logged_losses(output)  # the log describes the same run
 

@@ -19,26 +19,18 @@ import torch.nn.functional as F
 
 from amp_hf import PrunePlan, UnsupportedModelError, get_adapter, slice_model
 from amp_hf.data import DataConfig
-from amp_hf.eval_metrics import (
+from amp_hf.evaluation.metrics import (
     knn_accuracy,
     mean_cosine,
     neighbour_overlap,
     retrieval_recall,
     topk_accuracy,
 )
-from amp_hf.evaluate import (
-    REPORT_FILE,
-    REPORT_SCHEMA,
-    EvalResult,
-    evaluate_knn,
-    evaluate_retrieval,
-    evaluate_top1,
-    evaluate_zero_shot,
-    read_report,
-    write_report,
-)
+from amp_hf.evaluation.tasks import evaluate_knn, evaluate_retrieval, evaluate_top1, evaluate_zero_shot
+from amp_hf.evaluation.zero_shot import build_text_classifier, cached_text_classifier, image_features
+from amp_hf.files.artifacts import EVAL_REPORT_FILE, EVAL_REPORT_SCHEMA
+from amp_hf.files.eval_report import EvalResult, read_report, write_report
 from amp_hf.reference import read_record, train_reference_vit
-from amp_hf.zero_shot import build_text_classifier, cached_text_classifier, image_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,9 +246,9 @@ def test_text_classifier_cache_is_shared_by_pruned_models(clip_setup, tmp_path, 
 
     widths = get_adapter(model).widths(model)
     pruned = slice_model(model, PrunePlan(widths, [range(0, w, 2) for w in widths], method="test"))
-    monkeypatch.setattr("amp_hf.zero_shot.build_text_classifier", lambda *a, **k: pytest.fail("cache not used"))
+    monkeypatch.setattr("amp_hf.evaluation.zero_shot.build_text_classifier", lambda *a, **k: pytest.fail("cache not used"))
     reused, reused_path = cached_text_classifier(pruned, tokenizer, CLASSNAMES, templates, cache_dir=tmp_path)
-    assert reused_path == path and torch.equal(reused, classifier)
+    assert reused_path == path and torch.equal(reused, classifier)  # exact: read back from the cache file
     monkeypatch.undo()
 
     # Another prompt set is another classifier.
@@ -341,7 +333,7 @@ def test_knn_and_top1_on_the_digits_reference_vit(digits_vit):
 
 
 def test_report_merges_reruns(tmp_path):
-    path = tmp_path / REPORT_FILE
+    path = tmp_path / EVAL_REPORT_FILE
     write_report([EvalResult("knn", "digits", "test", "accuracy", 0.5, k=10),
                   EvalResult("top1", "digits", "test", "accuracy", 0.7)], path, model="m")  # fmt: skip
     write_report([EvalResult("knn", "digits", "test", "accuracy", 0.6, k=10)], path, model="m")
@@ -363,10 +355,10 @@ def test_cli_writes_report_beside_the_checkpoint(digits_vit, tmp_path, capsys):
     argv = ["eval", str(checkpoint), "--task", "knn", "top1", "fidelity", "--teacher", str(digits_vit),
             "--data", "digits", "--num-samples", "50", "--num-train-samples", "300", "--batch-size", "100"]  # fmt: skip
     assert _cli(argv) == 0
-    report = json.loads((checkpoint / REPORT_FILE).read_text())
+    report = json.loads((checkpoint / EVAL_REPORT_FILE).read_text())
     # The report may be pushed with the checkpoint, so it names the checkpoint relative to itself.
-    assert report["schema"] == REPORT_SCHEMA and report["model"] == "." and report["timestamp"]
-    assert str(tmp_path) not in (checkpoint / REPORT_FILE).read_text()
+    assert report["schema"] == EVAL_REPORT_SCHEMA and report["model"] == "." and report["timestamp"]
+    assert str(tmp_path) not in (checkpoint / EVAL_REPORT_FILE).read_text()
     rows = {(r["task"], r["metric"], r.get("k")): r for r in report["results"]}
     assert set(rows) == {("knn", "accuracy", k) for k in (10, 20, 100, 200)} | {
         ("top1", "accuracy", None), ("fidelity", "mean_cosine", None), ("fidelity", "neighbour_overlap", 10)
@@ -377,7 +369,7 @@ def test_cli_writes_report_beside_the_checkpoint(digits_vit, tmp_path, capsys):
     assert rows[("knn", "accuracy", 10)]["details"]["num_train_samples"] == 300
     # The teacher is the model itself: identical embeddings and neighbours.
     assert rows[("fidelity", "mean_cosine", None)]["value"] == pytest.approx(1.0, abs=1e-5)
-    assert rows[("fidelity", "neighbour_overlap", 10)]["value"] == 1.0
+    assert rows[("fidelity", "neighbour_overlap", 10)]["value"] == 1.0  # a ratio of counts: same neighbours
     assert "knn" in capsys.readouterr().out
 
 

@@ -12,6 +12,7 @@ from tiny_models import BUILDERS, build
 
 import amp_hf
 from amp_hf.families import ADAPTERS, AUTO_CLASSES, MODEL_CLASSES, auto_map_for
+from amp_hf.slicing import slice_stack
 
 ENTRIES = [(adapter, entry) for adapter in ADAPTERS.values() for entry in adapter.classes]
 IDS = [entry.amp.__name__ for _, entry in ENTRIES]
@@ -69,6 +70,20 @@ def test_every_model_class_has_a_tiny_builder_and_a_neuron_map(adapter, entry):
     assert widths and all(width > 0 for width in widths)
     pruned = amp_hf.slice_model(model, amp_hf.keep_all_plan(model))
     assert type(pruned) is entry.amp and amp_hf.resolve(pruned).widths() == widths
+
+
+@pytest.mark.parametrize(("adapter", "entry"), ENTRIES, ids=IDS)
+def test_slicing_hands_back_the_pruned_stack_as_probing_finds_it(adapter, entry):
+    # reconstruct, the search refit and the statistics use this stack instead of probing the pruned model
+    if entry.amp.__name__ in BUILT_ELSEWHERE:
+        pytest.skip(f"built by {BUILT_ELSEWHERE[entry.amp.__name__]} in the .venv-vision run")
+    model = build(tiny_builder_of(entry.stock))
+    widths = amp_hf.resolve(model).widths()
+    plan = amp_hf.PrunePlan(widths, [range(0, width, 2) for width in widths])
+    handed = slice_stack(model, plan)
+    probed = amp_hf.resolve(handed.model)
+    assert (handed.adapter, handed.layers_path, handed.maps) == (probed.adapter, probed.layers_path, probed.maps)
+    assert handed.widths() == probed.widths() == plan.widths != widths
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS.values()), ids=list(ADAPTERS))

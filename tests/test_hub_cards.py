@@ -396,8 +396,42 @@ def test_push_refuses_files_holding_local_paths_and_sends_nothing(leak, pruned, 
     assert hub_client.state.requests == []
 
 
+@pytest.mark.parametrize("link", ["file", "folder", "onnx"])
+def test_push_refuses_links_out_of_the_folder_and_sends_nothing(link, pruned, onnx_dir, hub_client, capsys, tmp_path):
+    """A link out of the pushed folder (or --onnx folder) stops the push before its first request; with the link
+    replaced by a copy the same push sends the copy, and links that stay inside the folder are followed."""
+    (tmp_path / "secret.txt").write_text("outside the checkpoint\n")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "key.txt").write_text("outside too\n")
+    checkpoint = Path(shutil.copytree(pruned["path"], tmp_path / "linked"))
+    onnx_export = Path(shutil.copytree(onnx_dir, tmp_path / "onnx"))
+    (checkpoint / "inside.json").symlink_to("config.json")  # stays inside: followed
+    folder, name, target = {"file": (checkpoint, "notes.txt", "../secret.txt"),
+                            "folder": (checkpoint, "extra", "../private"),
+                            "onnx": (onnx_export, "notes.txt", "../secret.txt")}[link]  # fmt: skip
+    (folder / name).symlink_to(target)
+    extra = ["--onnx", onnx_export] if link == "onnx" else []
+    for dry_run in ([], ["--dry-run"]):
+        code, out, err = run_cli(capsys, "push", checkpoint, REPO_ID, *extra, *dry_run)
+        assert code == 2 and "Traceback" not in err, err
+        assert f"{folder / name} is a symlink to {target} ({(folder / target).resolve()}), outside {folder}" in err
+        assert err.strip().endswith("nothing was sent") and "outside" not in out
+    assert hub_client.state.requests == [] and hub_client.state.repos == {}
+
+    (folder / name).unlink()  # the fix the message names: a copy in place of the link
+    copy = shutil.copytree if link == "folder" else shutil.copyfile
+    copy(tmp_path / Path(target).name, folder / name)
+    code, _, err = run_cli(capsys, "push", checkpoint, REPO_ID, *extra)
+    assert code == 0, err
+    files = hub_client.repo(REPO_ID).files()
+    sent = {"file": "notes.txt", "folder": "extra/key.txt", "onnx": "onnx/notes.txt"}[link]
+    original = tmp_path / ("private/key.txt" if link == "folder" else "secret.txt")
+    assert files[sent] == original.read_bytes()
+    assert files["inside.json"] == (checkpoint / "config.json").read_bytes()
+
+
 def test_a_url_is_not_a_local_path():
-    from amp_hf.provenance import find_local_paths, local_path_markers
+    from amp_hf.files.provenance import find_local_paths, local_path_markers
 
     markers = local_path_markers()
     assert find_local_paths("see https://example.org/tmp/x and 'relative/tmp/y'", markers) == []

@@ -106,6 +106,7 @@ def test_the_map_matches_only_its_own_mlp(name):
 def test_keeping_every_neuron_reproduces_the_mlp(name):
     layer, neuron_map = block(name)
     x = torch.randn(3, 5, D)
+    # exact: keeping every neuron copies every weight, so both run the same ops on the same values
     torch.testing.assert_close(sliced_copy(layer, neuron_map, list(range(H)))(x), layer(x), rtol=0, atol=0)
 
 
@@ -119,9 +120,9 @@ def test_search_install_equals_slicing_and_restore_puts_the_full_modules_back(na
     reference = layer(x)
     neuron_map.install(layer, full, torch.tensor(kept))
     assert neuron_map.width(layer) == len(kept)
-    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)  # exact: same kept weights, same shapes
     neuron_map.restore(layer, full)
-    torch.testing.assert_close(layer(x), reference, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), reference, rtol=0, atol=0)  # exact: the original modules are back
 
 
 def test_a_fused_projection_gives_each_neuron_its_gate_and_value_rows():

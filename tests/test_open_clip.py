@@ -85,7 +85,7 @@ def test_wrapper_matches_open_clip(tower):
 def test_keep_all_is_exact(tower):
     batch = sample_batch()
     sliced = amp_hf.slice_model(tower, amp_hf.keep_all_plan(tower))
-    assert_outputs_close(outputs(sliced, batch), outputs(tower, batch), atol=0)
+    assert_outputs_close(outputs(sliced, batch), outputs(tower, batch), atol=0)  # keep-all copies: same ops
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_zero_shot_classification_reuses_the_base_text_classifier(native, tmp_pa
     import torch.nn.functional as F
 
     from amp_hf.data import DataConfig
-    from amp_hf.evaluate import evaluate_zero_shot
+    from amp_hf.evaluation.tasks import evaluate_zero_shot
 
     data = DataConfig(source="digits", num_samples=24, batch_size=12)
     templates = ("a photo of the number {}.", "a drawing of a {}.")
@@ -189,7 +189,7 @@ def test_zero_shot_classification_reuses_the_base_text_classifier(native, tmp_pa
     assert all(0.0 <= r.value <= 1.0 for r in base_results + results)
 
     # the classifier is open_clip's own: normalised mean over templates of encode_text(tokenize(prompt))
-    from amp_hf.zero_shot import load_text_classifier
+    from amp_hf.evaluation.zero_shot import load_text_classifier
 
     classifier, classnames, _ = load_text_classifier(cache_file)
     tokenizer = native.get_tokenizer()
@@ -209,11 +209,11 @@ def test_ce_criterion_uses_zero_shot_prompts(native):
 
     classes = ["cat", "dog", "car"]
     criterion = build_criterion(CriterionConfig(name="ce", class_names=classes))
-    criterion.prepare(native, amp_hf.get_adapter(native), native.get_processor())
+    criterion.prepare(amp_hf.resolve(native), native.get_processor())
     batch = sample_batch()
     labels = torch.tensor([2, 0])
     with torch.no_grad():
-        loss = criterion(native, amp_hf.get_adapter(native), {"pixel_values": batch["pixel_values"], "labels": labels})
+        loss = criterion(amp_hf.resolve(native), {"pixel_values": batch["pixel_values"], "labels": labels})
         clip = native.open_clip_model
         text = clip.encode_text(native.get_tokenizer()([f"a photo of a {c}." for c in classes]), normalize=True)
         logits = clip.logit_scale.exp() * clip.encode_image(batch["pixel_values"], normalize=True) @ text.T

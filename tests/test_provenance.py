@@ -11,8 +11,8 @@ import pytest
 from helpers import local_paths_under
 from tiny_models import build
 
-from amp_hf.config_utils import ConfigError, load_config
-from amp_hf.provenance import hub_reference, portable_reference
+from amp_hf.files.config_utils import ConfigError, load_config
+from amp_hf.files.provenance import hub_reference, portable_reference
 from amp_hf.pruning import PruneConfig, run_prune
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -50,7 +50,8 @@ def test_prune_distill_eval_export_write_no_local_paths(tiny_st, tmp_path):
     """Absolute paths in, no absolute path out: every file of the checkpoints and the exports is grepped."""
     from amp_hf.data import DataConfig
     from amp_hf.distill import DistillConfig, run_distillation
-    from amp_hf.evaluate import evaluate_fidelity, write_report
+    from amp_hf.evaluation.tasks import evaluate_fidelity
+    from amp_hf.files.eval_report import write_report
     from amp_hf.loading import load_model
     from export import ExportOptions, export_checkpoint
 

@@ -20,7 +20,7 @@ import amp_hf
 from amp_hf.cli import main
 from amp_hf.plan import PrunePlan
 from amp_hf.reconstruct import ReconstructConfig, reconstruct
-from amp_hf.refit import (
+from amp_hf.reconstruct.gram import (
     UNDERDETERMINED_DAMPING,
     accumulate_gram,
     new_gram,
@@ -236,8 +236,8 @@ def output_biases(model) -> list[torch.Tensor]:
 class LastBias:
     """A criterion that only sees the last output projection's bias: slicing keeps it, a refit moves it."""
 
-    def __call__(self, model, adapter, batch):
-        return output_biases(model)[-1].double().sum()
+    def __call__(self, stack, batch):
+        return output_biases(stack.model)[-1].double().sum()
 
 
 class AnyBiasMoved:
@@ -246,8 +246,8 @@ class AnyBiasMoved:
     def __init__(self, sliced):
         self.sliced = [b.detach().clone() for b in output_biases(sliced)]
 
-    def __call__(self, model, adapter, batch):
-        moved = any(not torch.equal(b, s) for b, s in zip(output_biases(model), self.sliced))
+    def __call__(self, stack, batch):
+        moved = any(not torch.equal(b, s) for b, s in zip(output_biases(stack.model), self.sliced))
         return torch.tensor(float(moved))
 
 
@@ -260,6 +260,7 @@ def test_refit_layers_that_move_the_criterion_away_are_reverted():
     assert report.layers[2].reason.startswith("end-to-end: held-out criterion")
     assert report.kept == "reconstructed" and report.criterion["reconstructed"] == report.criterion["original"]
     sliced = amp_hf.slice_model(model, plan)
+    # exact: the reverted layer holds the sliced model's copied weights
     torch.testing.assert_close(out_linear(amp_hf.get_adapter(pruned).layers(pruned)[2]).weight,
                                out_linear(amp_hf.get_adapter(sliced).layers(sliced)[2]).weight, rtol=0, atol=0)
     assert pruned.config.amp_pruning["reconstruction"]["layers_reconstructed"] == [0, 1]
@@ -273,9 +274,10 @@ def test_whole_model_falls_back_when_the_criterion_moves_away():
     pruned, report = reconstruct(model, plan, batches_for(model, 4), ReconstructConfig(enabled=True),
                                  criterion=AnyBiasMoved(sliced))
     assert report.kept == "sliced" and "further from the original" in report.fallback
+    # exact: AnyBiasMoved returns the constants 1.0 / 0.0
     assert report.criterion["all_layers_refit"] == 1.0 and report.criterion["reconstructed"] == 0.0
     for name, tensor in pruned.state_dict().items():
-        torch.testing.assert_close(tensor, sliced.state_dict()[name], rtol=0, atol=0)
+        torch.testing.assert_close(tensor, sliced.state_dict()[name], rtol=0, atol=0)  # fallback: copied values
     provenance = pruned.config.amp_pruning["reconstruction"]
     assert provenance["kept"] == "sliced" and provenance["fallback"] == report.fallback
     assert provenance["layers_reconstructed"] == [] and set(provenance["layer_fallbacks"].values()) == {
@@ -309,7 +311,8 @@ def test_prune_records_reconstruction_provenance(vit_checkpoint, tmp_path, capsy
 @pytest.mark.parametrize("override, message", [
     ("reconstruct.heldout_fraction=1.5", "heldout_fraction must be in \\(0, 1\\)"),
     ("reconstruct.mode=greedy", "reconstruct.mode must be one of"),
-    ("reconstruct.num_samples=16", "at least 2 calibration batches"),
+    ("reconstruct.num_samples=16", r"reconstruct.num_samples=16 gives 1 whole calibration batch\(es\) of 16, but the "
+                                  r"reconstruction needs at least 2"),
 ])
 def test_bad_reconstruct_settings_fail_with_the_fix(vit_checkpoint, tmp_path, capsys, override, message):
     assert main([*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path / 'never'}", override]) == 2

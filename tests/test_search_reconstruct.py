@@ -105,6 +105,7 @@ def test_budget_mode_with_refit_reuses_its_searches_and_meets_the_target():
     fresh_evaluator = CriterionEvaluator(model, criterion, batches)
     fresh = adaptive_search(model, scores, fresh_evaluator, result.delta_e, steps=4, progress=False,
                             refit=SearchRefit(model, fresh_evaluator))
+    # exact: the same evaluations and solves repeated in one process (only the memo differs)
     assert fresh.widths == result.widths and fresh.final_entropy == result.final_entropy
     assert fresh.projections.keys() == result.projections.keys()
     for layer in fresh.projections:

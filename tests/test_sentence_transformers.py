@@ -20,10 +20,10 @@ from helpers import (
 from tiny_models import ST_PROMPTS as PROMPTS
 
 import amp_hf
-from amp_hf.config_utils import load_config
 from amp_hf.data import DataConfig
+from amp_hf.files.config_utils import load_config
+from amp_hf.files.sentence_transformers_format import SentenceHead
 from amp_hf.pruning import PruneConfig, run_prune
-from amp_hf.sentence_transformers_format import SentenceHead
 
 st = pytest.importorskip("sentence_transformers")
 

@@ -15,8 +15,8 @@ from tiny_timm import SIZE, TIMM_CASES, build_timm, sample_pixels, save_timm_fol
 from transformers import AutoModel  # noqa: E402
 
 import amp_hf  # noqa: E402
+from amp_hf.families.timm import TimmError, wrap_timm  # noqa: E402
 from amp_hf.models import AmpTimmWrapperModel, find_neuron_map  # noqa: E402
-from amp_hf.timm_family import TimmError, wrap_timm  # noqa: E402
 
 CASES = list(TIMM_CASES)
 
@@ -52,7 +52,7 @@ def test_timm_folder_loads_despite_num_classes_in_model_args(case, timm_folders)
     assert type(model.timm_model) is type(reference)
     with torch.no_grad():
         torch.testing.assert_close(features(model, pixels)["last_hidden_state"], reference.forward_features(pixels),
-                                   rtol=0, atol=0)  # fmt: skip
+                                   rtol=0, atol=0)  # fmt: skip  # exact: same timm model, weights, inputs, process
         # The criterion's embedding is timm's own pre-logits feature.
         embedding = amp_hf.get_adapter(model).embed(model, {"pixel_values": pixels})
         torch.testing.assert_close(embedding, reference.forward_head(reference.forward_features(pixels), pre_logits=True))
@@ -64,7 +64,7 @@ def test_keeping_every_neuron_is_bit_exact(case, timm_folders):
     kept = amp_hf.slice_model(model, amp_hf.keep_all_plan(model))
     pixels = sample_pixels()
     for name, value in features(model, pixels).items():
-        assert torch.equal(features(kept, pixels)[name], value), name
+        assert torch.equal(features(kept, pixels)[name], value), name  # keep-all copies every weight: same ops
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_card_names_the_timm_base_and_shows_timm_usage(timm_folders, tmp_path):
 def test_headline_tower_configs_parse_with_the_papers_settings(name):
     from helpers import REPO
 
-    from amp_hf.config_utils import load_config
+    from amp_hf.files.config_utils import load_config
     from amp_hf.pruning import PruneConfig
 
     config = load_config(PruneConfig, REPO / "configs" / f"{name}.yaml")
@@ -291,8 +291,8 @@ def test_ce_criterion_reads_the_timm_classifier_head():
 
     model = wrap_timm(build_timm("vit_mlp", num_classes=5), model_args=SIZE)
     criterion = build_criterion(CriterionConfig(name="ce"))
-    criterion.prepare(model, amp_hf.get_adapter(model), None)  # a head inside timm_model counts
+    criterion.prepare(amp_hf.resolve(model), None)  # a head inside timm_model counts
     batch = {"pixel_values": sample_pixels(), "labels": torch.tensor([1, 3])}
     with torch.no_grad():
         expected = F.cross_entropy(model.timm_model(batch["pixel_values"]), batch["labels"])
-        torch.testing.assert_close(criterion(model, amp_hf.get_adapter(model), batch), expected)
+        torch.testing.assert_close(criterion(amp_hf.resolve(model), batch), expected)

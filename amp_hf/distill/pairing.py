@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned, read_config
+from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned
 from ..data import DataError, default_image_processor, load_processor
-from ..families import FamilyAdapter, get_adapter
+from ..families import FamilyAdapter, folder_family, get_adapter
+from ..files.reading import read_config
 from ..loading import load_model, resolve_model_path
-from ..open_clip_family import is_open_clip_folder
 from ..plan import PrunePlan
 from ..slicing import hidden_tensor_names
 from .features import FeatureModel
@@ -50,7 +50,7 @@ def load_student(path: str) -> PreTrainedModel:
 def load_teacher(name_or_path: str) -> PreTrainedModel:
     """The unpruned teacher (a folder, a cached Hub id, or the embedded alias ``minilm``)."""
     path = resolve_model_path(name_or_path)
-    if Path(path).is_dir() and not is_open_clip_folder(path) and is_pruned_checkpoint(path):
+    if Path(path).is_dir() and folder_family(path) is None and is_pruned_checkpoint(path):
         raise IncompatiblePairError(
             f"teacher {name_or_path} is itself a pruned checkpoint ({read_config(path)['model_type']}): point "
             "teacher at the unpruned model the student was pruned from"

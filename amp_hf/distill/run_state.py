@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError, ConfigError
+from ..files.outputs import disk_full_error
 from .config import DistillConfig, config_fingerprint
 
 RUN_CONFIG = "run_config.yaml"
@@ -140,7 +141,14 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep_last: int) -> Pa
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
+    try:
+        accelerator.save_state(str(staging))
+    except BaseException as error:  # an unfinished checkpoint is never left behind, whatever stopped it
+        full = disk_full_error(error, staging)  # judged before the cleanup frees the space again
+        shutil.rmtree(staging, ignore_errors=True)
+        if full is not None:  # named by the checkpoint being written, not the staging folder just removed
+            raise OSError(full.errno, full.strerror, str(final)) from error
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

@@ -18,13 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import load_pruned, save_pruned
-from ..config_utils import ConfigError
 from ..data import DataError, model_inputs, prepare_dataset
 from ..distributed import make_accelerator
-from ..outputs import prepare_output
-from ..provenance import hub_reference, portable, portable_reference
+from ..files.config_utils import ConfigError
+from ..files.outputs import check_free_space, prepare_output
+from ..files.provenance import hub_reference, portable, portable_reference
+from ..files.sentence_transformers_format import check_carried_files
 from .augment import AugmentedImages, ImageAugmentation
 from .config import DistillConfig
 from .features import FeatureModel, split_features
@@ -78,7 +79,9 @@ def run_distillation(config: DistillConfig, resume: bool = False) -> Path | None
     output = prepare_output(config.output, overwrite=config.overwrite, flag="overwrite=true",
                             inputs=[config.teacher, config.student, config.data.source, config.run_path])
     resume_from = resume_checkpoint(config, resume)
+    check_carried_files(config.student)  # its sentence-transformers modules are copied into the output
     pair = load_checked_pair(config)
+    check_free_space(output.parent, _weights_bytes(pair.student.state_dict()), "the distilled checkpoint")
     set_seed(config.seed)
     accelerator = distill_accelerator(config)
     if accelerator.is_main_process and resume_from is None:
@@ -191,16 +194,18 @@ class DistillationLoop:
             disable=not self.accelerator.is_main_process,
         )
         self._reset_window()
-        while self.progress.step < stop_at:
-            for batch in self._epoch_batches():
-                if not self._micro_step(model_inputs(batch)):
-                    continue  # still accumulating
-                self.progress.step += 1
-                self._bar.update(1)
-                self._after_step(stop_at)
-                if self.progress.step == stop_at:
-                    break
-        self._bar.close()
+        try:
+            while self.progress.step < stop_at:
+                for batch in self._epoch_batches():
+                    if not self._micro_step(model_inputs(batch)):
+                        continue  # still accumulating
+                    self.progress.step += 1
+                    self._bar.update(1)
+                    self._after_step(stop_at)
+                    if self.progress.step == stop_at:
+                        break
+        finally:  # ends the bar's line, so an error is printed on a line of its own
+            self._bar.close()
         return self.progress.step >= total
 
     def _epoch_batches(self):
@@ -302,8 +307,16 @@ def _recipe(config: DistillConfig, loop: DistillationLoop) -> dict:
     }
 
 
+def _weights_bytes(state_dict: dict) -> int:
+    """About what model.safetensors of these weights takes on disk (the rest of a checkpoint is small)."""
+    return sum(t.numel() * t.element_size() for t in state_dict.values() if isinstance(t, torch.Tensor))
+
+
 def _save_distilled(pair: DistillPair, state_dict: dict, config: DistillConfig, recipe: dict) -> Path:
     """Write the trained weights as a pruned checkpoint (atomic), with the recipe in ``amp_pruning``."""
+    check_free_space(Path(config.output).expanduser().parent, _weights_bytes(state_dict), "the distilled checkpoint",
+                     keep=f" (the checkpoints in {config.run_path} are kept: after freeing space, --resume continues "
+                     "from the last one)")
     model = load_pruned(config.student)  # a clean copy in the checkpoint's dtype, outside any wrapper
     model.load_state_dict({name.removeprefix("model."): value for name, value in state_dict.items()})
     model.config.amp_pruning = {**(model.config.amp_pruning or {}), "distillation": portable(recipe, config.output)}

@@ -1,5 +1,7 @@
 """Which neurons to keep: criteria, Taylor scoring, data-free selection (DGMR), baselines, and allocation."""
 
+from .baselines import global_widths, uniform_widths
+from .cost import round_width, tower_cost
 from .criteria import CRITERIA, CriterionConfig, build_criterion, similarity_entropy
 from .dgmr import dgmr_scores, gram_schmidt_order, magnitude_scores, random_scores
 from .evaluator import CriterionEvaluator
@@ -11,10 +13,6 @@ from .search import (
     adaptive_search,
     budget_search,
     check_budget_reachable,
-    global_widths,
-    round_width,
-    tower_cost,
-    uniform_widths,
 )
 from .taylor import NeuronScores, taylor_scores
 

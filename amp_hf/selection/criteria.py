@@ -3,6 +3,7 @@
 ``entropy`` is AMP's label-free criterion: L2-normalised embeddings, gathered across processes with autograd,
 softmax of ``s_ij / τ`` over every gathered sample (diagonal included), mean entropy of the local rows, in fp32
 and nats. ``ce`` is labelled cross-entropy (classifier heads; CLIP/SigLIP zero-shot logits from class prompts).
+A criterion is prepared once and called per batch with the model's ``MlpStack`` (its model and adapter).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data import model_inputs
+from ..families import MlpStack
 
 
 def _world_size() -> int:
@@ -62,11 +64,11 @@ class EntropyCriterion:
     def __init__(self, config: CriterionConfig):
         self.temperature = config.temperature
 
-    def prepare(self, model, adapter, processor=None) -> None:
+    def prepare(self, stack: MlpStack, processor=None) -> None:
         pass
 
-    def __call__(self, model, adapter, batch: dict) -> torch.Tensor:
-        return similarity_entropy(adapter.embed(model, model_inputs(batch)), self.temperature)
+    def __call__(self, stack: MlpStack, batch: dict) -> torch.Tensor:
+        return similarity_entropy(stack.adapter.embed(stack.model, model_inputs(batch)), self.temperature)
 
 
 class CrossEntropyCriterion:
@@ -76,7 +78,8 @@ class CrossEntropyCriterion:
         self.config = config
         self.text_classifier = None
 
-    def prepare(self, model, adapter, processor=None) -> None:
+    def prepare(self, stack: MlpStack, processor=None) -> None:
+        model = stack.model
         if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):
             if not self.config.class_names:
                 raise ValueError(
@@ -85,18 +88,19 @@ class CrossEntropyCriterion:
             tokenizer = getattr(processor, "tokenizer", processor)
             if tokenizer is None:
                 raise ValueError("criterion ce on a CLIP/SigLIP model needs the checkpoint's tokenizer")
-            from ..zero_shot import build_text_classifier  # the classifier `amp-hf eval --task zeroshot` uses
+            from ..evaluation.zero_shot import build_text_classifier  # the classifier `amp-hf eval --task zeroshot` uses
 
             classifier = build_text_classifier(model, tokenizer, self.config.class_names,
                                                [self.config.prompt_template])
             self.text_classifier = classifier.T.to(next(model.parameters()).device)  # (classes, dim), unit rows
-        elif not adapter.has_classifier_head(model):
+        elif not stack.adapter.has_classifier_head(model):
             raise ValueError(
                 f"criterion ce needs a classifier head or a CLIP/SigLIP model; {type(model).__name__} has neither: "
                 "use criterion.name=entropy"
             )
 
-    def __call__(self, model, adapter, batch: dict) -> torch.Tensor:
+    def __call__(self, stack: MlpStack, batch: dict) -> torch.Tensor:
+        model = stack.model
         if "labels" not in batch:
             raise ValueError("criterion ce needs labelled data: the data source has no label column")
         inputs = model_inputs(batch)

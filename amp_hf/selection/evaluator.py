@@ -85,7 +85,7 @@ class CriterionEvaluator:
             context = start_at_layer(self.layers, start, self.layer_inputs[start][index]) if use_cache \
                 else contextlib.nullcontext()
             with context:
-                values.append(self.criterion(self.model, self.adapter, batch).double())
+                values.append(self.criterion(self.stack, batch).double())
         value = torch.stack(values).mean()
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             value = self.accelerator.reduce(value, reduction="mean")

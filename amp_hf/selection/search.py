@@ -1,4 +1,5 @@
-"""Width allocation: AMP's adaptive binary search, its budget mode, and uniform / global baselines.
+"""Width allocation: AMP's adaptive binary search and its budget mode (the cost model is ``cost``, the uniform /
+global baselines ``baselines``).
 
 All of them turn per-layer neuron scores into a PrunePlan; none touches slicing or saving.
 """
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..families import MlpStack, resolve
+from .cost import TowerCost, check_reachable, round_width
 
 logger = logging.getLogger(__name__)
 
@@ -68,61 +70,6 @@ class SearchConfig:
                     f"search.allocation={self.allocation} needs search.target_reduction in (0, 1), "
                     f"e.g. search.target_reduction=0.4; got {self.target_reduction}"
                 )
-
-
-def round_width(width: int, full: int, round_to: int) -> int:
-    """Round up to a multiple of ``round_to`` (at least one multiple), never above the full width."""
-    if round_to <= 1:
-        return max(1, min(width, full))
-    return min(full, max(round_to, math.ceil(width / round_to) * round_to))
-
-
-# -- cost model: what one hidden neuron costs in parameters and FLOPs ---------------------------------------
-
-
-@dataclass
-class TowerCost:
-    """Linear cost model of the pruned tower: total(widths) = fixed + Σ_l per_neuron[l] · width_l."""
-
-    base_total: float
-    full_widths: list[int]
-    per_neuron: list[float]
-
-    def total(self, widths) -> float:
-        return self.base_total - sum(p * (f - w) for p, f, w in zip(self.per_neuron, self.full_widths, widths))
-
-    def reduction(self, widths) -> float:
-        return 1.0 - self.total(widths) / self.base_total
-
-
-def tower_cost(model: nn.Module | MlpStack, metric: str = "params") -> TowerCost:
-    """Cost model for ``metric``: the tower's parameters, its FLOPs, or only its MLP parameters."""
-    from ..accounting import count_flops, count_parameters, mlp_parameters
-
-    stack = resolve(model)
-    mlps = stack.mlps()
-    per_neuron = [float(neuron_map.parameters_per_neuron(layer)) for layer, neuron_map in mlps]
-    widths = stack.widths()
-    if metric == "params":
-        return TowerCost(float(count_parameters(stack.backbone)), widths, per_neuron)
-    if metric == "mlp_params":
-        return TowerCost(float(mlp_parameters(stack)), widths, per_neuron)
-    inputs = stack.adapter.dummy_inputs(stack.model)
-    tokens = _tokens_per_sample(stack, inputs)
-    # a matmul costs 2 FLOPs per multiply-add; biases are not counted by torch's flop counter
-    flops_per_neuron = [2.0 * tokens * neuron_map.multiply_adds_per_neuron(layer) for layer, neuron_map in mlps]
-    return TowerCost(float(count_flops(stack.backbone, inputs)), widths, flops_per_neuron)
-
-
-@torch.no_grad()
-def _tokens_per_sample(stack: MlpStack, inputs) -> int:
-    seen = []
-    handle = stack.layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
-    try:
-        stack.adapter.embed(stack.model, inputs)
-    finally:
-        handle.remove()
-    return int(seen[0])
 
 
 # -- installing candidate widths --------------------------------------------------------------------------
@@ -335,20 +282,6 @@ def budget_search(model, scores, evaluator, target: float, cost: TowerCost, step
     return result, achieved
 
 
-# -- baselines -----------------------------------------------------------------------------------------------
-
-
-def _check_reachable(cost: TowerCost, target: float) -> float:
-    """The fraction of the cost the MLPs hold; a target at or above it cannot be met by MLP pruning."""
-    removable = sum(p * f for p, f in zip(cost.per_neuron, cost.full_widths)) / cost.base_total
-    if target >= removable:
-        raise ConfigError(
-            f"search.target_reduction {target:.2f} is more than the MLPs hold ({removable:.2f} of the tower's cost): "
-            "lower it, or set search.target_metric=mlp_params to count MLP parameters only"
-        )
-    return removable
-
-
 def smallest_search_widths(full_widths, steps: int, round_to: int = 1) -> list[int]:
     """The widths the adaptive search reaches when every candidate is accepted (its lower limit)."""
     smallest = []
@@ -362,7 +295,7 @@ def smallest_search_widths(full_widths, steps: int, round_to: int = 1) -> list[i
 
 def check_budget_reachable(cost: TowerCost, target: float, tolerance: float, steps: int, round_to: int = 1) -> None:
     """Budget mode, before any scoring: refuse a target the search cannot come within ``tolerance`` of."""
-    removable = _check_reachable(cost, target)
+    removable = check_reachable(cost, target)
     most = cost.reduction(smallest_search_widths(cost.full_widths, steps, round_to))
     if target - tolerance > most:
         raise ConfigError(
@@ -370,30 +303,3 @@ def check_budget_reachable(cost: TowerCost, target: float, tolerance: float, ste
             f"(H/2^{steps}) pruning removes {most:.1%} of the cost (the MLPs hold {removable:.1%}); lower the target, "
             "raise search.steps, or set search.target_metric=mlp_params"
         )
-
-
-def uniform_widths(cost: TowerCost, target: float, round_to: int = 1) -> list[int]:
-    """Same keep-ratio in every layer, chosen so the tower loses ``target`` of its cost."""
-    removable = _check_reachable(cost, target)
-    keep = 1.0 - target / removable
-    return [round_width(round(keep * f), f, round_to) for f in cost.full_widths]
-
-
-def global_widths(scores: list[torch.Tensor], cost: TowerCost, target: float, round_to: int = 1) -> list[int]:
-    """One ranking across layers (scores divided by their layer's mean), cut where the budget is met."""
-    _check_reachable(cost, target)
-    normalised = [torch.as_tensor(s, dtype=torch.float64) / torch.as_tensor(s, dtype=torch.float64).mean().clamp_min(1e-30)
-                  for s in scores]
-    entries = sorted(
-        ((float(v), layer, rank) for layer, s in enumerate(normalised) for rank, v in enumerate(torch.sort(s, descending=True).values)),
-        key=lambda entry: -entry[0],
-    )
-    widths = [0] * len(scores)
-    goal = cost.base_total * (1 - target) - (cost.base_total - sum(p * f for p, f in zip(cost.per_neuron, cost.full_widths)))
-    spent = 0.0
-    for _, layer, _ in entries:
-        if spent >= goal:
-            break
-        widths[layer] += 1
-        spent += cost.per_neuron[layer]
-    return [round_width(max(1, w), f, round_to) for w, f in zip(widths, cost.full_widths)]

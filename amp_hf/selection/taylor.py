@@ -19,9 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..families import MlpStack, resolve
-
-SCORES_FILE = "scores.safetensors"
-SCORES_META = "scores.json"
+from ..files.artifacts import SCORES_FILE, SCORES_META_FILE
 
 
 @dataclass
@@ -40,7 +38,7 @@ class NeuronScores:
         tensors.update({f"layer.{i}.signed": s.contiguous() for i, s in enumerate(self.signed)})
         save_file(tensors, str(directory / SCORES_FILE))
         meta = {"num_samples": self.num_samples, "num_layers": len(self.abs), **self.metadata}
-        (directory / SCORES_META).write_text(json.dumps(meta, indent=2))
+        (directory / SCORES_META_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> NeuronScores:
@@ -48,7 +46,7 @@ class NeuronScores:
         if not (directory / SCORES_FILE).is_file():
             raise FileNotFoundError(f"no {SCORES_FILE} in {directory}: run `amp-hf score` first")
         tensors = load_file(str(directory / SCORES_FILE))
-        meta = json.loads((directory / SCORES_META).read_text())
+        meta = json.loads((directory / SCORES_META_FILE).read_text())
         layers = meta.pop("num_layers")
         return cls(
             abs=[tensors[f"layer.{i}.abs"] for i in range(layers)],
@@ -97,7 +95,7 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
     global-batch criterion whatever the number of processes (1-process and N-process scores agree).
     """
     stack = resolve(model)
-    model, adapter = stack.model, stack.adapter
+    model = stack.model
     widths = stack.widths()
     device = next(model.parameters()).device
     abs_sum = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
@@ -114,7 +112,7 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
                 break
             activations.clear()
             local = next(iter(batch.values())).shape[0]
-            loss = criterion(model, adapter, batch) / world  # equal shards: local/global = 1/world
+            loss = criterion(stack, batch) / world  # equal shards: local/global = 1/world
             ordered = [activations[i] for i in range(len(widths))]
             grads = torch.autograd.grad(loss, ordered)
             for index, (a, g) in enumerate(zip(ordered, grads)):

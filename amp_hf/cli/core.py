@@ -1,23 +1,22 @@
-"""CLI subcommands of the core: ``stats``, ``score``, ``prune`` and ``run``."""
+"""``amp-hf stats``, ``score``, ``prune`` and ``run``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .config_utils import load_config
+from .options import add_config_arguments, config_from
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="YAML config (see configs/); KEY=VALUE overrides follow")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. model=minilm output=out/minilm search.delta_e=0.02")
+    add_config_arguments(parser, "YAML config (see configs/); KEY=VALUE overrides follow",
+                         "dotted overrides, e.g. model=minilm output=out/minilm search.delta_e=0.02", short=True)
 
 
 def _prune_config(args):
-    from .pruning import PruneConfig
+    from ..pruning import PruneConfig
 
-    return load_config(PruneConfig, args.config, args.overrides)
+    return config_from(PruneConfig, args)
 
 
 def format_stats_table(stats: dict) -> str:
@@ -29,9 +28,9 @@ def format_stats_table(stats: dict) -> str:
 
 
 def cmd_stats(args) -> int:
-    from .accounting import model_stats
-    from .families import get_adapter
-    from .loading import load_model
+    from ..accounting import model_stats
+    from ..families import get_adapter
+    from ..loading import load_model
 
     model = load_model(args.checkpoint)
     stats = model_stats(model)
@@ -46,10 +45,10 @@ def cmd_stats(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .pruning import run_score
+    from ..pruning import run_score
 
     if not args.output:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError("pass --output DIR for the scores (scores.safetensors + scores.json)")
     config = _prune_config(args)
@@ -59,7 +58,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .pruning import run_prune
+    from ..pruning import run_prune
 
     report = run_prune(_prune_config(args))
     print(f"{report['method']}: widths {report['original_widths']} -> {report['widths']}")

@@ -1,7 +1,7 @@
 """The ``amp-hf`` command line (also ``python -m amp_hf``, which is what ``accelerate launch -m`` runs).
 
-Each feature package contributes its subcommands through a ``register(subparsers)`` function, so this file
-only lists where they live.
+Each command group is one module of this package with a ``register(subparsers)`` function, so this file only
+lists them. Nothing outside this package builds a parser or imports it.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .errors import UsageError
-from .outputs import is_disk_full
+from .._version import __version__
+from ..errors import UsageError
+from ..files.outputs import is_disk_full
 
-# Modules that add subcommands, in --help order.
+# Modules that add subcommands, in --help order, with the package each drives when it is not part of amp_hf.
 COMMAND_MODULES = (
-    "amp_hf.commands",  # stats, score, prune, run
-    "amp_hf.importing",  # import (official AMP / DGMR .pth files)
-    "amp_hf.distill",  # distill
-    "amp_hf.evaluate",  # eval
-    "amp_hf.demo",  # demo (the README's main job)
-    "export.cli",  # export, bench
-    "hub_cards.cli",  # card, push
+    ("amp_hf.cli.core", None),  # stats, score, prune, run
+    ("amp_hf.cli.importing", None),  # import (official AMP / DGMR .pth files)
+    ("amp_hf.cli.distill", None),  # distill
+    ("amp_hf.cli.evaluate", None),  # eval
+    ("amp_hf.cli.demo", None),  # demo (the README's main job)
+    ("amp_hf.cli.export", "export"),  # export, bench
+    ("amp_hf.cli.hub", "hub_cards"),  # card, push
 )
 
 
@@ -40,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"amp-hf {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
+    for module_name, package in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if module_name == error.name or module_name.startswith(f"{error.name}."):  # not in this build
-                continue
+            if package is not None and (error.name == package or str(error.name).startswith(f"{package}.")):
+                continue  # not in this build
             raise
         module.register(subparsers)
     return parser

@@ -26,11 +26,10 @@ from transformers import (
 )
 from transformers.utils import is_timm_available
 
-from .checkpoint import CheckpointError, from_pretrained_checked
-from .families import FamilyAdapter, ModelClass
-from .io_spec import POOLED, backbone_spec, classifier_spec
-from .models.amp_layer_widths import global_width_access
-from .models.modeling_amp_timm_wrapper import (
+from ..errors import CheckpointError, UnsupportedModelError
+from ..files.reading import from_pretrained_checked
+from ..models.amp_layer_widths import global_width_access
+from ..models.modeling_amp_timm_wrapper import (
     AmpTimmWrapperConfig,
     AmpTimmWrapperForImageClassification,
     AmpTimmWrapperModel,
@@ -39,6 +38,8 @@ from .models.modeling_amp_timm_wrapper import (
     timm_blocks,
     timm_image_size,
 )
+from .base import FamilyAdapter, ModelClass
+from .io_spec import POOLED, backbone_spec, classifier_spec
 
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _CONFIG_KEYS_NOT_CARRIED = ("model_type", "transformers_version", "architectures", "auto_map", "per_layer_config",
@@ -59,8 +60,6 @@ def _require_timm():
 
 def checked_blocks(timm_model: nn.Module) -> nn.Module:
     """The timm model's block stack; ``UnsupportedModelError`` (naming what is supported) for anything else."""
-    from .families import UnsupportedModelError
-
     try:
         return timm_blocks(timm_model)
     except UnsupportedTimmModelError as error:

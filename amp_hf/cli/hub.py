@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from amp_hf.errors import UsageError
-from amp_hf.outputs import expand
+from hub_cards.card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
+from hub_cards.push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
 
-from .card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
-from .push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
+from ..errors import UsageError
+from ..files.outputs import expand
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     card.add_argument("checkpoint", type=expand, help="pruned checkpoint folder")
     card.add_argument("--repo-id", help="Hub repo id to show in the usage snippets (default: a placeholder)")
+    card.add_argument("--overwrite-readme", action="store_true",
+                      help=f"replace a {CARD_FILE} / {PLOT_FILE} amp-hf did not write (e.g. a hand-written one)")
     _add_card_options(card)
     card.set_defaults(func=run_card)
 
@@ -60,7 +62,7 @@ def run_card(args: argparse.Namespace) -> int:
     try:
         written = write_card(
             args.checkpoint, template=args.template, base_model=args.base_model, license=args.license,
-            onnx_dir=args.onnx, repo_id=args.repo_id,
+            onnx_dir=args.onnx, repo_id=args.repo_id, overwrite_readme=args.overwrite_readme,
         )  # fmt: skip
     except CardTemplateError as error:
         raise UsageError(str(error)) from error

@@ -1,6 +1,6 @@
-"""``amp-hf eval``: how much of its quality a (pruned) model keeps, measured with the papers' protocols.
+"""The evaluation tasks of ``amp-hf eval``: how much of its quality a (pruned) model keeps, measured with the papers' protocols.
 
-Tasks (metrics in ``eval_metrics``):
+Tasks (metrics in ``metrics``):
   * ``knn``       DINOv2 kNN classification of the criterion embedding (train split = memory bank);
   * ``zeroshot``  CLIP/SigLIP zero-shot classification with a cached, reusable text classifier;
   * ``retrieval`` CLIP/SigLIP zero-shot image<->text recall@{1,5,10} (any number of captions per image);
@@ -10,29 +10,16 @@ Tasks (metrics in ``eval_metrics``):
 Every task runs under ``accelerate launch``: each process embeds its shard of the data and features are
 gathered (in dataset order, padding dropped) before the metric is computed on the full set.
 
-Report (``eval_report.json`` beside the checkpoint by default; the model-card generator reads it)::
-
-    {"schema": "amp-hf/eval-report/1", "model": "<checkpoint>", "timestamp": "<ISO 8601, UTC>",
-     "amp_hf_version": "...",
-     "results": [{"task": "knn", "dataset": "digits", "split": "test", "metric": "accuracy",
-                  "value": 0.95, "k": 20, "num_samples": 360, "timestamp": "...", "details": {...}}, ...]}
-
-``k`` appears only where the metric has one (kNN k, recall@k, neighbours); ``details`` holds task
-specifics (temperature, teacher, templates, memory-bank size). Re-running a task replaces its rows and
-keeps the rest, so one report accumulates every evaluation of a checkpoint.
+Rows are ``amp_hf.files.artifacts.EvalResult``; the report they go to is written and read there too.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,11 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import __version__
-from .checkpoint import CheckpointError
-from .data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
-from .errors import OutputError
-from .eval_metrics import (
+from ..checkpoint import CheckpointError
+from ..data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
+from ..families import UnsupportedModelError, get_adapter
+from ..files.eval_report import EvalResult
+from ..files.sentence_transformers_format import sentence_embedder
+from ..loading import resolve_model_path
+from .metrics import (
     KNN_KS,
     KNN_TEMPERATURE,
     NEIGHBOURS,
@@ -57,11 +46,6 @@ from .eval_metrics import (
     topk_accuracy,
     zero_shot_logits,
 )
-from .families import UnsupportedModelError, get_adapter
-from .loading import load_model, resolve_model_path
-from .outputs import default_mode, expand, prepare_output, record_written
-from .provenance import portable, portable_reference
-from .sentence_transformers_format import sentence_embedder
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     cached_text_classifier,
@@ -74,30 +58,7 @@ from .zero_shot import (
 logger = logging.getLogger(__name__)
 
 TASKS = ("knn", "zeroshot", "retrieval", "top1", "fidelity")
-REPORT_FILE = "eval_report.json"
-REPORT_SCHEMA = "amp-hf/eval-report/1"
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
-
-
-@dataclass
-class EvalResult:
-    """One measured number: a row of the report."""
-
-    task: str
-    dataset: str
-    split: str
-    metric: str
-    value: float
-    k: int | None = None
-    num_samples: int | None = None
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None and value != {}}
-
-    @property
-    def identity(self) -> tuple:
-        return (self.task, self.dataset, self.split, self.metric, self.k)
 
 
 # -- teacher ------------------------------------------------------------------------------------------
@@ -122,10 +83,10 @@ def default_teacher(model: nn.Module) -> str | None:
 # -- feature extraction -------------------------------------------------------------------------------
 
 
-def _accelerator(accelerator):
+def eval_accelerator(accelerator=None):
     if accelerator is not None:
         return accelerator
-    from .distributed import make_accelerator
+    from ..distributed import make_accelerator
 
     return make_accelerator(split_batches=False)  # data.batch_size is per process here
 
@@ -163,7 +124,7 @@ def embed_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Embeddings of every sample of ``data``, with labels when present: a sentence-transformers model's own
     embedding (pooling, Dense, Normalize of its folder), else the criterion embedding (``adapter.embed``)."""
-    accelerator = _accelerator(accelerator)
+    accelerator = eval_accelerator(accelerator)
     adapter, dataset = _prepare(model, data, processor)
     model.to(accelerator.device)
     embed = sentence_embedder(model, adapter)
@@ -207,8 +168,8 @@ def evaluate_knn(
 
 def evaluate_top1(model: nn.Module, data: DataConfig, processor=None, accelerator=None) -> list[EvalResult]:
     """Accuracy of the model's own classifier head (labels must use the model's ``id2label`` ids)."""
-    _check_tasks(["top1"], model)
-    accelerator = _accelerator(accelerator)
+    check_tasks(["top1"], model)
+    accelerator = eval_accelerator(accelerator)
     _, dataset = _prepare(model, data, processor)
     _labelled(dataset, data)
     model.to(accelerator.device)
@@ -243,7 +204,7 @@ def evaluate_zero_shot(
     The text classifier comes from ``classifier_path`` when given, else from the text tower of
     ``text_model`` (default: ``model`` itself), cached under ``cache_dir`` and reused on later runs.
     """
-    accelerator = _accelerator(accelerator)
+    accelerator = eval_accelerator(accelerator)
     _, dataset = _prepare(model, data, processor)
     _labelled(dataset, data)
     if classifier_path is not None:
@@ -284,7 +245,7 @@ def evaluate_retrieval(
     accelerator=None,
 ) -> list[EvalResult]:
     """Zero-shot image<->text recall@k; each row holds an image and one caption or a list of captions."""
-    accelerator = _accelerator(accelerator)
+    accelerator = eval_accelerator(accelerator)
     _, dataset = _prepare(model, data, processor)
     captions, owners = _captions(dataset.dataset, caption_column)
     text_model = _text_model(model, text_model)
@@ -326,7 +287,7 @@ def evaluate_fidelity(
     accelerator=None,
 ) -> list[EvalResult]:
     """How closely the student's embeddings follow the teacher's on the same samples (labels not needed)."""
-    accelerator = _accelerator(accelerator)
+    accelerator = eval_accelerator(accelerator)
     adapter, dataset = _prepare(model, data, processor)
     teacher_adapter = get_adapter(teacher)
     if teacher_adapter.name != adapter.name:
@@ -355,7 +316,7 @@ def evaluate_fidelity(
     ]  # fmt: skip
 
 
-def _check_tasks(tasks: Sequence[str], model: nn.Module, text_model: nn.Module | None = None,
+def check_tasks(tasks: Sequence[str], model: nn.Module, text_model: nn.Module | None = None,
                  has_classifier: bool = False) -> None:  # fmt: skip
     """Fail before any data is embedded when a task cannot run on this model."""
     name = type(model).__name__
@@ -430,218 +391,3 @@ class _Captions(Dataset):
 
     def __getitem__(self, index):
         return self.captions[index]
-
-
-# -- report -------------------------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def read_report(path: str | os.PathLike) -> dict:
-    """A report written by ``write_report`` (a checkpoint folder means its ``eval_report.json``)."""
-    path = Path(path)
-    path = path / REPORT_FILE if path.is_dir() else path
-    try:
-        report = json.loads(path.read_text())
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not a JSON file") from error
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
-        report = report if isinstance(report, dict) else {}
-        raise ValueError(f"{path} is not an amp-hf evaluation report (schema {report.get('schema')!r})")
-    return report
-
-
-def write_report(results: Sequence[EvalResult], path: str | os.PathLike, model: str) -> Path:
-    """Write (or update) a report atomically: rows of re-run metrics are replaced, other rows kept."""
-    path = Path(path)
-    timestamp = _now()
-    # The report may be pushed with the checkpoint: models are named by Hub id or relative to the report.
-    model = portable_reference(model, path.parent)
-    rows = [portable({**result.to_dict(), "timestamp": timestamp}, path.parent) for result in results]
-    new = {result.identity for result in results}
-    if path.is_file():
-        try:
-            previous = read_report(path)
-        except ValueError as error:
-            raise OutputError(f"{path} exists and is not an amp-hf evaluation report ({error}): write the "
-                              "report to another path") from error
-        if _same_model(previous.get("model"), model, path.parent):
-            kept = [row for row in previous.get("results", []) if _identity(row) not in new]
-            rows = kept + rows
-    report = {"schema": REPORT_SCHEMA, "model": model, "timestamp": timestamp, "amp_hf_version": __version__,
-              "results": rows}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(report, file, indent=2)
-        os.chmod(staging, default_mode(directory=False))
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    record_written(path.parent, [path.name])
-    return path
-
-
-def _same_model(first: str | None, second: str, folder: Path) -> bool:
-    """Whether two report ``model`` entries (Hub ids, or paths relative to the report's ``folder``) match."""
-    if first is None:
-        return False
-    if (folder / first).exists() and (folder / second).exists():
-        return (folder / first).resolve() == (folder / second).resolve()
-    return first == second
-
-
-def _identity(row: dict) -> tuple:
-    return (row.get("task"), row.get("dataset"), row.get("split"), row.get("metric"), row.get("k"))
-
-
-def format_results(results: Sequence[EvalResult]) -> str:
-    lines = [f"{'task':<10} {'dataset':<16} {'split':<6} {'metric':<24} {'k':>4} {'value':>8}"]
-    for r in results:
-        dataset = r.dataset if len(r.dataset) <= 16 else "…" + r.dataset[-15:]
-        lines.append(f"{r.task:<10} {dataset:<16} {r.split:<6} {r.metric:<24} {r.k or '':>4} {r.value:>8.4f}")
-    return "\n".join(lines)
-
-
-# -- command line -------------------------------------------------------------------------------------
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a checkpoint: kNN, zero-shot, retrieval, top-1, fidelity to the teacher",
-        description="Evaluate a (pruned) checkpoint and write a JSON report (default: eval_report.json in the "
-        "checkpoint folder, which `amp-hf card` reads). Runs under `accelerate launch` as well.",
-    )
-    parser.add_argument("checkpoint", help="model folder (pruned or stock) or a model id in the local cache")
-    parser.add_argument("--task", nargs="+", choices=TASKS, default=["knn"], help="one or more tasks (default: knn)")
-    parser.add_argument("--data", help="data source: digits, fashion_mnist, fortunes, an image folder, a "
-                        "save_to_disk folder, a data file or a cached dataset name (default: digits for image "
-                        "models, fortunes for text models; retrieval needs one with captions)")  # fmt: skip
-    parser.add_argument("--split", default="test", help="split to evaluate (kNN queries), default: test")
-    parser.add_argument("--train-split", default="train", help="kNN memory-bank split (default: train)")
-    parser.add_argument("--num-samples", type=positive_int, help="evaluate a seeded random subset of this size")
-    parser.add_argument("--num-train-samples", type=positive_int, help="kNN memory-bank subset size (default: whole split)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset selection")
-    parser.add_argument("--teacher", help="fidelity: the unpruned model (default: base_model in the provenance)")
-    parser.add_argument("--text-model", help="zeroshot/retrieval: model whose text tower to use (default: the "
-                        "checkpoint itself; needed for vision-only CLIP checkpoints)")  # fmt: skip
-    parser.add_argument("--classnames", help="zeroshot: file with one class name per line, in label order")
-    parser.add_argument("--templates", help="zeroshot: file with one prompt template per line, e.g. 'a photo of a {}.'")
-    parser.add_argument("--classifier", help="zeroshot: a saved text classifier (.safetensors) to use as is")
-    parser.add_argument("--classifier-cache", help="zeroshot: text-classifier cache folder (default: amp-hf cache)")
-    parser.add_argument("--image-column", help="image column (default: image/img/pixel_values)")
-    parser.add_argument("--text-column", help="text column for text encoders (default: text/sentence/content)")
-    parser.add_argument("--label-column", help="label column (default: label/labels)")
-    parser.add_argument("--caption-column", help=f"retrieval caption column (default: {'/'.join(CAPTION_COLUMNS)})")
-    parser.add_argument("--output", help=f"report path (default: <checkpoint>/{REPORT_FILE})")
-    parser.set_defaults(func=run_eval)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (so a 0 is a usage error, not a traceback later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _report_path(args) -> Path:
-    """Where the report goes, checked before anything is evaluated: a new file, or an existing amp-hf
-    evaluation report (merged), in a writable folder; never any other existing file."""
-    from .errors import UsageError
-
-    if args.output:
-        path = expand(args.output)
-    else:
-        folder = expand(args.checkpoint)
-        if not (folder.is_dir() and os.access(folder, os.W_OK)):
-            raise UsageError(f"cannot write {REPORT_FILE} into {args.checkpoint} (not a writable folder): pass --output PATH")
-        path = folder / REPORT_FILE
-    if path.is_dir():
-        raise UsageError(f"--output {path} is a folder: pass a file path, e.g. {path / REPORT_FILE}")
-    if path.exists():
-        try:
-            read_report(path)
-        except (OSError, ValueError) as error:
-            raise UsageError(
-                f"{path} exists and is not an amp-hf evaluation report (only a report is ever updated): pass "
-                "another --output"
-            ) from error
-    else:
-        prepare_output(path, overwrite=False, inputs=[args.checkpoint])  # parent: a writable folder, or creatable
-    return path
-
-
-def _lines(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    return [line for line in lines if line]
-
-
-def run_eval(args) -> int:
-    from .errors import UsageError
-
-    report_path = _report_path(args)  # fail before any model is loaded
-    if "retrieval" in args.task and not args.data:
-        raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
-    try:
-        templates = _lines(args.templates) or list(DEFAULT_TEMPLATES)
-        if args.classifier:
-            load_text_classifier(args.classifier)  # validate now rather than after the other tasks ran
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-
-    accelerator = _accelerator(None)
-    model = load_model(args.checkpoint)
-    adapter = get_adapter(model)
-    data = DataConfig(
-        source=args.data or ("fortunes" if adapter.modality == "text" else "digits"),
-        split=args.split,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        image_column=args.image_column,
-        text_column=args.text_column,
-        label_column=args.label_column,
-    )
-    processor = load_processor(resolve_model_path(args.checkpoint), adapter)
-    text_model = load_model(args.text_model) if args.text_model else None
-    _check_tasks(args.task, model, text_model, has_classifier=bool(args.classifier))
-    results: list[EvalResult] = []
-    for task in args.task:
-        if task == "knn":
-            results += evaluate_knn(model, data, processor, args.train_split, args.num_train_samples,
-                                    accelerator=accelerator)  # fmt: skip
-        elif task == "top1":
-            results += evaluate_top1(model, data, processor, accelerator=accelerator)
-        elif task == "zeroshot":
-            results += evaluate_zero_shot(
-                model, data, processor, classnames=_lines(args.classnames), templates=templates,
-                text_model=text_model, classifier_path=args.classifier, cache_dir=args.classifier_cache,
-                accelerator=accelerator,
-            )  # fmt: skip
-        elif task == "retrieval":
-            results += evaluate_retrieval(model, data, processor, caption_column=args.caption_column,
-                                          text_model=text_model, accelerator=accelerator)  # fmt: skip
-        elif task == "fidelity":
-            teacher_path = args.teacher or default_teacher(model)
-            if teacher_path is None:
-                raise UsageError("fidelity needs the unpruned model: pass --teacher PATH")
-            results += evaluate_fidelity(model, load_model(teacher_path), data, processor,
-                                         teacher_name=teacher_path, accelerator=accelerator)  # fmt: skip
-    if accelerator.is_main_process:
-        write_report(results, report_path, model=str(args.checkpoint))
-        print(format_results(results))
-        print(f"report: {report_path}")
-    accelerator.wait_for_everyone()
-    return 0

@@ -17,18 +17,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError
-from .families import FamilyAdapter, ModelClass
-from .io_spec import open_clip_spec
-from .models.amp_layer_widths import find_layer_stack, find_neuron_map
-from .models.modeling_amp_open_clip import (
+from ..errors import CheckpointError
+from ..files.provenance import is_hub_id
+from ..models.amp_layer_widths import find_layer_stack, find_neuron_map
+from ..models.modeling_amp_open_clip import (
     NEURON_MAPS,
     OPEN_CLIP_CONFIG_FILE,
     AmpOpenCLIPConfig,
     AmpOpenCLIPModel,
+    OpenCLIPProcessor,
     OpenCLIPVisionTower,
 )
+from .base import FamilyAdapter, ModelClass
+from .io_spec import open_clip_spec
 
+_OPEN_CLIP_HUB = "hf-hub:"  # how open_clip names a Hub model: hf-hub:org/name
 OPEN_CLIP_WEIGHT_FILES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",
@@ -141,6 +144,28 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
     def backbone(self, model: nn.Module) -> OpenCLIPVisionTower:
         return model.vision_model
 
+    def is_folder(self, path: str | os.PathLike) -> bool:
+        return is_open_clip_folder(path)
+
+    def load_folder(self, path: str | os.PathLike) -> AmpOpenCLIPModel:
+        return load_open_clip_folder(path)
+
+    def stores_processor(self, path: str | os.PathLike) -> bool:
+        return (Path(path) / OPEN_CLIP_CONFIG_FILE).is_file()  # open_clip's Hub layout, or an amp_open_clip save
+
+    def folder_processor(self, path: str | os.PathLike) -> OpenCLIPProcessor:
+        return OpenCLIPProcessor.from_pretrained(path)
+
+    def hub_base_model(self, config: dict) -> str | None:
+        # open_clip names a Hub base `hf-hub:org/name`
+        name = str(config.get("open_clip_model_name"))
+        repo_id = name.removeprefix(_OPEN_CLIP_HUB).strip("/")
+        return repo_id if name.startswith(_OPEN_CLIP_HUB) and is_hub_id(repo_id) else None
+
+    def base_model_label(self, config: dict) -> str | None:
+        name = config.get("open_clip_model_name")
+        return f"open_clip `{name}`" if name else None
+
 
 OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     name="open_clip",
@@ -150,6 +175,7 @@ OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     modality="image",
     pool=_wrapped_pool,
     image_text=True,
+    processor_in_config=True,
     summary="cls",  # open_clip image sequences start with the class token
     notes="open_clip CLIP / CustomTextCLIP (native or timm-trunk image tower) through the amp_open_clip wrapper; "
     "image tower pruned, text tower untouched; embedding: the pooled image feature before the projection",

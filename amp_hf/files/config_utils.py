@@ -7,6 +7,7 @@ in a long run's config is caught before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 T = TypeVar("T")
 
@@ -34,7 +35,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
-        node[leaf] = yaml.safe_load(raw) if raw != "" else None
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as error:  # e.g. a !!python/object tag: safe_load refuses to build it
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r}: the value is not a plain YAML value ({' '.join(str(problem).split())}); "
+                "give a number, string, true/false or a [list]"
+            ) from error
     return tree
 
 
@@ -146,6 +154,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number; got {value!r}")
+        # every comparison with NaN is false, so NaN would pass each range check of __post_init__; no float
+        # option means anything at infinity (an unlimited one is null or a large number)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number; got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .outputs import check_link_inside, folder_files
+
 logger = logging.getLogger(__name__)
 
 MODULES_FILE = "modules.json"
@@ -68,39 +70,62 @@ def _transformer_index(modules: list[dict]) -> int | None:
     return next((i for i, m in enumerate(modules) if _kind(m) == "Transformer"), None)
 
 
-def carry_sentence_transformers(source: str | os.PathLike, target: str | os.PathLike) -> bool:
-    """Copy the sentence-transformers modules and settings of ``source`` into the checkpoint ``target``.
-
-    The Transformer module is the checkpoint itself (its path becomes the root); every other module folder
-    (Pooling, Dense, Normalize, ...) and both settings files are copied as they are. Returns False (and
-    writes nothing) when ``source`` is not a sentence-transformers folder.
-    """
-    source, target = Path(source), Path(target)
+def carried_files(source: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, str]]] | None:
+    """What ``carry_sentence_transformers`` writes from ``source``: the carried modules.json entries and every
+    (file, path in the checkpoint) it copies, or None when ``source`` is not a sentence-transformers folder.
+    Reads no file content; a link out of ``source`` raises ``LinkOutsideError`` (``outputs.folder_files``),
+    so ``amp-hf prune`` checks this before any compute."""
+    source = Path(source)
     modules = read_modules(source)
     if modules is None:
-        return False
+        return None
     transformer = _transformer_index(modules)
     if transformer is None:
         logger.warning("%s has no sentence-transformers Transformer module: its modules.json is not carried", source)
-        return False
-    carried = []
+        return None
+    carried, files = [], []
     for index, module in enumerate(modules):
         module = dict(module)
         relative = str(module.get("path", ""))
         if index == transformer:
             settings = source / relative / TRANSFORMER_SETTINGS_FILE
             if settings.is_file():
-                shutil.copyfile(settings, target / TRANSFORMER_SETTINGS_FILE)
+                files.append((check_link_inside(source, settings), TRANSFORMER_SETTINGS_FILE))
             module["path"] = ""
         elif relative in ("", "."):
             logger.warning("sentence-transformers module %s lives in the model root: not carried", module["type"])
             continue
         elif (source / relative).is_dir():
-            shutil.copytree(source / relative, target / relative, dirs_exist_ok=True)
+            files += [(path, f"{relative}/{name}") for name, path in folder_files(source / relative, root=source)]
         carried.append(module)
-    (target / MODULES_FILE).write_text(json.dumps(carried, indent=2) + "\n")
     if (source / SETTINGS_FILE).is_file():
-        shutil.copyfile(source / SETTINGS_FILE, target / SETTINGS_FILE)
+        files.append((check_link_inside(source, source / SETTINGS_FILE), SETTINGS_FILE))
+    return carried, files
+
+
+def check_carried_files(source: str | os.PathLike) -> None:
+    """Refuse, before any compute, a sentence-transformers folder whose modules link out of it (see ``carried_files``)."""
+    if Path(source).is_dir():
+        carried_files(source)
+
+
+def carry_sentence_transformers(source: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Copy the sentence-transformers modules and settings of ``source`` into the checkpoint ``target``.
+
+    The Transformer module is the checkpoint itself (its path becomes the root); every other module folder
+    (Pooling, Dense, Normalize, ...) and both settings files are copied as they are (links resolved; none may
+    point out of ``source``). Returns False (and writes nothing) when ``source`` is not a sentence-transformers
+    folder.
+    """
+    target = Path(target)
+    found = carried_files(source)
+    if found is None:
+        return False
+    carried, files = found
+    for path, relative in files:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / relative)
+    (target / MODULES_FILE).write_text(json.dumps(carried, indent=2) + "\n")
     return True
 
 

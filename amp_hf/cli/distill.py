@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config_utils import load_config
-from .config import DistillConfig
-from .trainer import run_distillation
+from ..distill import DistillConfig, run_distillation
+from .options import add_config_arguments, config_from
 
 EXAMPLES = """examples:
   amp-hf distill --config configs/distill_minilm.yaml
@@ -25,8 +24,7 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML config (see configs/distill_*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.base_lr=1e-5")
+    add_config_arguments(parser, "YAML config (see configs/distill_*.yaml)", "dotted overrides, e.g. optim.base_lr=1e-5")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in the run folder (<output>.run)"
     )
@@ -36,7 +34,7 @@ def register(subparsers) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    config = load_config(DistillConfig, args.config, args.overrides)
+    config = config_from(DistillConfig, args)
     output = run_distillation(config, resume=args.resume)
     if PartialState().is_main_process:
         if output is None:

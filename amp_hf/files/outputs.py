@@ -17,15 +17,25 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .._version import __version__
+from ..errors import LinkOutsideError, OutputError, UsageError
+from .artifacts import (
+    CONFIG_FILE,
+    DEMO_SUMMARY_FILE,
+    EXPORT_METADATA_FILE,
+    OUTPUT_MARKER,
+    PRUNE_REPORT_FILE,
+    REFERENCE_RECORD_FILE,
+    SCORES_META_FILE,
+)
 
-MARKER = ".amp-hf-output.json"
+MARKER = OUTPUT_MARKER
 DEFAULT_FLAG = "overwrite=true (--overwrite)"
 # Artifacts that identify an output folder amp-hf wrote before it left a marker.
-_LEGACY_ARTIFACTS = ("prune_report.json", "amp_export.json", "scores.json", "reference.json")
+_LEGACY_ARTIFACTS = (PRUNE_REPORT_FILE, EXPORT_METADATA_FILE, SCORES_META_FILE, REFERENCE_RECORD_FILE)
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[^/]*$")
 
 
@@ -107,7 +117,12 @@ def _check_inputs(target: Path, inputs: Iterable, overwrite: bool) -> None:
 
 
 def _check_replaceable(target: Path, overwrite: bool, flag: str) -> None:
-    if target.is_symlink() or not target.is_dir():
+    if target.is_symlink():  # replacing it would swap the link for a folder, never touch what it points to
+        raise OutputError(
+            f"output {target} is a symlink (to {os.readlink(target)}): amp-hf does not write through or replace "
+            "links; give the folder it points to as the output, or choose another output path"
+        )
+    if not target.is_dir():
         raise OutputError(f"output {target} exists and is not a folder: choose another output path")
     if not overwrite:
         raise OutputError(f"{target} already exists: choose another output path, or pass {flag} to replace it")
@@ -129,6 +144,14 @@ def _check_replaceable(target: Path, overwrite: bool, flag: str) -> None:
         )
 
 
+def marker_lists(folder: str | os.PathLike, name: str) -> bool:
+    """True when ``folder``'s marker says amp-hf wrote its entry ``name`` (a file amp-hf may write over)."""
+    try:
+        return name in json.loads((Path(folder) / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def written_entries(folder: Path) -> set[str] | None:
     """The top-level entries amp-hf wrote into ``folder``, or None when amp-hf did not write it."""
     marker = folder / MARKER
@@ -146,10 +169,10 @@ def written_entries(folder: Path) -> set[str] | None:
 def _legacy_output(folder: Path) -> bool:
     if any((folder / name).is_file() for name in _LEGACY_ARTIFACTS):
         return True
-    if (folder / "summary.json").is_file() and (folder / "checkpoint").is_dir():  # amp-hf demo
+    if (folder / DEMO_SUMMARY_FILE).is_file() and (folder / "checkpoint").is_dir():  # amp-hf demo
         return True
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and str(config.get("model_type", "")).startswith("amp_")
@@ -250,8 +273,6 @@ def atomic_directory(
     os.chmod(staging, default_mode())
     try:
         yield staging
-        from . import __version__
-
         _write_marker(staging, {"written_by": "amp-hf", "version": __version__,
                                 "files": sorted(entry.name for entry in staging.iterdir())})  # fmt: skip
         _apply_umask(staging)
@@ -263,11 +284,132 @@ def atomic_directory(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, target)
-    except BaseException:
+    except BaseException as error:
+        full = disk_full_error(error, staging)  # judged before the cleanup frees the space again
         shutil.rmtree(staging, ignore_errors=True)
+        if full is not None:  # named by the output asked for, not the staging folder just removed
+            raise OSError(full.errno, full.strerror, str(target)) from error
         raise
     record_written(target.parent, [target.name])
 
 
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# safetensors (Rust) reports an I/O failure as its own SafetensorError, keeping only the OS error text
+_DISK_FULL_TEXT = re.compile(r"\(os error (?:28|122)\)|No space left on device|Disk quota exceeded")
+# torch.save's zip writer reports a short write without the cause ("unexpected pos N vs M")
+_FREE_AFTER_FAILURE = 64 * 1024
+
+
+def disk_full_error(error: BaseException, folder: str | os.PathLike | None = None) -> OSError | None:
+    """``error`` (raised while writing into ``folder``) as an ``OSError(ENOSPC)``, or None if the disk was not full.
+
+    Recognised: an ENOSPC / EDQUOT OSError, any error whose text (or cause's) carries the OS message, and a
+    writer's error raised while ``folder``'s file system has (next to) no space left."""
+    seen = error
+    while seen is not None:
+        if is_disk_full(seen):
+            return seen if seen is error else OSError(seen.errno, seen.strerror, seen.filename or folder)
+        if _DISK_FULL_TEXT.search(str(seen)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder) if folder else None)
+        seen = seen.__cause__ or seen.__context__
+    if folder is not None and not isinstance(error, (KeyboardInterrupt, SystemExit, UsageError)):
+        with contextlib.suppress(OSError):
+            existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
+            if shutil.disk_usage(existing).free < _FREE_AFTER_FAILURE:
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return None
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str, keep: str = "") -> None:
+    """Refuse (``OutputError``) to start writing ``needed`` bytes of ``what`` into ``folder`` when its file system
+    has less free space."""
+    existing = next(p for p in (expand(folder), *expand(folder).parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise OutputError(
+            f"not enough free space for {what} in {folder}: it needs about {needed / 2**20:,.1f} MiB and "
+            f"{free / 2**20:,.1f} MiB are free{keep}; free some space or choose another output"
+        )
+
+
+# -- folders amp-hf sends or copies -----------------------------------------------------------------------
+
+
+def _link_roots(root: Path) -> list[Path]:
+    """Where links in ``root`` may point: inside it, and for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<rev>``, whose files are links into ``../../blobs``) that repo's blobs."""
+    roots = [root]
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        roots.append((root.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _refuse_link(link: Path, target: Path, folder: Path) -> None:
+    shown = os.readlink(link)
+    where = shown if os.path.isabs(shown) else f"{shown} ({target})"
+    if not target.exists():
+        raise LinkOutsideError(f"{link} is a symlink to {where}, which does not exist: remove the link or restore "
+                               "its target")
+    raise LinkOutsideError(
+        f"{link} is a symlink to {where}, outside {folder}: amp-hf sends and copies only what lies inside the "
+        "folder; replace the link by a copy of what it points to, or remove it"
+    )
+
+
+def folder_files(folder: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                 skip: Callable[[tuple[str, ...]], bool] = lambda parts: False) -> list[tuple[str, Path]]:
+    """Every file under ``folder`` as ``(relative posix path, path)``, sorted; the one way amp-hf lists a folder
+    it uploads (``push``, ``demo --push``) or copies.
+
+    Symlinks (to files or folders) are followed when their target lies inside ``root`` (default: ``folder``);
+    any other link raises ``LinkOutsideError`` naming it and its target, before anything is read: a link
+    would otherwise send or copy a file the user never put in the folder. ``skip(parts)`` drops entries (and
+    whole sub-folders) by their relative path parts, before they are checked.
+    """
+    folder = Path(folder)
+    boundary = Path(root) if root is not None else folder
+    roots = _link_roots(boundary.resolve())
+    found: list[tuple[str, Path]] = []
+
+    def walk(directory: Path, prefix: tuple[str, ...], visiting: frozenset[Path]) -> None:
+        for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+            parts = (*prefix, entry.name)
+            if skip(parts):
+                continue
+            if entry.is_symlink():
+                target = entry.resolve(strict=False)
+                if not target.exists() or not _inside(target, roots):
+                    _refuse_link(entry, target, boundary)
+            else:
+                target = entry
+            if target.is_dir():
+                resolved = target.resolve()
+                if resolved not in visiting:  # a link back to a folder being walked would never end
+                    walk(entry, parts, visiting | {resolved})
+            elif target.is_file():
+                found.append(("/".join(parts), entry))
+
+    walk(folder, (), frozenset({folder.resolve()}))
+    return found
+
+
+def check_link_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` (a file of the folder ``root``), refused as ``folder_files`` refuses a link out of ``root``."""
+    path = Path(path)
+    if path.is_symlink():
+        resolved = path.resolve(strict=False)
+        if not resolved.exists() or not _inside(resolved, _link_roots(Path(root).resolve())):
+            _refuse_link(path, resolved, Path(root))
+    return path
+
+
+def copy_file_from(root: str | os.PathLike, source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy one file of the folder ``root``, refusing a link out of it as ``folder_files`` does."""
+    shutil.copy2(check_link_inside(root, source), target)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ExportError
-from .options import (
+from export.errors import ExportError
+from export.options import (
     DEFAULT_CALIBRATION_SAMPLES,
     DTYPES,
     ORT_FUSIONS,
@@ -14,6 +14,8 @@ from .options import (
     TARGETS,
     ExportOptions,
 )
+
+from .options import add_config_arguments, config_from
 
 
 def register(subparsers) -> None:
@@ -91,13 +93,8 @@ def register(subparsers) -> None:
         "weights) on ONNX Runtime CPU and PyTorch eager, beside the FLOPs-ideal speed-up. Writes OUT.json and "
         "OUT.md.",
     )
-    bench.add_argument("--config", help="YAML file with BenchConfig fields")
-    bench.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="override config fields, e.g. repeats=3 batch_sizes=[1,8] out=docs/bench_export",
-    )
+    add_config_arguments(bench, "YAML file with BenchConfig fields",
+                         "override config fields, e.g. repeats=3 batch_sizes=[1,8] out=docs/bench_export")
     bench.set_defaults(func=_run_bench)
 
 
@@ -112,7 +109,7 @@ def _batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def _run_export(args) -> int:
-    from .exporter import export_checkpoint
+    from export.exporter import export_checkpoint
 
     options = ExportOptions(
         opset=args.opset,
@@ -153,11 +150,9 @@ def _run_export(args) -> int:
 
 
 def _run_bench(args) -> int:
-    from amp_hf.config_utils import load_config
+    from export.bench import BenchConfig, run_benchmark
 
-    from .bench import BenchConfig, run_benchmark
-
-    config = load_config(BenchConfig, args.config, args.overrides)
+    config = config_from(BenchConfig, args)
     report = run_benchmark(config)
     print(report["markdown"])
     return 0

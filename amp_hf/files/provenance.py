@@ -15,8 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Hub ids of the models amp-hf ships offline under an alias (``amp_hf.loading.EMBEDDED_MODELS``).
-EMBEDDED_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+from ..errors import CheckpointError
+from .aliases import EMBEDDED_HUB_IDS, resolve_model_path
+
 _HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<revision>[0-9a-f]{40})")
 # How a model's own card names it: `SentenceTransformer("org/name")` / `.from_pretrained('org/name')`.
 _CARD_SNIPPET = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*['"](?P<id>[\w.-]+/[\w.-]+)['"]""")
@@ -76,9 +77,6 @@ def hub_reference(name_or_path: str | os.PathLike | None) -> tuple[str | None, s
 
 
 def _embedded_path(alias: str) -> str | None:
-    from .checkpoint import CheckpointError
-    from .loading import resolve_model_path
-
     try:
         return resolve_model_path(alias)
     except CheckpointError:  # its package is not installed

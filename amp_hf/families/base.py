@@ -1,70 +1,41 @@
-"""Family adapters: where a supported model keeps its prunable MLPs and how the criterion reads it.
+"""What a family is: ``ModelClass`` (one supported class), ``FamilyAdapter`` (where a family keeps its
+prunable MLPs and how the criterion reads it), ``MlpStack`` (a model resolved once) and the pooling functions.
 
-One registry (timm-style single funnel): every other module asks ``get_adapter(model)`` (or, once per run,
-``resolve(model)``) and never hard-codes a transformers path. The layer stack is found by probing module
-types and each MLP by its ``NeuronMap`` (declared once, in the family's modeling file, which also rebuilds
-pruned checkpoints without amp-hf), because stock tensor names moved across transformers 5.x minors.
+The layer stack is found by probing module types and each MLP by its ``NeuronMap`` (declared once, in the
+family's modeling file, which also rebuilds pruned checkpoints without amp-hf), because stock tensor names
+moved across transformers 5.x minors. The table of families is ``registry.py``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import transformers
 from torch import nn
-from transformers import (
-    AutoConfig,
-    BertForSequenceClassification,
-    BertModel,
-    CLIPModel,
-    CLIPVisionModel,
-    CLIPVisionModelWithProjection,
-    Dinov2ForImageClassification,
-    Dinov2Model,
-    Dinov2WithRegistersForImageClassification,
-    Dinov2WithRegistersModel,
-    PreTrainedConfig,
-    PreTrainedModel,
-    SiglipModel,
-    SiglipVisionModel,
-    ViTForImageClassification,
-    ViTModel,
-)
+from transformers import PreTrainedConfig, PreTrainedModel
 
-from . import models as amp_models
-from .errors import UnsupportedModelError
-from .io_spec import (
-    CLS_TOKEN,
-    MASKED_MEAN,
-    POOLED,
-    ArchitectureSpec,
-    backbone_spec,
-    classifier_spec,
-    clip_spec,
-    projected_image_spec,
-    siglip_spec,
-)
-from .models import modeling_amp_dinov2_with_registers as dinov2_registers
-from .models.amp_layer_widths import NeuronMap, find_backbone, find_layer_stack, find_neuron_map, global_width_access
+from ..errors import UnsupportedModelError
+from ..models.amp_layer_widths import NeuronMap, find_backbone, find_layer_stack, find_neuron_map, global_width_access
+from .io_spec import ArchitectureSpec
 
 TEXT_SEQUENCE_LENGTH = 128  # native "input size" for text encoders in FLOP accounting
 
 
-def _cls_token(outputs, batch) -> torch.Tensor:
+def cls_token(outputs, batch) -> torch.Tensor:
     return outputs.last_hidden_state[:, 0]
 
 
-def _pooler_output(outputs, batch) -> torch.Tensor:
+def pooler_output(outputs, batch) -> torch.Tensor:
     # CLIP / DINOv2: the final-norm CLS token; SigLIP: the attention-pooling head (no CLS token exists).
     if outputs.pooler_output is None:  # SigLIP built without its head
         return outputs.last_hidden_state.mean(dim=1)
     return outputs.pooler_output
 
 
-def _masked_mean(outputs, batch) -> torch.Tensor:
+def masked_mean(outputs, batch) -> torch.Tensor:
     # sentence-transformers' mean pooling: padding tokens do not count.
     hidden = outputs.last_hidden_state
     mask = batch.get("attention_mask")
@@ -120,6 +91,7 @@ class FamilyAdapter:
     ``neuron_maps``: the candidate maps of one layer's MLP. Both default to what the family's amp classes
     declare (``_amp_backbone_class``, ``_amp_neuron_maps``), so the remote code probes the same way.
     Which (sub-)config owns the widths is declared once, on the amp class (``_amp_width_config``).
+    ``processor_in_config``: the model carries its preprocessing in its own config (no processor files to copy).
     """
 
     name: str
@@ -133,6 +105,7 @@ class FamilyAdapter:
     notes: str = ""
     backbone_class: type | None = None
     neuron_maps: tuple[NeuronMap, ...] = ()
+    processor_in_config: bool = False
 
     def __post_init__(self):
         if self.summary not in ("cls", "mean"):
@@ -184,7 +157,7 @@ class FamilyAdapter:
 
     def widths(self, model: nn.Module) -> list[int]:
         """Current hidden width of every layer's MLP, read from the modules themselves."""
-        return resolve(model, self).widths()
+        return self.resolve(model).widths()
 
     def resolve(self, model: nn.Module) -> MlpStack:
         """Everything a run needs about ``model``'s prunable MLPs, probed once."""
@@ -218,9 +191,30 @@ class FamilyAdapter:
         ids = torch.ones(batch_size, length, dtype=torch.long, device=device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
+    # -- folders in the family's own layout ---------------------------------------------------------
+    def is_folder(self, path: str | os.PathLike) -> bool:
+        """A folder in this family's own Hub layout, which transformers cannot read (no config.json)."""
+        return False
+
+    def load_folder(self, path: str | os.PathLike) -> PreTrainedModel:
+        """The model of a folder ``is_folder`` accepts."""
+        raise UnsupportedModelError(f"the {self.name} family has no folder layout of its own")
+
+    def stores_processor(self, path: str | os.PathLike) -> bool:
+        """Whether the folder holds this family's own preprocessing files (not transformers' processor files)."""
+        return False
+
+    def folder_processor(self, path: str | os.PathLike):
+        """The processor of a folder ``stores_processor`` accepts."""
+        raise UnsupportedModelError(f"the {self.name} family keeps no processor of its own")
+
     # -- model card ----------------------------------------------------------------------------------
     def hub_base_model(self, config: dict) -> str | None:
         """The base model's Hub id as a checkpoint's config.json records it, for families that record one."""
+        return None
+
+    def base_model_label(self, config: dict) -> str | None:
+        """How the card names the model a checkpoint was built from, beside the base model (None: nothing)."""
         return None
 
     def usage_example(self, repo: str) -> str | None:
@@ -257,153 +251,6 @@ class FamilyAdapter:
         return new_config
 
 
-ADAPTERS: dict[str, FamilyAdapter] = {
-    adapter.name: adapter
-    for adapter in (
-        FamilyAdapter(
-            name="vit",
-            classes=(
-                ModelClass(ViTModel, amp_models.AmpViTModel, backbone_spec("image", CLS_TOKEN)),  # the tanh pooler is unused
-                ModelClass(ViTForImageClassification, amp_models.AmpViTForImageClassification, classifier_spec("image"),
-                           auto=("AutoModelForImageClassification",)),
-            ),
-            modality="image",
-            pool=_cls_token,
-            summary="cls",
-            notes="embedding: final-norm CLS token (ViTModel's tanh pooler is not used)",
-        ),
-        FamilyAdapter(
-            name="clip",
-            classes=(
-                ModelClass(CLIPVisionModel, amp_models.AmpCLIPVisionModel, backbone_spec("image", POOLED)),
-                # no Auto class maps to it in transformers either: the saved class answers AutoModel
-                ModelClass(CLIPVisionModelWithProjection, amp_models.AmpCLIPVisionModelWithProjection, projected_image_spec(),
-                           auto=()),
-                ModelClass(CLIPModel, amp_models.AmpCLIPModel, clip_spec(),
-                           auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
-            ),
-            modality="image",
-            pool=_pooler_output,
-            summary="cls",
-            image_text=True,
-            joint_embedding="image_embeds",
-            notes="vision tower pruned, text tower untouched; embedding: post-LN CLS before visual_projection",
-        ),
-        FamilyAdapter(
-            name="siglip",
-            classes=(
-                ModelClass(SiglipVisionModel, amp_models.AmpSiglipVisionModel, backbone_spec("image", POOLED)),
-                ModelClass(SiglipModel, amp_models.AmpSiglipModel, siglip_spec(),
-                           auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
-            ),
-            modality="image",
-            pool=_pooler_output,
-            summary="mean",
-            image_text=True,
-            text_padding="max_length",
-            joint_embedding="pooler_output",  # no projection: the pooling head's output is the embedding
-            notes="encoder layers pruned; the attention-pooling head's MLP is kept whole; "
-            "embedding: the pooling head's output",
-        ),
-        FamilyAdapter(
-            name="dinov2",
-            classes=(
-                ModelClass(Dinov2Model, amp_models.AmpDinov2Model, backbone_spec("image", POOLED)),
-                ModelClass(Dinov2ForImageClassification, amp_models.AmpDinov2ForImageClassification, classifier_spec("image"),
-                           auto=("AutoModelForImageClassification",)),
-            ),
-            modality="image",
-            pool=_pooler_output,
-            summary="cls",
-            notes="plain MLP and SwiGLU (gate/up rows pruned together); embedding: final-norm CLS",
-        ),
-        FamilyAdapter(
-            name="dinov2_with_registers",
-            classes=(
-                ModelClass(Dinov2WithRegistersModel, dinov2_registers.AmpDinov2WithRegistersModel,
-                           backbone_spec("image", POOLED)),
-                ModelClass(Dinov2WithRegistersForImageClassification,
-                           dinov2_registers.AmpDinov2WithRegistersForImageClassification, classifier_spec("image"),
-                           auto=("AutoModelForImageClassification",)),
-            ),
-            modality="image",
-            pool=_pooler_output,
-            summary="cls",  # CLS, then the register tokens, then the patches
-            notes="as DINOv2 (plain MLP or SwiGLU), with register tokens; embedding: final-norm CLS",
-        ),
-        FamilyAdapter(
-            name="bert",
-            classes=(
-                ModelClass(BertModel, amp_models.AmpBertModel, backbone_spec("text", MASKED_MEAN)),
-                ModelClass(BertForSequenceClassification, amp_models.AmpBertForSequenceClassification, classifier_spec("text"),
-                           auto=("AutoModelForSequenceClassification",)),
-            ),
-            modality="text",
-            pool=_masked_mean,
-            summary="cls",
-            notes="BERT-style sentence encoders (e.g. all-MiniLM-L6-v2); embedding: attention-masked token mean",
-        ),
-    )
-}
-
-from .open_clip_family import OPEN_CLIP_ADAPTER  # noqa: E402  (its adapter subclasses FamilyAdapter above)
-
-ADAPTERS[OPEN_CLIP_ADAPTER.name] = OPEN_CLIP_ADAPTER
-
-from .timm_family import TIMM_ADAPTER  # noqa: E402  (likewise)
-
-ADAPTERS[TIMM_ADAPTER.name] = TIMM_ADAPTER
-
-
-# Every pruned model class, by name (config.architectures[0] of a saved checkpoint).
-MODEL_CLASSES: dict[str, type] = {entry.amp.__name__: entry.amp for a in ADAPTERS.values() for entry in a.classes}
-
-# config class -> {Auto class name: model class}. Also written as `auto_map` into every saved config.
-AUTO_CLASSES: dict[type, dict[str, type]] = {}
-for _entry in (entry for adapter in ADAPTERS.values() for entry in adapter.classes):
-    AUTO_CLASSES.setdefault(_entry.amp.config_class, {}).update({name: _entry.amp for name in _entry.auto})
-
-
-def register_auto_classes() -> None:
-    """Register every amp_* type with AutoConfig and the Auto model classes (idempotent)."""
-    for config_cls, auto_classes in AUTO_CLASSES.items():
-        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
-        for auto_name, model_cls in auto_classes.items():
-            getattr(transformers, auto_name).register(config_cls, model_cls, exist_ok=True)
-
-
-def auto_map_for(config_cls: type, model_cls: type) -> dict[str, str]:
-    """The ``auto_map`` a checkpoint of ``model_cls`` carries: the saved class answers AutoModel
-    when no Auto class maps to it."""
-
-    def ref(cls: type) -> str:
-        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-
-    entries = {"AutoConfig": ref(config_cls)}
-    entries.update({auto_name: ref(cls) for auto_name, cls in AUTO_CLASSES[config_cls].items()})
-    if model_cls not in AUTO_CLASSES[config_cls].values():
-        entries["AutoModel"] = ref(model_cls)  # e.g. CLIPVisionModelWithProjection keeps its projection
-    return entries
-
-
-register_auto_classes()
-
-
-def supported_models() -> list[str]:
-    return sorted(cls.__name__ for adapter in ADAPTERS.values() for cls in adapter.model_classes)
-
-
-def get_adapter(model: nn.Module) -> FamilyAdapter:
-    for adapter in ADAPTERS.values():
-        if adapter.supports(model):
-            return adapter
-    raise UnsupportedModelError(
-        f"amp-hf does not support {type(model).__name__}. Supported model classes: "
-        f"{', '.join(supported_models())}. Load the checkpoint with one of these classes "
-        f"(e.g. AutoModel / AutoModelForImageClassification) or open an issue for the family."
-    )
-
-
 @dataclass(frozen=True)
 class MlpStack:
     """A model resolved once: its family adapter, the path of its layer stack and every layer's neuron map.
@@ -438,10 +285,3 @@ class MlpStack:
             [(f"{self.layers_path}.{index}.{name}", dim, chunks) for name, dim, chunks in neuron_map.hidden_tensors(layer)]
             for index, (layer, neuron_map) in enumerate(self.mlps())
         ]
-
-
-def resolve(model: nn.Module | MlpStack, adapter: FamilyAdapter | None = None) -> MlpStack:
-    """``model`` resolved (an ``MlpStack`` is returned as it is): what every step of a run reads."""
-    if isinstance(model, MlpStack):
-        return model
-    return (adapter or get_adapter(model)).resolve(model)

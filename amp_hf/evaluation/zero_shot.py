@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .cache import cache_root
-from .families import UnsupportedModelError, get_adapter
+from ..families import UnsupportedModelError, get_adapter
+from ..files.cache import cache_root
 
 # The 7-template subset CLIP's authors found best for ImageNet (CLIP repo, notebooks/Prompt_Engineering).
 DEFAULT_TEMPLATES = (

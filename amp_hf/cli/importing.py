@@ -1,0 +1,28 @@
+"""``amp-hf import``: official AMP / DGMR pruned ``.pth`` files into amp-hf checkpoints."""
+
+from __future__ import annotations
+
+from ..importing import LAYOUTS, METHODS, import_official
+
+
+def cmd_import(args) -> int:
+    _, info = import_official(args.weights, args.base, args.output, method=args.method, layout=args.layout,
+                              overwrite=args.overwrite)  # fmt: skip
+    print(f"{info['method']} ({info['source_layout']}): widths {info['original_widths']} -> {info['widths']}")
+    print(f"saved {args.output}  (source sha256 {info['source_sha256'][:16]}...)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import", help="import an official AMP / DGMR pruned .pth file (widths from its shapes) into a checkpoint"
+    )
+    parser.add_argument("weights", help="the official .pth file")
+    parser.add_argument("--base", required=True,
+                        help="the base model it was pruned from: an open_clip Hub folder, an amp-hf open_clip "
+                        "folder, or a transformers Dinov2Model folder")  # fmt: skip
+    parser.add_argument("--output", "-o", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--method", choices=sorted(METHODS), default="amp", help="which repo the file comes from")
+    parser.add_argument("--layout", default="auto", help=f"auto (default) or one of: {', '.join(LAYOUTS)}")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(func=cmd_import)

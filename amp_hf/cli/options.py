@@ -1,0 +1,32 @@
+"""Option glue more than one command uses: a YAML config with dotted KEY=VALUE overrides, and checked types."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..files.config_utils import load_config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str,
+                         short: bool = False) -> None:
+    """``--config FILE`` and trailing ``KEY=VALUE`` overrides (``amp_hf.cli.main`` also accepts overrides after
+    the options)."""
+    flags = ("--config", "-c") if short else ("--config",)
+    parser.add_argument(*flags, help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+
+
+def config_from(config_cls, args: argparse.Namespace):
+    """The ``config_cls`` dataclass the command's ``--config`` and overrides describe."""
+    return load_config(config_cls, args.config, args.overrides)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so a 0 is a usage error, not a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value

@@ -1,0 +1,149 @@
+"""What post-hoc reconstruction and the in-search refit share: the ``reconstruct:`` config, the input of a
+layer, the Gram statistics of a layer's output projection (all-reduced across processes), the corrected
+projection, and the fit / held-out split of the calibration batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..data import DataConfig, DataError, model_inputs
+from ..families import MlpStack, resolve
+from ..layer_stack import run_layer
+from .gram import accumulate_gram, new_gram
+
+
+@dataclass
+class ReconstructConfig:
+    """The ``reconstruct:`` section of a prune config."""
+
+    enabled: bool = False
+    mode: Literal["sequential", "independent"] = "sequential"
+    damping: float | None = None  # fixed relative ridge λ; None = best of damping_candidates on held-out tokens
+    damping_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    heldout_fraction: float = 0.25  # share of the calibration batches held out (damping choice, fallbacks)
+    data: DataConfig | None = None  # calibration data (default: the scoring data)
+    num_samples: int | None = None  # calibration samples (default: the data config's num_samples)
+    end_to_end_check: bool = True  # revert refits that move the held-out criterion away from the original's
+    # A per-layer revert must close at least this share of the sliced model's criterion gap to the original:
+    # smaller changes are within the noise of a few held-out batches.
+    revert_margin: float = 0.05
+
+    def __post_init__(self):
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(
+                f"reconstruct.heldout_fraction must be in (0, 1) (e.g. 0.25); got {self.heldout_fraction}"
+            )
+        if self.damping is not None and self.damping < 0:
+            raise ValueError("reconstruct.damping must be >= 0 (a relative ridge strength, e.g. 0.001)")
+        if not self.damping_candidates or any(d < 0 for d in self.damping_candidates):
+            raise ValueError("reconstruct.damping_candidates must be a non-empty list of values >= 0")
+        if self.revert_margin < 0:
+            raise ValueError("reconstruct.revert_margin must be >= 0 (a share of the criterion gap, e.g. 0.05)")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError("reconstruct.num_samples must be >= 1 (or null for the data config's)")
+
+    @property
+    def dampings(self) -> list[float]:
+        return [self.damping] if self.damping is not None else list(self.damping_candidates)
+
+    def calibration_data(self, default: DataConfig) -> DataConfig:
+        """The calibration data: ``data`` (or ``default``) with ``num_samples`` applied."""
+        data = self.data or default
+        return replace(data, num_samples=self.num_samples) if self.num_samples is not None else data
+
+
+class _InputCaptured(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+@torch.no_grad()
+def layer_input(stack: MlpStack, index: int, batch: dict) -> torch.Tensor:
+    """The input of layer ``index`` for ``batch`` (a forward pass stopped there)."""
+
+    def capture(module, args):
+        raise _InputCaptured(args[0])
+
+    handle = stack.layers[index].register_forward_pre_hook(capture)
+    try:
+        stack.backbone(**model_inputs(batch))
+    except _InputCaptured as captured:
+        return captured.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"layer {index} of {type(stack.model).__name__} did not run in the forward pass")
+
+
+def output_projection(stack: MlpStack, index: int) -> nn.Linear:
+    layer, neuron_map = stack.mlps()[index]
+    return neuron_map.output(layer)
+
+
+@torch.no_grad()
+def projection_grams(model: nn.Module | MlpStack, index: int, batches: Sequence[dict], inputs: Sequence | None,
+                     is_fit: Sequence[bool], accelerator=None, keep_outputs: bool = False):
+    """Fit and held-out Gram matrices (``gram.new_gram``) of the input of layer ``index``'s MLP output
+    projection, summed over the batches marked fit / held out and all-reduced across processes; and the
+    layer's outputs when ``keep_outputs`` (else Nones).
+
+    ``inputs``: each batch's input to the layer (None entries, or ``inputs=None``: computed by a forward pass
+    through the layers before it).
+    """
+    stack = resolve(model)
+    width = output_projection(stack, index).in_features
+    device = next(stack.model.parameters()).device
+    grams = {True: new_gram(width, device), False: new_gram(width, device)}
+    outputs = []
+    for position, (batch, fit) in enumerate(zip(batches, is_fit)):
+        hidden = inputs[position] if inputs is not None else None
+        if hidden is None and index > 0:
+            hidden = layer_input(stack, index, batch)
+
+        def collect(h, batch=batch, gram=grams[fit]):
+            accumulate_gram(gram, h, token_mask(batch, h))
+
+        output = run_layer(stack, index, batch, hidden, collect)
+        outputs.append(output if keep_outputs else None)
+    fit, heldout = (all_reduce_sum(grams[k], accelerator).cpu() for k in (True, False))
+    return fit, heldout, outputs
+
+
+def corrected_projection(original: nn.Linear, kept: Sequence[int], delta: torch.Tensor):
+    """(weight, bias) of the sliced output projection plus the refit correction ``delta`` (``gram`` layout:
+    kept columns, then the bias), in ``original``'s dtype and device."""
+    weight = original.weight.detach().to("cpu", torch.float64)[:, list(kept)] + delta[:, : len(kept)]
+    bias = None
+    if original.bias is not None:
+        bias = (original.bias.detach().to("cpu", torch.float64) + delta[:, len(kept)]).to(
+            original.bias.device, original.bias.dtype)
+    return weight.to(original.weight.device, original.weight.dtype), bias
+
+
+def token_mask(batch: dict, hidden: torch.Tensor) -> torch.Tensor | None:
+    """Text encoders: the attention mask (padding tokens do not count); images: every token counts."""
+    mask = batch.get("attention_mask")
+    return mask if mask is not None and tuple(mask.shape) == tuple(hidden.shape[:-1]) else None
+
+
+def split_heldout(batches: Sequence[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Fit batches first, the last ``fraction`` (at least one) held out. Whole batches keep the in-batch
+    criterion meaningful and the split identical for any number of processes."""
+    if len(batches) < 2:
+        raise DataError(
+            f"reconstruction needs at least 2 calibration batches (whole batches are held out) but got "
+            f"{len(batches)}: raise reconstruct.num_samples or lower the data's batch_size"
+        )
+    heldout = min(len(batches) - 1, max(1, round(fraction * len(batches))))
+    return list(batches[:-heldout]), list(batches[-heldout:])
+
+
+def all_reduce_sum(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.reduce(tensor, reduction="sum")
+    return tensor
