@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,7 +153,9 @@ def _quiet_exporter() -> Iterator[None]:
         logging.getLogger(name).setLevel(logging.ERROR)
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            # torch.export's own use of a deprecated pytree check, once per export: about torch, not the model
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             yield
     finally:
         for name, level in levels.items():
@@ -160,7 +163,9 @@ def _quiet_exporter() -> Iterator[None]:
         logger.debug(printed.getvalue())
 
 
-_NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "")  # "": onnxruntime.quantization logs to the root
+# "": onnxruntime.quantization logs to the root; transformers.exporters warns on every export that the installed
+# torch / onnx versions differ from the ones it was tested with (the suite and export validation cover ours).
+_NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "transformers.exporters", "")
 
 
 def quantizer_for(options: ExportOptions, calibration: list[dict] | None) -> OnnxRuntimeQuantizer | None:

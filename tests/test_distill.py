@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -451,3 +452,20 @@ def _logged_losses(output: Path) -> list[dict]:
     """metrics.jsonl of a run without its timing column."""
     rows = [json.loads(line) for line in (Path(f"{output}.run") / "metrics.jsonl").read_text().splitlines()]
     return [{key: value for key, value in row.items() if key != "samples_per_second"} for row in rows]
+
+
+def test_progress_bar_loss_moves_every_step_between_log_lines(tmp_path):
+    """With one log line at the end, the bar still shows a new running-mean loss after each step (issue 29)."""
+    teacher, student = save_pair(tmp_path, "vit")
+    data = save_digits(tmp_path / "digits", start=0, count=32)
+    command = [sys.executable, "-m", "amp_hf", "distill", f"teacher={teacher}", f"student={student}",
+               f"data.source={data}", f"output={tmp_path / 'out'}", "data.batch_size=8", "schedule.max_steps=4",
+               "schedule.warmup_steps=1", "optim.base_lr=0.002", "logging.every_steps=100"]
+    # TQDM_MININTERVAL=0: draw every update (tqdm otherwise skips redraws within 0.1 s, and tiny steps are faster)
+    env = {**_env(), "TQDM_MININTERVAL": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    shown = re.findall(r"(\d+)/4 \[[^\]]*loss=([-\d.e+]+)\]", result.stderr)
+    steps_with_loss = {int(step) for step, _ in shown}
+    # The one log line comes at step 4; each draw shows the running mean set after the step before it.
+    assert {2, 3} <= steps_with_loss, result.stderr[-2000:]

@@ -17,7 +17,7 @@ PACKAGES = ("amp_hf", "export", "hub_cards")
 # except the package face ``amp_hf`` (its __init__), which matches only itself.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("amp_hf.models",)),
-    ("errors/_version", ("amp_hf.errors", "amp_hf._version")),
+    ("errors/_version", ("amp_hf.errors", "amp_hf._version", "amp_hf._lazy")),
     ("files", ("amp_hf.files",)),
     ("families", ("amp_hf.families",)),
     ("core", ("amp_hf", "amp_hf.plan", "amp_hf.slicing", "amp_hf.accounting", "amp_hf.checkpoint", "amp_hf.loading",

@@ -93,6 +93,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def _close_process_group() -> None:
     """Tear down the process group of an `accelerate launch` run before exit: a gloo group left to interpreter
     shutdown can abort a rank ("terminate called without an active exception", seen under 2-process eval)."""
+    if "torch.distributed" not in sys.modules:  # a command that never loaded torch has no group to close
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -13,10 +13,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                          "dotted overrides, e.g. model=minilm output=out/minilm search.delta_e=0.02", short=True)
 
 
-def _prune_config(args):
+def _prune_config_class():
     from ..pruning import PruneConfig
 
-    return config_from(PruneConfig, args)
+    return PruneConfig
+
+
+def _prune_config(args):
+    return config_from(_prune_config_class, args)
 
 
 def format_stats_table(stats: dict) -> str:
@@ -45,22 +49,23 @@ def cmd_stats(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from ..pruning import run_score
-
     if not args.output:
         from ..errors import UsageError
 
         raise UsageError("pass --output DIR for the scores (scores.safetensors + scores.json)")
     config = _prune_config(args)
+    from ..pruning import run_score
+
     scores = run_score(config, args.output)
     print(f"scored {scores.num_samples} samples -> {args.output}")
     return 0
 
 
 def cmd_prune(args) -> int:
+    config = _prune_config(args)
     from ..pruning import run_prune
 
-    report = run_prune(_prune_config(args))
+    report = run_prune(config)
     print(f"{report['method']}: widths {report['original_widths']} -> {report['widths']}")
     print(format_stats_table(report["stats"]))
     if "reconstruction" in report:

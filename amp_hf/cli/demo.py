@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ..demo import format_summary, run_demo
 from ..errors import UsageError
 
 
 def cmd_demo(args) -> int:
+    from ..demo import format_summary, run_demo
+
     try:
         from hub_cards.push import HubPushError
     except ImportError:  # a build without hub_cards: --push is refused by run_demo's import

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..distill import DistillConfig, run_distillation
 from .options import add_config_arguments, config_from
 
 EXAMPLES = """examples:
@@ -31,10 +30,18 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_command)
 
 
+def _distill_config_class():
+    from ..distill import DistillConfig
+
+    return DistillConfig
+
+
 def run_command(args: argparse.Namespace) -> int:
+    config = config_from(_distill_config_class, args)  # file and override errors come before any torch import
     from accelerate import PartialState
 
-    config = config_from(DistillConfig, args)
+    from ..distill import run_distillation
+
     output = run_distillation(config, resume=args.resume)
     if PartialState().is_main_process:
         if output is None:

@@ -6,26 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import DataConfig, load_processor
 from ..errors import UsageError
-from ..evaluation.tasks import (
-    CAPTION_COLUMNS,
-    TASKS,
-    check_tasks,
-    default_teacher,
-    eval_accelerator,
-    evaluate_fidelity,
-    evaluate_knn,
-    evaluate_retrieval,
-    evaluate_top1,
-    evaluate_zero_shot,
-)
-from ..evaluation.zero_shot import DEFAULT_TEMPLATES, load_text_classifier
-from ..families import get_adapter
 from ..files.artifacts import EVAL_REPORT_FILE
-from ..files.eval_report import EvalResult, read_report, write_report
+from ..files.eval_report import CAPTION_COLUMNS, TASKS, EvalResult, read_report, write_report
 from ..files.outputs import expand, prepare_output
-from ..loading import load_model, resolve_model_path
 from .options import positive_int
 
 
@@ -103,6 +87,22 @@ def _lines(path: str | None) -> list[str] | None:
 
 
 def run_eval(args) -> int:
+    # torch and transformers load here, after the arguments were parsed and checked (amp-hf eval --help is instant)
+    from ..data import DataConfig, load_processor
+    from ..evaluation.tasks import (
+        check_tasks,
+        default_teacher,
+        eval_accelerator,
+        evaluate_fidelity,
+        evaluate_knn,
+        evaluate_retrieval,
+        evaluate_top1,
+        evaluate_zero_shot,
+    )
+    from ..evaluation.zero_shot import DEFAULT_TEMPLATES, load_text_classifier
+    from ..families import get_adapter
+    from ..loading import load_model, resolve_model_path
+
     report_path = _report_path(args)  # fail before any model is loaded
     if "retrieval" in args.task and not args.data:
         raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")

@@ -149,10 +149,16 @@ def _run_export(args) -> int:
     return 0
 
 
-def _run_bench(args) -> int:
-    from export.bench import BenchConfig, run_benchmark
+def _bench_config_class():
+    from export.bench import BenchConfig
 
-    config = config_from(BenchConfig, args)
+    return BenchConfig
+
+
+def _run_bench(args) -> int:
+    config = config_from(_bench_config_class, args)  # file and override errors come before any torch import
+    from export.bench import run_benchmark
+
     report = run_benchmark(config)
     print(report["markdown"])
     return 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from hub_cards.card import CARD_FILE, PLOT_FILE, CardTemplateError, write_card
-from hub_cards.push import DEFAULT_TIMEOUT, HubPushError, plan_upload, push_to_hub
-
 from ..errors import UsageError
+from ..files.artifacts import CARD_FILE, PLOT_FILE
 from ..files.outputs import expand
+
+# hub_cards.push.DEFAULT_TIMEOUT, spelled here so `push --help` loads no Hub client (tests/test_cli.py checks it).
+DEFAULT_TIMEOUT = 10.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +60,8 @@ def _add_card_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_card(args: argparse.Namespace) -> int:
+    from hub_cards.card import CardTemplateError, write_card
+
     try:
         written = write_card(
             args.checkpoint, template=args.template, base_model=args.base_model, license=args.license,
@@ -71,6 +74,9 @@ def run_card(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from hub_cards.card import CardTemplateError
+    from hub_cards.push import HubPushError, plan_upload, push_to_hub
+
     try:
         plan = plan_upload(
             args.checkpoint, args.repo_id, onnx_dir=args.onnx, template=args.template, base_model=args.base_model,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..files.config_utils import load_config
+from ..files.config_utils import build, config_values
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str,
@@ -16,9 +16,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, over
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
 
 
-def config_from(config_cls, args: argparse.Namespace):
-    """The ``config_cls`` dataclass the command's ``--config`` and overrides describe."""
-    return load_config(config_cls, args.config, args.overrides)
+def config_from(config_class, args: argparse.Namespace):
+    """The config dataclass the command's ``--config`` and overrides describe. ``config_class()`` returns the
+    class; it is called after the file and the overrides were read, so their errors need no torch import."""
+    values = config_values(args.config, args.overrides)
+    return build(config_class(), values)
 
 
 def positive_int(text: str) -> int:

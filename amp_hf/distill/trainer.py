@@ -244,6 +244,10 @@ class DistillationLoop:
         self._steps += 1
         if step % every == 0 or step == stop_at:
             self._log(step)
+        elif not self._bar.disable:
+            # Between log lines the bar shows this process's running mean of the window, so it moves every step.
+            running = self._loss_sums["total"] / self._steps
+            self._bar.set_postfix(loss=f"{float(running):.4g}", refresh=False)
         if step == self.schedule.total_steps:
             return  # the final model is written next; a checkpoint would only repeat it
         if step % self.config.checkpointing.every_steps == 0 or step == stop_at:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import CheckpointError
 from ..data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
 from ..families import UnsupportedModelError, get_adapter
-from ..files.eval_report import EvalResult
+from ..files.eval_report import CAPTION_COLUMNS, EvalResult
 from ..files.sentence_transformers_format import sentence_embedder
 from ..loading import resolve_model_path
 from .metrics import (
@@ -57,8 +57,6 @@ from .zero_shot import (
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("knn", "zeroshot", "retrieval", "top1", "fidelity")
-CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
 
 
 # -- teacher ------------------------------------------------------------------------------------------

@@ -176,7 +176,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Read ``path`` (YAML), apply dotted ``overrides``, build and validate ``cls``."""
+    return build(cls, config_values(path, overrides))
+
+
+def config_values(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
+    """The values ``path`` (YAML) and the dotted ``overrides`` give, before any dataclass sees them: a missing
+    file, bad YAML or a malformed override is refused here, without the (heavy) module of the config class."""
     values = read_yaml(path) if path else {}
-    values = merge(values, parse_overrides(overrides))
-    return build(cls, values)
+    return merge(values, parse_overrides(overrides))
 

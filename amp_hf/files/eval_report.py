@@ -31,6 +31,11 @@ from .artifacts import EVAL_REPORT_FILE, EVAL_REPORT_SCHEMA
 from .outputs import default_mode, record_written
 from .provenance import portable, portable_reference
 
+# The tasks a report row can name (amp_hf.evaluation.tasks computes them).
+TASKS = ("knn", "zeroshot", "retrieval", "top1", "fidelity")
+# The columns retrieval reads its captions from, first match wins (a row's caption column when none is given).
+CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
+
 
 @dataclass
 class EvalResult:
