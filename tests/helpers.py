@@ -137,3 +137,34 @@ def assert_sentence_transformers_matches(checkpoint: Path, data, atol: float = 1
     torch.testing.assert_close(theirs, ours, atol=atol, rtol=0)
     torch.testing.assert_close(theirs.norm(dim=1), torch.ones(len(ours)), atol=1e-5, rtol=0)
     return model
+
+
+def assert_sentence_transformers_onnx_layout_matches(checkpoint: Path, data, atol: float = 1e-4) -> None:
+    """What sentence-transformers' ONNX backend reads, checked with plain onnxruntime (no optimum): modules.json
+    puts the Transformer at the folder root, its graph is ``onnx/model.onnx``, and the graph's
+    ``last_hidden_state`` through the checkpoint's own later modules (Pooling, Normalize) equals amp-hf's
+    embeddings."""
+    import json
+
+    import onnxruntime as ort
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    modules = json.loads((checkpoint / "modules.json").read_text())
+    transformer = next(m for m in modules if m["type"].endswith(".Transformer"))
+    assert transformer["path"] == "", transformer  # the backend looks for onnx/ under the Transformer's path
+    graph = checkpoint / "onnx" / "model.onnx"
+    assert graph.is_file(), graph
+    model = SentenceTransformer(str(checkpoint), device="cpu")  # its tokenizer and its modules after the Transformer
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    inputs = {node.name for node in session.get_inputs()}
+    sentences = sentences_of(data, checkpoint)
+    embeddings = []
+    for start in range(0, len(sentences), 8):
+        features = model.tokenize(sentences[start : start + 8])
+        hidden = session.run(["last_hidden_state"], {k: v.numpy() for k, v in features.items() if k in inputs})[0]
+        features = {**features, "token_embeddings": torch.from_numpy(hidden)}
+        for module in list(model)[1:]:
+            features = module(features)
+        embeddings.append(features["sentence_embedding"])
+    torch.testing.assert_close(torch.cat(embeddings), amp_hf_embeddings(checkpoint, data), atol=atol, rtol=0)

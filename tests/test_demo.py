@@ -8,7 +8,7 @@ import json
 import onnx
 import pytest
 import torch
-from helpers import assert_sentence_transformers_matches, local_paths_under
+from helpers import assert_sentence_transformers_matches, assert_sentence_transformers_onnx_layout_matches, local_paths_under
 from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoTokenizer
 
@@ -69,6 +69,7 @@ def test_sentence_transformers_loads_both_checkpoints_with_amp_hf_embeddings(dem
         model = assert_sentence_transformers_matches(output / name, data)
         assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Normalize"]
         assert model.max_seq_length == 256
+    assert_sentence_transformers_onnx_layout_matches(output / "distilled", data, atol=1e-4)
     pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum")
     model = assert_sentence_transformers_matches(output / "distilled", data, atol=1e-4, backend="onnx")
     assert model[0].backend == "onnx"

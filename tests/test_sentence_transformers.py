@@ -14,6 +14,7 @@ import torch
 from helpers import (
     amp_hf_embeddings,
     assert_sentence_transformers_matches,
+    assert_sentence_transformers_onnx_layout_matches,
     run_without_amp_hf,
     sentences_of,
 )
@@ -97,12 +98,14 @@ def test_trust_remote_code_without_amp_hf_gives_the_same_embeddings(tiny_st, tmp
 
 
 def test_onnx_backend_of_sentence_transformers_matches(tiny_st, tmp_path):
-    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum")
     from export import ExportOptions, export_checkpoint
 
     data = _texts(tmp_path)
     checkpoint = _prune(tiny_st, tmp_path / "pruned")
     export_checkpoint(checkpoint, checkpoint / "onnx", ExportOptions())
+    assert_sentence_transformers_onnx_layout_matches(checkpoint, data, atol=1e-4)
+    # The backend itself reads graphs through optimum (opt-in extra `sentence-transformers-onnx`).
+    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum")
     model = assert_sentence_transformers_matches(checkpoint, data, atol=1e-4, backend="onnx")
     assert model[0].backend == "onnx"
 
@@ -162,7 +165,6 @@ def test_real_minilm_pruned_keeps_normalize_and_max_seq_length(minilm_path, tmp_
 
 @pytest.mark.slow
 def test_real_minilm_pruned_onnx_backend_matches(minilm_path, tmp_path):
-    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum")
     from amp_hf.data import read_fortunes
     from export import ExportOptions, export_checkpoint
 
@@ -170,4 +172,6 @@ def test_real_minilm_pruned_onnx_backend_matches(minilm_path, tmp_path):
     checkpoint = _prune(Path(minilm_path), tmp_path / "minilm")
     export_checkpoint(checkpoint, checkpoint / "onnx", ExportOptions())
     data = DataConfig(source="fortunes", split="test", num_samples=24, batch_size=8, max_length=256)
+    assert_sentence_transformers_onnx_layout_matches(checkpoint, data, atol=1e-4)
+    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum")
     assert_sentence_transformers_matches(checkpoint, data, atol=1e-4, backend="onnx")
