@@ -201,7 +201,7 @@ def load_processor(model_or_path, adapter=None):
     """The model's own image processor / tokenizer; for checkpoints without one, a default from config."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from .files.aliases import resolve_model_path
+    from .files.model_reference import resolve_model_path
 
     if hasattr(model_or_path, "get_processor"):  # models that carry their own preprocessing
         return model_or_path.get_processor()

@@ -11,11 +11,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that can import transformers but not amp_hf.
 
     ``-S`` skips site initialisation, so the editable install's path hook is not loaded; site-packages is
-    added back by hand. The code fails loudly if amp_hf were importable after all.
+    added back by hand. The code fails loudly if amp_hf were importable after all. ``env``: the environment
+    (default: this process's).
     """
     site_packages = sysconfig.get_paths()["purelib"]
     prelude = (
@@ -23,7 +24,7 @@ def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300) -> subprocess.C
         "import importlib.util\n"
         "assert importlib.util.find_spec('amp_hf') is None, 'amp_hf must not be importable here'\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONPATH"}
     return subprocess.run(
         [sys.executable, "-S", "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,

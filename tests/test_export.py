@@ -537,7 +537,7 @@ def test_unsupported_model_is_a_clear_error_from_the_real_cli(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert "amp-hf export: error:" in result.stderr and "BertForMaskedLM" in result.stderr
-    assert "Supported architectures:" in result.stderr
+    assert "Supported model classes:" in result.stderr
     assert no_partial_output(out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_config_arguments, config_from
+from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def cmd_prune(args) -> int:
 
 def register(subparsers) -> None:
     stats = subparsers.add_parser("stats", help="parameters, FLOPs and MLP widths of a checkpoint")
-    stats.add_argument("checkpoint", help="checkpoint folder (stock or pruned) or 'minilm'")
+    stats.add_argument("checkpoint", help=f"the model, stock or pruned: {MODEL_REFERENCE}")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_stats)
 

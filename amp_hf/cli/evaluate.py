@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..files.artifacts import EVAL_REPORT_FILE
 from ..files.eval_report import CAPTION_COLUMNS, TASKS, EvalResult, read_report, write_report
 from ..files.outputs import expand, prepare_output
-from .options import positive_int
+from .options import MODEL_REFERENCE, positive_int
 
 
 def format_results(results: Sequence[EvalResult]) -> str:
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
         description="Evaluate a (pruned) checkpoint and write a JSON report (default: eval_report.json in the "
         "checkpoint folder, which `amp-hf card` reads). Runs under `accelerate launch` as well.",
     )
-    parser.add_argument("checkpoint", help="model folder (pruned or stock) or a model id in the local cache")
+    parser.add_argument("checkpoint", help=f"the model, pruned or stock: {MODEL_REFERENCE}")
     parser.add_argument("--task", nargs="+", choices=TASKS, default=["knn"], help="one or more tasks (default: knn)")
     parser.add_argument("--data", help="data source: digits, fashion_mnist, fortunes, an image folder, a "
                         "save_to_disk folder, a data file or a cached dataset name (default: digits for image "

@@ -15,7 +15,7 @@ from export.options import (
     ExportOptions,
 )
 
-from .options import add_config_arguments, config_from
+from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         "outputs (CLIP/SigLIP: vision_model.onnx + text_model.onnx), validated against PyTorch; the results "
         "and settings go to OUT_DIR/amp_export.json.",
     )
-    export.add_argument("checkpoint", help="checkpoint folder (config.json + weights), pruned or stock")
+    export.add_argument("checkpoint", help=f"the model, pruned or stock: {MODEL_REFERENCE}")
     export.add_argument("out_dir", help="output folder (written atomically)")
     export.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for --target tensorrt)")
     export.add_argument(

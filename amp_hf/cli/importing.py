@@ -23,8 +23,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("weights", help="the official .pth file")
     parser.add_argument("--base", required=True,
-                        help="the base model it was pruned from: an open_clip Hub folder, an amp-hf open_clip "
-                        "folder, or a transformers Dinov2Model folder")  # fmt: skip
+                        help="the base model it was pruned from, as a Hub id (hf-hub:laion/..., facebook/dinov2-...; "
+                        "downloaded once) or a folder: open_clip's Hub layout, an amp-hf open_clip folder, or a "
+                        "transformers Dinov2Model")  # fmt: skip
     parser.add_argument("--output", "-o", required=True, help="folder for the pruned checkpoint")
     parser.add_argument("--method", choices=METHOD_NAMES, default="amp", help="which repo the file comes from")
     parser.add_argument("--layout", default="auto", help="auto (default) or a layout name (the README's import section lists them; "

@@ -6,6 +6,9 @@ import argparse
 
 from ..files.config_utils import build, config_values
 
+# What every model argument accepts (amp_hf/files/model_reference.py resolves it).
+MODEL_REFERENCE = "a folder, a Hub id (ORG/NAME[@REVISION], hf-hub:ORG/NAME; downloaded once) or 'minilm'"
+
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str,
                          short: bool = False) -> None:

@@ -193,12 +193,18 @@ class FamilyAdapter:
 
     # -- folders in the family's own layout ---------------------------------------------------------
     def is_folder(self, path: str | os.PathLike) -> bool:
-        """A folder in this family's own Hub layout, which transformers cannot read (no config.json)."""
+        """A folder in this family's own Hub layout, which transformers' Auto classes do not read as it is
+        (open_clip's: no config.json; timm's: a config.json without a transformers model type)."""
         return False
 
-    def load_folder(self, path: str | os.PathLike) -> PreTrainedModel:
-        """The model of a folder ``is_folder`` accepts."""
+    def load_folder(self, path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+        """The model of a folder ``is_folder`` accepts (``kwargs``: ``from_pretrained`` options, e.g. dtype)."""
         raise UnsupportedModelError(f"the {self.name} family has no folder layout of its own")
+
+    def unread_hub_files(self, filenames: list[str]) -> set[str]:
+        """Files of a Hub repo (its whole file list) that no load of that repo reads although they belong to
+        this family, e.g. a second copy of the weights for another library; they are not downloaded."""
+        return set()
 
     def stores_processor(self, path: str | os.PathLike) -> bool:
         """Whether the folder holds this family's own preprocessing files (not transformers' processor files)."""

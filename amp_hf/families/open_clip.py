@@ -147,8 +147,15 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
     def is_folder(self, path: str | os.PathLike) -> bool:
         return is_open_clip_folder(path)
 
-    def load_folder(self, path: str | os.PathLike) -> AmpOpenCLIPModel:
-        return load_open_clip_folder(path)
+    def load_folder(self, path: str | os.PathLike, **kwargs) -> AmpOpenCLIPModel:
+        return load_open_clip_folder(path)  # open_clip builds in float32; from_pretrained options do not apply
+
+    def unread_hub_files(self, filenames: list[str]) -> set[str]:
+        # a repo with a config.json as well (laion's CLIP repos carry a transformers conversion) is read as
+        # that model (is_open_clip_folder), so open_clip's copy of the weights is never loaded
+        if "config.json" not in filenames:
+            return set()
+        return {name for name in filenames if name.startswith("open_clip_") and name != OPEN_CLIP_CONFIG_FILE}
 
     def stores_processor(self, path: str | os.PathLike) -> bool:
         return (Path(path) / OPEN_CLIP_CONFIG_FILE).is_file()  # open_clip's Hub layout, or an amp_open_clip save

@@ -10,6 +10,7 @@ blocks are supported, and their hidden-neuron maps). Inputs: a local timm Hub fo
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from pathlib import Path
@@ -68,7 +69,7 @@ def checked_blocks(timm_model: nn.Module) -> nn.Module:
 
 def is_timm_folder(config: dict) -> bool:
     """A timm Hub folder's config.json: ``architecture`` + ``pretrained_cfg``, no transformers model type."""
-    return "architecture" in config and "pretrained_cfg" in config and "model_type" not in config
+    return isinstance(config, dict) and "architecture" in config and "pretrained_cfg" in config and "model_type" not in config
 
 
 def _model_args_without_num_classes(model_args: dict | None) -> tuple[dict | None, int | None]:
@@ -199,6 +200,18 @@ class TimmFamilyAdapter(FamilyAdapter):
         config.serialize_explicit_per_layer_config = True
         return config
 
+
+    def is_folder(self, path: str | os.PathLike) -> bool:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            return False
+        try:
+            return is_timm_folder(json.loads(config_file.read_text()))
+        except (OSError, ValueError):  # unreadable: the transformers path reports it
+            return False
+
+    def load_folder(self, path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+        return load_timm_folder(path, **kwargs)
 
     def hub_base_model(self, config: dict) -> str | None:
         # timm's Hub repos are named timm/<architecture>.<pretrained tag>
