@@ -1,6 +1,6 @@
-"""The timm family: timm ``VisionTransformer`` and ``Eva`` models (the papers' towers as the Hub publishes
-them: OpenCLIP ViT-g/14, EVA02-CLIP, DINOv2-g, SigLIP, DeiT, plain ViTs), seen through transformers'
-``TimmWrapperModel`` / ``TimmWrapperForImageClassification``.
+"""The timm family: timm ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) and ``Eva`` models
+(the papers' towers as the Hub publishes them: OpenCLIP ViT-g/14, EVA02-CLIP, DINOv2-g, SigLIP, DeiT, plain
+ViTs), seen through transformers' ``TimmWrapperModel`` / ``TimmWrapperForImageClassification``.
 
 Everything timm-specific lives here and in ``models/modeling_amp_timm_wrapper.py`` (which MLP classes and
 blocks are supported, and their hidden-neuron maps). Inputs: a local timm Hub folder (config.json with
@@ -244,8 +244,8 @@ TIMM_ADAPTER = TimmFamilyAdapter(
     # distillation compared the token mean before the family facts moved onto the adapter (timm's pre-logits
     # feature is the CLS token or the token average, depending on the model's global_pool)
     summary="mean",
-    notes="timm VisionTransformer / Eva (Mlp, GluMlp / SwiGLUPacked, SwiGLU with its inner norm) through "
-    "transformers' TimmWrapper; embedding: timm's pre-logits feature (forward_head(pre_logits=True))",
+    notes="timm VisionTransformer (DeiT distilled too) / Eva (Mlp, GluMlp / SwiGLUPacked, SwiGLU with its inner "
+    "norm) through transformers' TimmWrapper; embedding: timm's pre-logits feature (forward_head(pre_logits=True))",
 )
 
 # A pruned timm model keeps its base's pretrained_cfg (mean, std, crop) in config.json, which is where
