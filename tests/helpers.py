@@ -32,10 +32,11 @@ def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300, env: dict | Non
 
 
 def accelerate_launch(args: list[str], cwd: Path, num_processes: int = 2, timeout: int = 600,
-                      extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu --num_processes N -m amp_hf ...`` on CPU (gloo)."""
+                      extra_env: dict | None = None, mode: str = "--multi_gpu") -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes N -m amp_hf ...`` on CPU (gloo); ``mode="--cpu"``: the
+    launcher's CPU mode, which starts one process whatever N is."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", mode,
                 "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "-m", "amp_hf"]
     return subprocess.run(launcher + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..pruning_config import PruneConfig, prepare_prune_output
 from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
 
@@ -13,14 +14,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                          "dotted overrides, e.g. model=minilm output=out/minilm search.delta_e=0.02", short=True)
 
 
-def _prune_config_class():
-    from ..pruning import PruneConfig
-
-    return PruneConfig
-
-
-def _prune_config(args):
-    return config_from(_prune_config_class, args)
+def _prune_config(args) -> PruneConfig:
+    return config_from(PruneConfig, args)
 
 
 def format_stats_table(stats: dict) -> str:
@@ -54,6 +49,7 @@ def cmd_score(args) -> int:
 
         raise UsageError("pass --output DIR for the scores (scores.safetensors + scores.json)")
     config = _prune_config(args)
+    prepare_prune_output(config, args.output)  # refused before torch loads; run_score checks again
     from ..pruning import run_score
 
     scores = run_score(config, args.output)
@@ -63,6 +59,7 @@ def cmd_score(args) -> int:
 
 def cmd_prune(args) -> int:
     config = _prune_config(args)
+    prepare_prune_output(config)  # refused before torch loads; run_prune checks again
     from ..pruning import run_prune
 
     report = run_prune(config)

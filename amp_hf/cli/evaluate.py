@@ -87,7 +87,10 @@ def _lines(path: str | None) -> list[str] | None:
 
 
 def run_eval(args) -> int:
-    # torch and transformers load here, after the arguments were parsed and checked (amp-hf eval --help is instant)
+    report_path = _report_path(args)  # fail before any model is loaded, and before torch is imported
+    if "retrieval" in args.task and not args.data:
+        raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
+    # torch and transformers load here, after the arguments were checked
     from ..data import DataConfig, load_processor
     from ..evaluation.tasks import (
         check_tasks,
@@ -103,9 +106,6 @@ def run_eval(args) -> int:
     from ..families import get_adapter
     from ..loading import load_model, resolve_model_path
 
-    report_path = _report_path(args)  # fail before any model is loaded
-    if "retrieval" in args.task and not args.data:
-        raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
     try:
         templates = _lines(args.templates) or list(DEFAULT_TEMPLATES)
         if args.classifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from export.bench_config import BenchConfig
 from export.errors import ExportError
 from export.options import (
     DEFAULT_CALIBRATION_SAMPLES,
@@ -15,6 +16,7 @@ from export.options import (
     ExportOptions,
 )
 
+from ..files.outputs import prepare_output
 from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
 
@@ -109,8 +111,6 @@ def _batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def _run_export(args) -> int:
-    from export.exporter import export_checkpoint
-
     options = ExportOptions(
         opset=args.opset,
         dtype=args.dtype,
@@ -123,6 +123,10 @@ def _run_export(args) -> int:
         calibration_data=args.calibration_data,
         calibration_samples=args.calibration_samples,
     )
+    # refused before torch / onnx load (export_checkpoint checks again)
+    prepare_output(args.out_dir, overwrite=args.overwrite, inputs=[args.checkpoint], flag="--overwrite")
+    from export.exporter import export_checkpoint
+
     try:
         result = export_checkpoint(args.checkpoint, args.out_dir, options, overwrite=args.overwrite)
     except ExportError as error:
@@ -149,14 +153,8 @@ def _run_export(args) -> int:
     return 0
 
 
-def _bench_config_class():
-    from export.bench import BenchConfig
-
-    return BenchConfig
-
-
 def _run_bench(args) -> int:
-    config = config_from(_bench_config_class, args)  # file and override errors come before any torch import
+    config = config_from(BenchConfig, args)  # config errors come before any torch import
     from export.bench import run_benchmark
 
     report = run_benchmark(config)

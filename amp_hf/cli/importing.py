@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from ..files.outputs import prepare_output
+
 # amp_hf.importing.METHODS' keys, spelled here so `import --help` loads no torch
 # (tests/test_cli.py checks that they agree).
 METHOD_NAMES = ("amp", "dgmr")
 
 
 def cmd_import(args) -> int:
+    # an existing output is refused before torch loads (import_official checks again)
+    prepare_output(args.output, overwrite=args.overwrite, inputs=[args.weights, args.base], flag="--overwrite")
     from ..importing import import_official
 
     _, info = import_official(args.weights, args.base, args.output, method=args.method, layout=args.layout,

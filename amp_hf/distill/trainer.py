@@ -23,7 +23,7 @@ from ..checkpoint import save_pruned
 from ..data import DataError, model_inputs, prepare_dataset
 from ..distributed import make_accelerator
 from ..files.config_utils import ConfigError
-from ..files.outputs import check_free_space, prepare_output
+from ..files.outputs import check_free_space
 from ..files.provenance import hub_reference, portable, portable_reference
 from ..files.sentence_transformers_format import check_carried_files
 from ..loading import load_model, resolve_model_path
@@ -33,7 +33,7 @@ from .features import FeatureModel, split_features
 from .losses import distillation_losses
 from .metrics import MetricsLog
 from .pairing import DistillPair, has_classifier, load_pair, select_trainable
-from .run_state import TrainingProgress, load_run_checkpoint, resume_checkpoint, save_checkpoint, write_run_config
+from .run_state import TrainingProgress, check_run_folders, load_run_checkpoint, save_checkpoint, write_run_config
 from .schedule import Schedule, build_optimizer, build_schedule
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,7 @@ def run_distillation(config: DistillConfig, resume: bool = False) -> Path | None
     """
     from accelerate.utils import set_seed
 
-    output = prepare_output(config.output, overwrite=config.overwrite, flag="overwrite=true",
-                            inputs=[config.teacher, config.student, config.data.source, config.run_path])
-    resume_from = resume_checkpoint(config, resume)
+    output, resume_from = check_run_folders(config, resume)
     check_carried_files(resolve_model_path(config.student))  # its sentence-transformers modules are copied into the output
     pair = load_checked_pair(config)
     check_free_space(output.parent, _weights_bytes(pair.student.state_dict()), "the distilled checkpoint")

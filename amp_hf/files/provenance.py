@@ -25,11 +25,11 @@ _CARD_SNIPPET = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*['"](
 
 def is_hub_id(name: str) -> bool:
     """A namespaced Hub repo id (``org/name``) that is not a local path."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(name, str) or name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists():
         return False
+    from huggingface_hub.errors import HFValidationError  # after the cheap checks: a config refusal stays fast
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(name)
     except HFValidationError:

@@ -11,8 +11,9 @@ from torch import nn
 
 from ..families import MlpStack, resolve
 from ..selection import CriterionEvaluator
+from .config import ReconstructConfig
 from .gram import RefitResult, refit_output_projection
-from .layers import ReconstructConfig, corrected_projection, output_projection, projection_grams, split_heldout
+from .layers import corrected_projection, output_projection, projection_grams, split_heldout
 
 
 class SearchRefit:
