@@ -10,6 +10,7 @@ from typing import Literal
 
 from .data_config import DataConfig
 from .errors import ConfigError
+from .files.model_reference import check_model_reference
 from .files.outputs import expand_user, prepare_output
 from .files.provenance import is_hub_id
 from .reconstruct.config import ReconstructConfig
@@ -90,4 +91,5 @@ def prepare_prune_output(config: PruneConfig, output: str | None = None) -> Path
     target = config.output if output is None else output
     if target is None:
         raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
+    check_model_reference(config.model)
     return prepare_output(target, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)

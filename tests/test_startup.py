@@ -75,6 +75,13 @@ DISTILL = ("teacher=minilm", "student=minilm", "output={new}")
     (("export", "no-such-checkpoint", "{existing}"), "already exists: choose another output path, or pass --overwrite"),
     (("import", "official.pth", "--base", "minilm", "--output", "{existing}"), "already exists"),
     (("eval", "no-such-checkpoint", "--output", "{existing}/notes.txt"), "is not an amp-hf evaluation report"),
+    # a model reference that can only be a missing local folder (a Hub id is resolved after torch loads)
+    (("stats", "./no-such-folder"), "model folder './no-such-folder' does not exist"),
+    (("export", "{new}/missing", "{new}/onnx"), "/missing' does not exist: pass a checkpoint folder, a Hub id"),
+    (("eval", "{new}/missing"), "/missing' does not exist"),
+    (("prune", "model={new}/missing", "output={new}/out"), "/missing' does not exist"),
+    (("distill", "teacher={new}/missing", "student=minilm", "output={new}/out"), "teacher folder"),
+    (("import", "official.pth", "--base", "{new}/missing", "--output", "{new}/out"), "base model folder"),
 ], ids=lambda value: value if isinstance(value, str) else " ".join(value))
 def test_config_only_refusals_import_no_heavy_library(argv, message, tmp_path):
     existing = tmp_path / "existing"

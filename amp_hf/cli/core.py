@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..files.model_reference import check_model_reference
 from ..pruning_config import PruneConfig, prepare_prune_output
 from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
@@ -27,6 +28,7 @@ def format_stats_table(stats: dict) -> str:
 
 
 def cmd_stats(args) -> int:
+    check_model_reference(args.checkpoint)  # before torch loads
     from ..accounting import model_stats
     from ..families import get_adapter
     from ..loading import load_model

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..files.artifacts import EVAL_REPORT_FILE
 from ..files.eval_report import CAPTION_COLUMNS, TASKS, EvalResult, read_report, write_report
+from ..files.model_reference import check_model_reference
 from ..files.outputs import expand, prepare_output
 from .options import MODEL_REFERENCE, positive_int
 
@@ -87,9 +88,12 @@ def _lines(path: str | None) -> list[str] | None:
 
 
 def run_eval(args) -> int:
-    report_path = _report_path(args)  # fail before any model is loaded, and before torch is imported
+    check_model_reference(args.checkpoint)  # fail before any model is loaded, and before torch is imported
+    report_path = _report_path(args)
     if "retrieval" in args.task and not args.data:
         raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
+    check_model_reference(args.teacher, "teacher")
+    check_model_reference(args.text_model, "text model")
     # torch and transformers load here, after the arguments were checked
     from ..data import DataConfig, load_processor
     from ..evaluation.tasks import (

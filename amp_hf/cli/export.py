@@ -16,6 +16,7 @@ from export.options import (
     ExportOptions,
 )
 
+from ..files.model_reference import check_model_reference
 from ..files.outputs import prepare_output
 from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
@@ -124,6 +125,7 @@ def _run_export(args) -> int:
         calibration_samples=args.calibration_samples,
     )
     # refused before torch / onnx load (export_checkpoint checks again)
+    check_model_reference(args.checkpoint)
     prepare_output(args.out_dir, overwrite=args.overwrite, inputs=[args.checkpoint], flag="--overwrite")
     from export.exporter import export_checkpoint
 

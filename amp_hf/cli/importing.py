@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..files.model_reference import check_model_reference
 from ..files.outputs import prepare_output
 
 # amp_hf.importing.METHODS' keys, spelled here so `import --help` loads no torch
@@ -10,7 +11,8 @@ METHOD_NAMES = ("amp", "dgmr")
 
 
 def cmd_import(args) -> int:
-    # an existing output is refused before torch loads (import_official checks again)
+    # a missing base or an existing output is refused before torch loads (import_official checks again)
+    check_model_reference(args.base, "base model")
     prepare_output(args.output, overwrite=args.overwrite, inputs=[args.weights, args.base], flag="--overwrite")
     from ..importing import import_official
 

@@ -87,6 +87,23 @@ def parse_hub_reference(text: str) -> tuple[str, str | None] | None:
     return repo_id, (revision or None)
 
 
+def check_model_reference(reference: str | os.PathLike | None, what: str = "model") -> None:
+    """Refuse, without importing anything heavy, a reference that can only be a local path and does not exist
+    (``/x``, ``./x``, ``~/x``, ``a/b/c``); aliases and anything a Hub id could be are left to ``resolve_reference``."""
+    if reference is None:
+        return
+    text = os.fspath(reference)
+    if text in EMBEDDED_MODELS or text.startswith(HUB_PREFIX):
+        return
+    body = text.partition("@")[0]
+    path_like = text.startswith((".", "/", "~")) or body.count("/") > 1 or "\\" in text
+    if path_like and not os.path.exists(os.path.expanduser(text)):
+        raise CheckpointError(
+            f"{what} folder {text!r} does not exist: pass a checkpoint folder, a Hub id (ORG/NAME[@REVISION], "
+            f"hf-hub:ORG/NAME) or one of {sorted(EMBEDDED_MODELS)}"
+        )
+
+
 def files_to_download(filenames: list[str]) -> list[str]:
     """The repo files a model load needs (see the module docstring): an explicit list for ``allow_patterns``."""
     kept = [name for name in filenames if not any(fnmatch.fnmatch(name, pattern) for pattern in SKIPPED_FILES)]
@@ -124,7 +141,12 @@ def resolve_reference(reference: str | os.PathLike, *, token: str | None = None,
     key = (repo_id, revision, constants.ENDPOINT, constants.HF_HUB_CACHE, constants.is_offline_mode())
     with _LOCK:
         if key not in _RESOLVED:
-            folder = _snapshot(repo_id, revision, token, timeout, choose_files)
+            try:
+                folder = _snapshot(repo_id, revision, token, timeout, choose_files)
+            except HubReferenceError as error:
+                if os.path.isdir(repo_id.split("/")[0]):  # e.g. out/minilm-amq: a mistyped local folder?
+                    raise HubReferenceError(f"{error} (and there is no local folder {text!r})") from None
+                raise
             commit = Path(folder).name if _COMMIT.fullmatch(Path(folder).name) else None
             _RESOLVED[key] = ModelReference(text, folder, repo_id=repo_id, revision=revision, commit=commit)
         resolved = _RESOLVED[key]
