@@ -28,6 +28,18 @@ def _modeling_files(model: PreTrainedModel) -> list[Path]:
     return [Path(inspect.getfile(module)), Path(inspect.getfile(amp_layer_widths))]
 
 
+def write_config(model: PreTrainedModel, directory: str | os.PathLike) -> None:
+    """config.json of ``model`` into ``directory``; for a pruned model with its ``auto_map`` and the flat modeling
+    files that ``auto_map`` names beside it, so ``AutoConfig`` / ``AutoModel.from_pretrained(directory,
+    trust_remote_code=True)`` work where amp_hf is not installed (a stock model's config is written as it is)."""
+    directory = Path(directory)
+    if type(model).__name__ in families.MODEL_CLASSES:
+        model.config.auto_map = families.auto_map_for(type(model.config), type(model))
+        for source in _modeling_files(model):
+            shutil.copy2(source, directory / source.name)
+    model.config.save_pretrained(directory)
+
+
 def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: PrunePlan | None = None, extras=(),
                  carry_from: str | os.PathLike | None = None) -> None:
     """Write the checkpoint files into an existing folder (non-atomic; see ``save_pruned``).
@@ -41,8 +53,7 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
             f"{type(model).__name__} is not a pruned amp-hf model: slice it first (amp_hf.slice_model)"
         )
     directory = Path(directory)
-    config = model.config
-    config.auto_map = families.auto_map_for(type(config), type(model))
+    model.config.auto_map = families.auto_map_for(type(model.config), type(model))
     model.save_pretrained(directory)
     for source in _modeling_files(model):
         shutil.copy2(source, directory / source.name)

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from amp_hf import __version__, get_adapter
+from amp_hf.checkpoint import write_config
 from amp_hf.data import default_image_processor
 from amp_hf.files.outputs import atomic_directory, copy_file_from, expand, prepare_output
 from amp_hf.files.provenance import portable_reference
@@ -109,7 +110,8 @@ def export_model(
         if profiles:
             tensorrt.write_build_files(staging, profiles)
         preprocessing = _write_preprocessing(model, spec, staging, source, processors)
-        model.config.save_pretrained(staging)
+        # With the modeling files its auto_map names: the folder's config loads by itself (ORT loaders read it).
+        write_config(model, staging)
         # Named by Hub id or relative to the export (which may be pushed), never by a path of this machine.
         origin = portable_reference(source, out_dir) if source is not None else None
         metadata = _metadata(model, architecture, spec, options, graphs, profiles, preprocessing, origin)
