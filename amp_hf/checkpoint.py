@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from . import families
 from .errors import CheckpointError
-from .files.outputs import atomic_directory
+from .files.outputs import atomic_directory, copy_processor_files
 from .files.reading import first_line, from_pretrained_checked, read_config
 from .files.sentence_transformers_format import carry_sentence_transformers
 from .models import amp_layer_widths
@@ -45,8 +45,10 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
     """Write the checkpoint files into an existing folder (non-atomic; see ``save_pruned``).
 
     ``carry_from``: the folder the model came from (its base, or the pruned checkpoint it was trained from;
-    default: ``model.name_or_path`` when that is a folder). A sentence-transformers folder's modules and
-    settings are carried over, so the checkpoint stays a sentence-transformers model.
+    default: ``model.name_or_path`` when that is a folder). Its processor / tokenizer files are copied when
+    ``extras`` is empty (``AutoTokenizer`` / ``AutoProcessor.from_pretrained(checkpoint)`` then work), and a
+    sentence-transformers folder's modules and settings are carried over, so the checkpoint stays a
+    sentence-transformers model.
     """
     if type(model).__name__ not in families.MODEL_CLASSES:
         raise CheckpointError(
@@ -63,6 +65,10 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
         extra.save_pretrained(directory)
     carry_from = carry_from if carry_from is not None else getattr(model, "name_or_path", "")
     if carry_from and Path(carry_from).is_dir():
+        if not extras:
+            # Copied as they are, not loaded and re-saved: byte for byte the base's preprocessing, whatever
+            # tokenizer backend it needs, and nothing to load that could fail or be slow.
+            copy_processor_files(carry_from, directory)
         carry_sentence_transformers(carry_from, directory)
 
 
@@ -77,9 +83,9 @@ def save_pruned(
     """Save a pruned model as a ``from_pretrained``-loadable folder, atomically.
 
     Writes config.json (amp_* model type, explicit ``per_layer_config``, ``amp_pruning``, ``auto_map``),
-    model.safetensors, the flat modeling files, ``amp_plan.json`` (kept indices) when a plan is given, and
-    the processor / tokenizer files when ``processor`` is given, and the sentence-transformers modules of
-    ``carry_from`` (see ``write_pruned``).
+    model.safetensors, the flat modeling files, ``amp_plan.json`` (kept indices) when a plan is given, the
+    processor / tokenizer files (``processor``'s when given, else those of ``carry_from``) and the
+    sentence-transformers modules of ``carry_from`` (see ``write_pruned``).
     """
     with atomic_directory(path, overwrite=overwrite) as staging:
         write_pruned(model, staging, plan, extras=[processor] if processor is not None else [], carry_from=carry_from)
