@@ -475,13 +475,13 @@ def _outputs(graphs: dict) -> str:
     (graph,) = graphs.values()
     if graph.outputs == ("logits",):
         return "# outputs.logits: one score per class (names: model.config.id2label)\n"
-    names = ", ".join(f"outputs.{name}" for name in graph.outputs)
+    names = "outputs." + ", .".join(graph.outputs)
     embedding = graph.embedding
     if embedding is None:
         return f"# {names}\n"
-    pooled = {"cls": f"outputs.{embedding.output}[:, 0]",
-              "masked_mean": f"outputs.{embedding.output} averaged over the attention mask"}  # fmt: skip
-    return f"# {names}; one embedding per input: {pooled.get(embedding.pooling, f'outputs.{embedding.output}')}\n"
+    pooled = {"cls": f"{embedding.output}[:, 0]",
+              "masked_mean": f"{embedding.output} averaged over the attention mask"}  # fmt: skip
+    return f"# {names}; one embedding per input: {pooled.get(embedding.pooling, embedding.output)}\n"
 
 
 def _sentence_transformers_example(facts: CheckpointFacts, repo: str) -> str | None:
