@@ -9,8 +9,10 @@ import pytest
 
 timm = pytest.importorskip("timm")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from helpers import run_without_amp_hf  # noqa: E402
+from helpers import run_card_snippets, run_without_amp_hf  # noqa: E402
+from PIL import Image  # noqa: E402
 from tiny_timm import SIZE, TIMM_CASES, build_timm, sample_pixels, save_timm_folder  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
@@ -384,6 +386,14 @@ def test_card_names_the_timm_base_and_shows_timm_usage(timm_folders, tmp_path):
     assert "model.timm_model" in body and 'TimmWrapperImageProcessor.from_pretrained("me/eva02-amp")' in body
     for layer, width in enumerate(plan.widths):
         assert f"| {layer} | 85 | {width} |" in body
+
+    # Both snippets as written, on a real image file; the transformers one where amp_hf is not installed.
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
+    with_amp_hf, without_amp_hf = run_card_snippets(path / "README.md", "me/eva02-amp", path, tmp_path)
+    assert set(with_amp_hf) == set(without_amp_hf) == {"outputs.last_hidden_state", "outputs.pooler_output"}
+    for key, value in with_amp_hf.items():
+        torch.testing.assert_close(without_amp_hf[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    assert with_amp_hf["outputs.pooler_output"].shape == (1, model.timm_model.num_features)  # pre-logits
 
 
 @pytest.mark.parametrize("name", ["timm_vit_g14_clip", "timm_eva02_clip_e14", "timm_dinov2_g14"])

@@ -224,8 +224,10 @@ class FamilyAdapter:
         return None
 
     def usage_example(self, repo: str) -> str | None:
-        """Lines after ``model = ...from_pretrained(repo)`` in the card's usage examples (preprocessing and
-        family-specific access); None: the generic processor / tokenizer lines."""
+        """Lines after ``model = ...from_pretrained(repo)`` in the card's usage examples (preprocessing, the call,
+        a comment on what it returns, family-specific access); for an image model ``image`` (a PIL image) is
+        opened before them. They run where amp_hf is not installed (tests execute every card's snippets).
+        None: the generic lines from the checkpoint's processor / tokenizer files."""
         return None
 
     # -- pruned config -----------------------------------------------------------------------------

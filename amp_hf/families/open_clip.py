@@ -173,6 +173,18 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
         name = config.get("open_clip_model_name")
         return f"open_clip `{name}`" if name else None
 
+    def usage_example(self, repo: str) -> str:
+        # open_clip's preprocessing is no transformers processor (AutoTokenizer cannot read it): the model builds
+        # it from the open_clip_config stored in config.json.
+        return (
+            "# needs open_clip installed (pip install open-clip-torch)\n"
+            "processor = model.get_processor()  # open_clip's eval transform and tokenizer, from config.json\n"
+            'inputs = processor(images=image, text=["a photo of a cat", "a photo of a dog"])\n'
+            'image_embeds = model.get_image_features(inputs["pixel_values"]).pooler_output  # projected image embedding\n'
+            'text_embeds = model.get_text_features(inputs["input_ids"]).pooler_output  # one per text, same space\n'
+            "probs = model(**inputs).logits_per_image.softmax(dim=-1)  # zero-shot: the image against each text"
+        )
+
 
 OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     name="open_clip",

@@ -221,8 +221,8 @@ class TimmFamilyAdapter(FamilyAdapter):
     def usage_example(self, repo: str) -> str:
         return (
             "# needs timm installed (pip install timm)\n"
-            "from transformers import TimmWrapperImageProcessor  # timm's eval transform, from config.json\n"
-            f'processor = TimmWrapperImageProcessor.from_pretrained("{repo}")\n'
+            "from transformers import TimmWrapperImageProcessor\n"
+            f'processor = TimmWrapperImageProcessor.from_pretrained("{repo}")  # timm\'s eval transform, from config.json\n'
             'outputs = model(**processor(images=image, return_tensors="pt"))  # .pooler_output: pre-logits\n'
             "timm_model = model.timm_model  # the plain timm module, for timm code (forward_features, ...)"
         )
