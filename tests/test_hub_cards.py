@@ -197,6 +197,13 @@ def test_base_model_license_read_from_a_local_base_folder(pruned, tmp_path):
     assert facts.base_model is None and facts.base_model_path == str(base)  # a path is not a Hub id
 
 
+def test_the_embedded_base_models_license_comes_from_its_offline_copy(minilm_path):
+    from hub_cards.facts import base_model_license
+
+    card_license = ModelCard.load(Path(minilm_path) / "README.md").data.license
+    assert card_license and base_model_license("sentence-transformers/all-MiniLM-L6-v2", None, None) == card_license
+
+
 def test_card_cli_with_user_template_and_a_broken_one(pruned, tmp_path, capsys):
     checkpoint = shutil.copytree(pruned["path"], tmp_path / "ckpt")
     template = tmp_path / "card.md.jinja"
