@@ -61,6 +61,8 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
         shutil.copy2(source, directory / source.name)
     if plan is not None:
         plan.save(directory / PLAN_FILE)
+    if families.get_adapter(model).processor_in_config:
+        extras = ()  # its preprocessing is in config.json already (timm's pretrained_cfg, open_clip's config)
     for extra in extras:  # processors / tokenizers: anything with save_pretrained
         extra.save_pretrained(directory)
     carry_from = carry_from if carry_from is not None else getattr(model, "name_or_path", "")

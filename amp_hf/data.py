@@ -12,7 +12,9 @@ Rows are normalised to an ``image`` or ``text`` column plus an optional integer 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +182,8 @@ def load_processor(model_or_path, adapter=None):
     if path and Path(path).is_dir():
         loader = AutoTokenizer if modality == "text" else AutoImageProcessor
         try:
-            return loader.from_pretrained(str(path))
+            with _quiet_backend_fallback():
+                return loader.from_pretrained(str(path))
         except (OSError, ValueError):
             pass
     if modality == "text":
@@ -188,6 +191,32 @@ def load_processor(model_or_path, adapter=None):
     if isinstance(model_or_path, (str, Path)):
         raise DataError(f"no image processor found in {path!r}")
     return default_image_processor(adapter.backbone(model_or_path).config)
+
+
+class _BackendFallbackFilter(logging.Filter):
+    # transformers 5 warns when an image processor falls back from its torchvision backend to its PIL one
+    # (torchvision missing, or a processor registered for PIL only, as timm's is): a fact of the environment the
+    # user did not ask about, printed on every load. Other warnings pass.
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("backend is not available. Falling back to" in message
+                    or "requires torchvision (not installed); falling back to" in message)
+
+
+_BACKEND_LOGGERS = ("transformers.models.auto.image_processing_auto", "transformers.utils.import_utils")
+
+
+@contextlib.contextmanager
+def _quiet_backend_fallback():
+    quiet = _BackendFallbackFilter()
+    loggers = [logging.getLogger(name) for name in _BACKEND_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def default_image_processor(config):

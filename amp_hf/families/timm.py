@@ -241,6 +241,7 @@ TIMM_ADAPTER = TimmFamilyAdapter(
     ),
     modality="image",
     pool=_pooled,
+    processor_in_config=True,  # TimmWrapperImageProcessor reads pretrained_cfg from config.json
     # distillation compared the token mean before the family facts moved onto the adapter (timm's pre-logits
     # feature is the CLS token or the token average, depending on the model's global_pool)
     summary="mean",
