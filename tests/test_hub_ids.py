@@ -296,3 +296,20 @@ def test_a_repo_with_transformers_and_open_clip_weights_downloads_one_copy():
     assert hub_files(files) == ["config.json", "model.safetensors", "open_clip_config.json", "tokenizer.json"]
     open_clip_only = [name for name in files if name.startswith("open_clip_")]
     assert hub_files(open_clip_only) == ["open_clip_config.json", "open_clip_model.safetensors"]
+
+
+def test_distill_and_eval_take_the_teacher_by_id(clip_folder, offline_cache, tmp_path, capsys):
+    commit = write_hf_cache(offline_cache, CLIP_ID, folder_bytes(clip_folder))
+    student, distilled = tmp_path / "pruned", tmp_path / "distilled"
+    assert run(capsys, "prune", f"model={CLIP_ID}", f"output={student}", *MAGNITUDE)[0] == 0
+    code, _, err = run(capsys, "distill", f"teacher={CLIP_ID}", f"student={student}", f"output={distilled}",
+                       "data.source=digits", "data.num_samples=16", "data.batch_size=8", "schedule.max_steps=2",
+                       "schedule.warmup_steps=1")  # fmt: skip
+    assert code == 0, err
+    recipe = json.loads((distilled / "config.json").read_text())["amp_pruning"]
+    assert recipe["base_model_revision"] == commit and recipe["distillation"]["teacher"] == CLIP_ID
+    # the fidelity teacher defaults to the recorded base: the very commit, found in the cache by its id
+    code, _, err = run(capsys, "eval", distilled, "--task", "fidelity", "--data", "digits")
+    assert code == 0, err
+    report = json.loads((distilled / "eval_report.json").read_text())
+    assert any(row.get("task") == "fidelity" for row in report["results"]), report
