@@ -59,32 +59,30 @@ def prune_by(reference, output, capsys):
     return json.loads((output / "config.json").read_text())
 
 
-@pytest.mark.parametrize("reference", [TIMM_ID, f"hf-hub:{TIMM_ID}"])
-def test_timm_ids_from_the_offline_cache(reference, timm_folder, offline_cache, tmp_path, capsys):
-    commit = write_hf_cache(offline_cache, TIMM_ID, folder_bytes(timm_folder))
-    code, out, err = run(capsys, "stats", reference)
-    assert code == 0, err
-    config = prune_by(reference, tmp_path / "pruned", capsys)
-    assert config["model_type"] == "amp_timm_wrapper"
-    provenance = config["amp_pruning"]
-    assert (provenance["base_model"], provenance["base_model_revision"]) == (TIMM_ID, commit)
+# family -> (the Hub id, the model type a pruned checkpoint gets)
+FAMILIES = {"timm": (TIMM_ID, "amp_timm_wrapper"), "open_clip": (OPEN_CLIP_ID, "amp_open_clip")}
 
 
-@pytest.mark.parametrize("reference", [f"hf-hub:{OPEN_CLIP_ID}", OPEN_CLIP_ID])
-def test_open_clip_ids_from_the_offline_cache(reference, open_clip_folder, offline_cache, tmp_path, capsys):
-    commit = write_hf_cache(offline_cache, OPEN_CLIP_ID, folder_bytes(open_clip_folder))
-    code, out, err = run(capsys, "stats", reference)
+@pytest.mark.parametrize("family, prefix", [("timm", ""), ("timm", "hf-hub:"), ("open_clip", "hf-hub:"),
+                                            ("open_clip", "")])  # fmt: skip
+def test_ids_from_the_offline_cache(family, prefix, timm_folder, open_clip_folder, offline_cache, tmp_path, capsys):
+    repo_id, model_type = FAMILIES[family]
+    folder = {"timm": timm_folder, "open_clip": open_clip_folder}[family]
+    commit = write_hf_cache(offline_cache, repo_id, folder_bytes(folder))
+    code, out, err = run(capsys, "stats", prefix + repo_id)
     assert code == 0, err
-    config = prune_by(reference, tmp_path / "pruned", capsys)
-    assert config["model_type"] == "amp_open_clip"
+    config = prune_by(prefix + repo_id, tmp_path / "pruned", capsys)
+    assert config["model_type"] == model_type
     provenance = config["amp_pruning"]
-    assert (provenance["base_model"], provenance["base_model_revision"]) == (OPEN_CLIP_ID, commit)
-    assert (tmp_path / "pruned" / "open_clip_config.json").is_file()  # its preprocessing came along
+    assert (provenance["base_model"], provenance["base_model_revision"]) == (repo_id, commit)
+    if family == "open_clip":
+        assert (tmp_path / "pruned" / "open_clip_config.json").is_file()  # its preprocessing came along
 
 
 @pytest.mark.parametrize("family", ["timm", "open_clip"])
 def test_prune_by_id_over_http(family, timm_folder, open_clip_folder, tmp_path, capsys, monkeypatch):
-    repo_id, folder = {"timm": (TIMM_ID, timm_folder), "open_clip": (OPEN_CLIP_ID, open_clip_folder)}[family]
+    repo_id, _ = FAMILIES[family]
+    folder = {"timm": timm_folder, "open_clip": open_clip_folder}[family]
     with HubTestServer(max_lifetime=300) as hub:
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # both are read from HF_ENDPOINT at import
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
