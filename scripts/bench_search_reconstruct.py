@@ -48,10 +48,11 @@ def main():
     calibration = batches(model, processor, "train", args.calibration_samples, 0)
     search = batches(model, processor, "test", args.search_samples, 1)
     scores = taylor_scores(model, calibration, criterion).abs
-    seconds, runs = {"plain": [], "refit": []}, {}
+    seconds, runs, loads = {"plain": [], "refit": []}, {}, []
     for kind in ["plain", "refit"] * args.repeats:
         evaluator = CriterionEvaluator(model, criterion, search)
         refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=calibration) if kind == "refit" else None
+        loads.append(round(os.getloadavg()[0], 1))
         started = time.perf_counter()
         result = adaptive_search(model, scores, evaluator, args.delta_e, progress=False, refit=refit)
         seconds[kind].append(round(time.perf_counter() - started, 1))
@@ -60,9 +61,12 @@ def main():
                       "refit_layers": sorted(result.projections)}
         print(f"{kind}: {seconds[kind][-1]} s, {result.evaluations} criterion passes, widths {result.widths}", flush=True)
     ratio = (sum(seconds["refit"]) / len(seconds["refit"])) / (sum(seconds["plain"]) / len(seconds["plain"]))
+    # each refit search over the plain search run just before it: load drift between pairs cancels
+    pairs = [round(r / p, 3) for p, r in zip(seconds["plain"], seconds["refit"])]
     report = {"model": "all-MiniLM-L6-v2", "delta_e": args.delta_e, "search_samples": args.search_samples,
               "calibration_samples": args.calibration_samples, "seconds": seconds, "runs": runs,
-              "ratio": round(ratio, 3), "load_average": {"start": load, "end": [round(x, 1) for x in os.getloadavg()]},
+              "ratio": round(ratio, 3), "pair_ratios": pairs,
+              "load_average": {"start": load, "runs": loads, "end": [round(x, 1) for x in os.getloadavg()]},
               "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} torch threads"}
     output = Path(args.output)
@@ -77,7 +81,9 @@ def main():
     for kind in ("plain", "refit"):
         lines.append(f"| {kind} | {' / '.join(map(str, seconds[kind]))} | {runs[kind]['evaluations']} | "
                      f"{runs[kind]['widths']} | {runs[kind]['refit_layers'] or ''} |")
-    lines += ["", f"refit / plain wall time: **{ratio:.2f}x** (goal <= 1.5x). Final criterion (reference "
+    lines += ["", f"refit / plain wall time: **{ratio:.2f}x** (goal <= 1.5x); pair by pair (each refit search over "
+              f"the plain one run just before it) {', '.join(f'{p:.2f}' for p in pairs)}, i.e. "
+              f"{min(pairs):.2f}-{max(pairs):.2f}x. Final criterion (reference "
               f"{runs['plain']['reference_entropy']:.4g}): plain {runs['plain']['final_entropy']:.4g}, refit "
               f"{runs['refit']['final_entropy']:.4g}.", "",
               f"Reproduce: `python scripts/bench_search_reconstruct.py --search-samples {args.search_samples} "
