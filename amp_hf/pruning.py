@@ -28,7 +28,14 @@ from .files.provenance import hub_reference, is_hub_id, portable, portable_refer
 from .files.sentence_transformers_format import check_carried_files
 from .loading import load_model, resolve_model_path
 from .plan import PrunePlan
-from .reconstruct import ReconstructConfig, SearchRefit, install_search_refit, reconstruct_stack, search_refit_summary
+from .reconstruct import (
+    ReconstructConfig,
+    SearchRefit,
+    check_residual_writers,
+    install_search_refit,
+    reconstruct_stack,
+    search_refit_summary,
+)
 from .selection import (
     SCORING_METHODS,
     CriterionConfig,
@@ -90,6 +97,10 @@ class PruneConfig:
         if self.search.reconstruct and self.reconstruct.enabled:
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
                              "model is the searched one): drop reconstruct.enabled")
+        if self.search.reconstruct and self.reconstruct.objective == "residual":
+            raise ValueError("search.reconstruct refits each candidate's own MLP output projection "
+                             "(reconstruct.objective=mlp); the residual objective refits the sliced model: use "
+                             "reconstruct.enabled=true with search.reconstruct=false")
         if self.search.reconstruct or self.reconstruct.enabled:
             self._check_calibration_batches()
 
@@ -226,6 +237,8 @@ def check_scores_fit(scores: NeuronScores, model: torch.nn.Module | MlpStack, wh
 def check_before_compute(run: PruneRun) -> None:
     """What can be refused from the config and the model alone, before any scoring or search."""
     config = run.config
+    if config.reconstruct.enabled and config.reconstruct.objective == "residual":
+        check_residual_writers(run.stack)
     widths = run.stack.widths()
     search = config.search
     width = run.own_width()
