@@ -393,5 +393,8 @@ def test_two_processes_equal_one_process(vit_checkpoint, tmp_path, objective):
         assert provenance[1][key] == provenance[0][key], key
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert one.keys() == two.keys()
+    # residual: the target is a difference of two float32 streams, and each process runs half batches (other
+    # kernel shapes), so the refit inherits that rounding relative to the small gap (measured: 7e-7 on 0.5)
+    rtol, atol = (1e-6, 1e-7) if objective == "mlp" else (1e-5, 2e-6)
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(two[name], one[name], rtol=rtol, atol=atol)
