@@ -74,11 +74,13 @@ def _quadratic(matrix: torch.Tensor, gram: torch.Tensor) -> float:
 def _solve(gram_ss: torch.Tensor, rhs: torch.Tensor, penalty: torch.Tensor, damping: float):
     """Δ with Δ (F_SS + damping·penalty) = rhs; raise damping tenfold while the system is numerically singular."""
     for attempt in range(MAX_DAMPING_RAISES + 1):
-        factor, info = torch.linalg.cholesky_ex(gram_ss + torch.diag(penalty * damping))
+        system = gram_ss.clone()
+        system.diagonal().add_(penalty * damping)
+        factor, info = torch.linalg.cholesky_ex(system)
         pivots = factor.diagonal() ** 2
         if info == 0 and pivots.min() > MIN_RELATIVE_PIVOT * pivots.max():
-            delta = torch.cholesky_solve(rhs.T, factor).T
-            if torch.isfinite(delta).all():
+            delta = torch.cholesky_solve(rhs.T, factor).T.contiguous()
+            if torch.isfinite(delta.sum()):  # a NaN or inf entry makes the sum non-finite (one cheap reduction)
                 return delta, damping, attempt > 0
         damping = max(10.0 * damping, 1e-8)
     return None, damping, True
@@ -163,15 +165,17 @@ class ProjectionRefit:
         support = torch.cat([kept, torch.tensor([width])]) if self.has_bias else kept
         if not self.finite:
             return RefitResult(None, None, None, None, reason="non-finite activations")
-        weight_dropped = self.weight[:, dropped]  # what plain slicing leaves out: W_D h_D
-        heldout_dropped = self.gram_heldout[dropped]
-        missed = _quadratic(weight_dropped, heldout_dropped[:, dropped])
+        weight_dropped = self.weight.index_select(1, dropped)  # what plain slicing leaves out: W_D h_D
+        heldout_dropped = self.gram_heldout.index_select(0, dropped)
+        missed = _quadratic(weight_dropped, heldout_dropped.index_select(1, dropped))
         if len(dropped) == 0:
             return RefitResult(None, missed / self.energy, None, None, reason="keeps every neuron")
         gram_fit = self.gram_fit
         return solve_correction(
-            gram_fit[support][:, support], weight_dropped @ gram_fit[dropped][:, support],
-            self.gram_heldout[support][:, support], weight_dropped @ heldout_dropped[:, support], missed,
+            gram_fit.index_select(0, support).index_select(1, support),
+            weight_dropped @ gram_fit.index_select(0, dropped).index_select(1, support),
+            self.gram_heldout.index_select(0, support).index_select(1, support),
+            weight_dropped @ heldout_dropped.index_select(1, support), missed,
             self.energy, int(gram_fit[width, width]), self.has_bias, dampings,
             float(gram_fit.diagonal()[kept].mean()))
 
