@@ -250,6 +250,19 @@ def test_residual_objective_brings_block_outputs_closer_than_the_mlp_objective(f
                                                              if r.status == "reconstructed"]
 
 
+def test_residual_objective_is_refused_where_a_family_declares_no_layout():
+    import dataclasses
+
+    from amp_hf.errors import ConfigError
+
+    model = build("vit")
+    stack = amp_hf.resolve(model)
+    # a family without residual_layouts (as timm and open_clip today), before any compute
+    bare = dataclasses.replace(stack, adapter=dataclasses.replace(stack.adapter, residual_layouts=()))
+    with pytest.raises(ConfigError, match="declares no residual-stream layout .* use reconstruct.objective=mlp"):
+        reconstruct(bare, magnitude_plan(model), batches_for(model, 2), ReconstructConfig(**RAW, objective="residual"))
+
+
 def test_padding_tokens_do_not_enter_the_fit():
     model = build("bert")
     batches = batches_for(model, 3)
