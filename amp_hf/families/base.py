@@ -80,12 +80,15 @@ class ResidualWriter:
     ``projection``: its path in the layer (None: the MLP's output projection, the neuron map's ``columns``).
     ``stream``: the module whose input is the stream right after that addition (post-norm layers: the sum
     before the norm); None: the layer's output. ``scale``: a module that multiplies the projection's output
-    channel-wise before the addition (LayerScale), if any.
+    channel-wise before the addition (LayerScale), if any. ``normalized``: ``stream`` is a per-token norm
+    (a post-norm layer's LayerNorm), so a token's error counts as that norm's output sees it: divided by the
+    token's standard deviation over channels.
     """
 
     projection: str | None
     stream: str | None
     scale: str | None = None
+    normalized: bool = False
 
     def matches(self, layer: nn.Module) -> bool:
         if self.projection is not None and not isinstance(_submodule(layer, self.projection), nn.Linear):

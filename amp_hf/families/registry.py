@@ -135,8 +135,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             summary="cls",
             notes="BERT-style sentence encoders (e.g. all-MiniLM-L6-v2); embedding: attention-masked token mean",
             # post-norm: the sums before attention.output.LayerNorm and output.LayerNorm
-            residual_layouts=((ResidualWriter("attention.output.dense", "attention.output.LayerNorm"),
-                               ResidualWriter(None, "output.LayerNorm")),),
+            residual_layouts=((ResidualWriter("attention.output.dense", "attention.output.LayerNorm", normalized=True),
+                               ResidualWriter(None, "output.LayerNorm", normalized=True)),),
         ),
     )
 }

@@ -281,7 +281,7 @@ class _ResidualRefitter:
     def refit_writer(self, index: int, position: int, writer, kind: str, inputs: list, targets: list) -> LayerReport:
         projection = writer_projection(self.pruned, index, writer)
         statistics = WriterStatistics(projection.in_features, projection.out_features,
-                                      projection.weight.device)
+                                      projection.weight.device, writer.normalized)
         for batch, hidden, target, fit in zip(self.batches, inputs, targets, self.is_fit):
             _, (record,) = run_block(self.pruned, index, batch, hidden, [writer])
             scale = channel_scale(self.pruned, index, writer, record["stream"])

@@ -74,12 +74,13 @@ def channel_scale(stack: MlpStack, index: int, writer: ResidualWriter, like: tor
 
 
 class WriterStatistics:
-    """Fit and held-out Gram matrices of [z; r; 1] for one writer (``gram.new_gram`` layout, r the
-    stream gap divided by γ), all-reduced across processes by ``reduced``."""
+    """Fit and held-out Gram matrices of √w·[z; r; 1] for one writer, then the plain 1 that counts tokens
+    (``gram.new_gram`` layout; r the stream gap divided by γ; w a token's weight: 1, or with a
+    ``normalized`` stream 1 / the variance the norm divides by), all-reduced across processes by ``reduced``."""
 
-    def __init__(self, inputs: int, outputs: int, device):
-        self.inputs, self.outputs = inputs, outputs
-        self.grams = {True: new_gram(inputs + outputs, device), False: new_gram(inputs + outputs, device)}
+    def __init__(self, inputs: int, outputs: int, device, normalized: bool = False):
+        self.inputs, self.outputs, self.normalized = inputs, outputs, normalized
+        self.grams = {True: new_gram(inputs + outputs + 1, device), False: new_gram(inputs + outputs + 1, device)}
 
     @torch.no_grad()
     def add(self, fit: bool, batch: dict, projection_input: torch.Tensor, target_stream: torch.Tensor,
@@ -89,7 +90,10 @@ class WriterStatistics:
             scale = scale.double()
             usable = scale.abs() > 1e-12  # a channel the writer cannot reach: nothing to correct there
             gap = torch.where(usable, gap / torch.where(usable, scale, torch.ones_like(scale)), torch.zeros_like(gap))
-        joint = torch.cat([projection_input.double(), gap], dim=-1)
+        root = torch.ones_like(gap[..., :1])
+        if self.normalized:  # the norm's output moves by (its gain) x gap / σ_token: weigh each token by 1/σ²
+            root = stream.double().var(dim=-1, unbiased=False, keepdim=True).add(1e-12).rsqrt()
+        joint = torch.cat([projection_input.double(), gap, torch.ones_like(root)], dim=-1) * root
         accumulate_gram(self.grams[fit], joint, token_mask(batch, projection_input))
 
     def reduced(self, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +112,7 @@ def refit_writer(projection: nn.Linear, statistics: WriterStatistics, dampings: 
     gap = torch.arange(inputs, inputs + outputs)
     has_bias = projection.bias is not None
     support = torch.cat([torch.arange(inputs), torch.tensor([inputs + outputs])]) if has_bias else torch.arange(inputs)
+    # (the last coordinate, the plain 1, only counts tokens)
     current = projection.weight.detach().to("cpu", torch.float64)
     if has_bias:
         current = torch.cat([current, projection.bias.detach().to("cpu", torch.float64)[:, None]], dim=1)
