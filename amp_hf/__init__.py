@@ -40,6 +40,9 @@ _LAZY_NAMES = {
     "model_stats": ".accounting",
     "resolve": ".families",
     "resolve_model_path": ".loading",
+    "resolve_reference": ".files.model_reference",
+    "ModelReference": ".files.model_reference",
+    "HubReferenceError": ".files.model_reference",
     "save_pruned": ".checkpoint",
     "slice_model": ".slicing",
     "slice_state_dict": ".slicing",
@@ -54,7 +57,9 @@ __all__ = [
     "ADAPTERS",
     "CheckpointError",
     "FamilyAdapter",
+    "HubReferenceError",
     "MlpStack",
+    "ModelReference",
     "NeuronMap",
     "PlanError",
     "PrunePlan",
@@ -75,6 +80,7 @@ __all__ = [
     "register_auto_classes",
     "resolve",
     "resolve_model_path",
+    "resolve_reference",
     "save_pruned",
     "slice_model",
     "slice_state_dict",
@@ -98,6 +104,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .families import ADAPTERS, FamilyAdapter, MlpStack, UnsupportedModelError, get_adapter, resolve, supported_models
     from .families.open_clip import load_open_clip_folder, wrap_open_clip
     from .families.timm import load_timm_folder, wrap_timm
+    from .files.model_reference import HubReferenceError, ModelReference, resolve_reference
     from .loading import load_model, resolve_model_path
     from .models import NeuronMap
     from .plan import PlanError, PrunePlan, top_indices

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from . import families
 from .errors import CheckpointError
-from .files.outputs import atomic_directory
+from .files.outputs import atomic_directory, copy_processor_files
 from .files.reading import first_line, from_pretrained_checked, read_config
 from .files.sentence_transformers_format import carry_sentence_transformers
 from .models import amp_layer_widths
@@ -28,30 +28,49 @@ def _modeling_files(model: PreTrainedModel) -> list[Path]:
     return [Path(inspect.getfile(module)), Path(inspect.getfile(amp_layer_widths))]
 
 
+def write_config(model: PreTrainedModel, directory: str | os.PathLike) -> None:
+    """config.json of ``model`` into ``directory``; for a pruned model with its ``auto_map`` and the flat modeling
+    files that ``auto_map`` names beside it, so ``AutoConfig`` / ``AutoModel.from_pretrained(directory,
+    trust_remote_code=True)`` work where amp_hf is not installed (a stock model's config is written as it is)."""
+    directory = Path(directory)
+    if type(model).__name__ in families.MODEL_CLASSES:
+        model.config.auto_map = families.auto_map_for(type(model.config), type(model))
+        for source in _modeling_files(model):
+            shutil.copy2(source, directory / source.name)
+    model.config.save_pretrained(directory)
+
+
 def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: PrunePlan | None = None, extras=(),
                  carry_from: str | os.PathLike | None = None) -> None:
     """Write the checkpoint files into an existing folder (non-atomic; see ``save_pruned``).
 
     ``carry_from``: the folder the model came from (its base, or the pruned checkpoint it was trained from;
-    default: ``model.name_or_path`` when that is a folder). A sentence-transformers folder's modules and
-    settings are carried over, so the checkpoint stays a sentence-transformers model.
+    default: ``model.name_or_path`` when that is a folder). Its processor / tokenizer files are copied when
+    ``extras`` is empty (``AutoTokenizer`` / ``AutoProcessor.from_pretrained(checkpoint)`` then work), and a
+    sentence-transformers folder's modules and settings are carried over, so the checkpoint stays a
+    sentence-transformers model.
     """
     if type(model).__name__ not in families.MODEL_CLASSES:
         raise CheckpointError(
             f"{type(model).__name__} is not a pruned amp-hf model: slice it first (amp_hf.slice_model)"
         )
     directory = Path(directory)
-    config = model.config
-    config.auto_map = families.auto_map_for(type(config), type(model))
+    model.config.auto_map = families.auto_map_for(type(model.config), type(model))
     model.save_pretrained(directory)
     for source in _modeling_files(model):
         shutil.copy2(source, directory / source.name)
     if plan is not None:
         plan.save(directory / PLAN_FILE)
+    if families.get_adapter(model).processor_in_config:
+        extras = ()  # its preprocessing is in config.json already (timm's pretrained_cfg, open_clip's config)
     for extra in extras:  # processors / tokenizers: anything with save_pretrained
         extra.save_pretrained(directory)
     carry_from = carry_from if carry_from is not None else getattr(model, "name_or_path", "")
     if carry_from and Path(carry_from).is_dir():
+        if not extras:
+            # Copied as they are, not loaded and re-saved: byte for byte the base's preprocessing, whatever
+            # tokenizer backend it needs, and nothing to load that could fail or be slow.
+            copy_processor_files(carry_from, directory)
         carry_sentence_transformers(carry_from, directory)
 
 
@@ -66,9 +85,9 @@ def save_pruned(
     """Save a pruned model as a ``from_pretrained``-loadable folder, atomically.
 
     Writes config.json (amp_* model type, explicit ``per_layer_config``, ``amp_pruning``, ``auto_map``),
-    model.safetensors, the flat modeling files, ``amp_plan.json`` (kept indices) when a plan is given, and
-    the processor / tokenizer files when ``processor`` is given, and the sentence-transformers modules of
-    ``carry_from`` (see ``write_pruned``).
+    model.safetensors, the flat modeling files, ``amp_plan.json`` (kept indices) when a plan is given, the
+    processor / tokenizer files (``processor``'s when given, else those of ``carry_from``) and the
+    sentence-transformers modules of ``carry_from`` (see ``write_pruned``).
     """
     with atomic_directory(path, overwrite=overwrite) as staging:
         write_pruned(model, staging, plan, extras=[processor] if processor is not None else [], carry_from=carry_from)

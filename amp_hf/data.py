@@ -12,16 +12,17 @@ Rows are normalised to an ``image`` or ``text`` column plus an optional integer 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import os
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ConfigError, DataError
+from .data_config import BUILTIN_SOURCES, BUILTIN_SPLITS, DataConfig  # noqa: F401 (amp_hf.data.DataConfig)
+from .errors import DataError
 from .families import ADAPTERS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -31,39 +32,6 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 # Fortune categories with enough entries of a distinct style for a kNN probe of a sentence encoder.
 FORTUNES_CATEGORIES = ["computers", "food", "love", "medicine", "science", "sports", "politics", "literature"]
-BUILTIN_SOURCES = ("digits", "fashion_mnist", "fortunes")
-BUILTIN_SPLITS = {source: ("train", "test") for source in BUILTIN_SOURCES}
-
-
-@dataclass
-class DataConfig:
-    source: str = "digits"
-    split: str = "train"
-    num_samples: int | None = None  # take the first N after a seeded shuffle (None = all)
-    batch_size: int = 32  # prune/score/search: the global batch, split across processes; eval, distill: per process
-    seed: int = 0
-    image_column: str | None = None  # auto: "image" / "img" / "pixel_values"
-    text_column: str | None = None  # auto: "text" / "sentence"
-    label_column: str | None = None  # auto: "label" / "labels"
-    max_length: int = 128  # tokens, for text encoders
-    num_workers: int = 0
-
-    def __post_init__(self):
-        if isinstance(self.source, str) and self.source.startswith("~"):
-            self.source = os.path.expanduser(self.source)
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}")
-        if self.num_samples is not None and self.num_samples < 1:
-            raise ConfigError(f"num_samples must be >= 1 (or null for the whole split); got {self.num_samples}")
-        if self.max_length < 1:
-            raise ConfigError(f"max_length (tokens per text) must be >= 1; got {self.max_length}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0; got {self.num_workers}")
-        if self.source in BUILTIN_SPLITS and self.split not in BUILTIN_SPLITS[self.source]:
-            raise ConfigError(
-                f"split {self.split!r} does not exist in the built-in source {self.source!r}: use one of "
-                f"{', '.join(BUILTIN_SPLITS[self.source])}"
-            )
 
 
 # -- sources ------------------------------------------------------------------------------------------
@@ -201,7 +169,7 @@ def load_processor(model_or_path, adapter=None):
     """The model's own image processor / tokenizer; for checkpoints without one, a default from config."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from .files.aliases import resolve_model_path
+    from .files.model_reference import resolve_model_path
 
     if hasattr(model_or_path, "get_processor"):  # models that carry their own preprocessing
         return model_or_path.get_processor()
@@ -214,7 +182,8 @@ def load_processor(model_or_path, adapter=None):
     if path and Path(path).is_dir():
         loader = AutoTokenizer if modality == "text" else AutoImageProcessor
         try:
-            return loader.from_pretrained(str(path))
+            with _quiet_backend_fallback():
+                return loader.from_pretrained(str(path))
         except (OSError, ValueError):
             pass
     if modality == "text":
@@ -222,6 +191,32 @@ def load_processor(model_or_path, adapter=None):
     if isinstance(model_or_path, (str, Path)):
         raise DataError(f"no image processor found in {path!r}")
     return default_image_processor(adapter.backbone(model_or_path).config)
+
+
+class _BackendFallbackFilter(logging.Filter):
+    # transformers 5 warns when an image processor falls back from its torchvision backend to its PIL one
+    # (torchvision missing, or a processor registered for PIL only, as timm's is): a fact of the environment the
+    # user did not ask about, printed on every load. Other warnings pass.
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("backend is not available. Falling back to" in message
+                    or "requires torchvision (not installed); falling back to" in message)
+
+
+_BACKEND_LOGGERS = ("transformers.models.auto.image_processing_auto", "transformers.utils.import_utils")
+
+
+@contextlib.contextmanager
+def _quiet_backend_fallback():
+    quiet = _BackendFallbackFilter()
+    loggers = [logging.getLogger(name) for name in _BACKEND_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def default_image_processor(config):

@@ -11,8 +11,13 @@ Supported layouts (``LAYOUTS``; the README lists them with the files they come f
   distilled open_clip checkpoints). The text tower comes from the base.
 - ``open_clip-clip``: a whole open_clip ``CLIP`` state dict (``visual.*`` + text tower; DGMR ``distill.pth`` /
   ``ft.pth`` for ViT-g-14-prune1/2).
-- ``eva_clip-visual``: an EVA-CLIP ``EVAVisionTransformer`` state dict (AMP's EVA02-CLIP-bigE-14-plus files),
-  imported into an open_clip EVA02 model (its image tower a timm ``Eva`` trunk); names as timm renames them.
+- ``eva_clip-visual``: an EVA-CLIP ``EVAVisionTransformer`` state dict (AMP's EVA02-CLIP-bigE-14-plus files,
+  DGMR's EVA ``distill.pth``), imported into an open_clip EVA02 model (its image tower a timm ``Eva`` trunk);
+  names as timm renames them.
+- ``eva_clip-clip``: a whole EVA-CLIP ``CustomCLIP`` state dict (``visual.*`` EVAVisionTransformer + ``text.*``
+  + ``logit_scale``; DGMR's EVA ``ft.pth``, bf16) into the same kind of base. EVA-CLIP's ``TextTransformer`` has
+  open_clip's module names (``token_embedding``, ``transformer.resblocks.<i>.{ln_1,attn,ln_2,mlp.c_fc,mlp.c_proj}``,
+  ``ln_final``, ``text_projection``), so the text tower and ``logit_scale`` load by their own names.
 - ``dinov2``: a facebookresearch ``DinoVisionTransformer`` state dict (DGMR ``dinov2/distill.pth``, AMP's
   DINOv2 ``model_layer.pth``), flat or block-chunked, imported into a transformers ``Dinov2Model``.
 """
@@ -94,6 +99,25 @@ def _convert_eva_clip(state: dict, base: dict) -> dict:
     return converted
 
 
+_EVA_CLIP_VISUAL = "visual."
+
+
+def _convert_eva_clip_whole(state: dict, base: dict) -> dict:
+    # visual.*: the EVAVisionTransformer, renamed as above; text.* and logit_scale: open_clip's own names
+    visual = {key[len(_EVA_CLIP_VISUAL):]: value for key, value in state.items() if key.startswith(_EVA_CLIP_VISUAL)}
+    converted = {target: (value, _EVA_CLIP_VISUAL + key)
+                 for target, (value, key) in _convert_eva_clip(visual, base).items()}  # fmt: skip
+    converted.update({_OPEN_CLIP + key: (value, key) for key, value in state.items()
+                      if not key.startswith(_EVA_CLIP_VISUAL)})  # fmt: skip
+    return converted
+
+
+def _is_eva_clip_visual(state: dict, prefix: str = "") -> bool:
+    return f"{prefix}cls_token" in state and f"{prefix}patch_embed.proj.weight" in state and any(
+        re.match(rf"^{re.escape(prefix)}blocks\.0\.mlp\.(fc2|w3)\.weight$", key) for key in state
+    )
+
+
 # -- DINOv2 (facebookresearch) -> transformers Dinov2Model ------------------------------------------------
 
 _DINOV2_GLOBAL = {
@@ -171,10 +195,17 @@ LAYOUTS: dict[str, OfficialLayout] = {
             name="eva_clip-visual",
             family="open_clip",
             description="EVA-CLIP EVAVisionTransformer state dict (AMP EVA02-CLIP-bigE-14-plus model_layer.pth)",
-            matches=lambda state: "cls_token" in state and "patch_embed.proj.weight" in state
-            and any(re.match(r"^blocks\.0\.mlp\.(fc2|w3)\.weight$", key) for key in state),
+            matches=_is_eva_clip_visual,
             convert=_convert_eva_clip,
             image_tower_prefix=_OPEN_CLIP + "visual.",
+            base_prefix=_TIMM_TRUNK,
+        ),
+        OfficialLayout(
+            name="eva_clip-clip",
+            family="open_clip",
+            description="whole EVA-CLIP CustomCLIP state dict: visual.* + text.* + logit_scale (DGMR EVA ft.pth)",
+            matches=lambda state: _is_eva_clip_visual(state, _EVA_CLIP_VISUAL) and "text.token_embedding.weight" in state,
+            convert=_convert_eva_clip_whole,
             base_prefix=_TIMM_TRUNK,
         ),
         OfficialLayout(

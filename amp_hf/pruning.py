@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import torch
 
@@ -23,24 +22,16 @@ from .distributed import make_accelerator
 from .families import MlpStack, resolve
 from .files.artifacts import PRUNE_REPORT_FILE
 from .files.config_utils import ConfigError
-from .files.outputs import atomic_directory, expand_user, prepare_output
-from .files.provenance import hub_reference, is_hub_id, portable, portable_reference
+from .files.outputs import atomic_directory
+from .files.provenance import hub_reference, portable, portable_reference
 from .files.sentence_transformers_format import check_carried_files
 from .loading import load_model, resolve_model_path
 from .plan import PrunePlan
-from .reconstruct import (
-    ReconstructConfig,
-    SearchRefit,
-    check_residual_writers,
-    install_search_refit,
-    reconstruct_stack,
-    search_refit_summary,
-)
+from .pruning_config import OVERWRITE, PruneConfig, ScoringConfig, config_inputs, prepare_prune_output  # noqa: F401 (re-exported)
+from .reconstruct import SearchRefit, check_residual_writers, install_search_refit, reconstruct_stack, search_refit_summary
 from .selection import (
     SCORING_METHODS,
-    CriterionConfig,
     CriterionEvaluator,
-    DGMRConfig,
     NeuronScores,
     ScoringInputs,
     SearchConfig,
@@ -55,78 +46,6 @@ from .selection import (
 from .slicing import slice_stack
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoringConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    max_batches: int | None = None
-    scores_path: str | None = None  # reuse scores saved by `amp-hf score` instead of recomputing
-
-    def __post_init__(self):
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"scoring.max_batches must be >= 1 (or null for every batch); got {self.max_batches}")
-
-
-@dataclass
-class PruneConfig:
-    model: str = "minilm"
-    output: str | None = None
-    method: Literal["amp", "dgmr", "magnitude", "random"] = "amp"
-    criterion: CriterionConfig = field(default_factory=CriterionConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    search_data: DataConfig | None = None  # fixed evaluation batches for the search (default: scoring data)
-    dgmr: DGMRConfig = field(default_factory=DGMRConfig)
-    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)  # least-squares refit (off by default)
-    seed: int = 0
-    overwrite: bool = False
-    base_model: str | None = None  # the base's Hub id for the provenance, when amp-hf cannot tell it from `model`
-
-    def __post_init__(self):
-        self.model = expand_user(self.model)
-        self.output = expand_user(self.output)
-        self.scoring.scores_path = expand_user(self.scoring.scores_path)
-        if self.base_model is not None and not is_hub_id(self.base_model):
-            raise ValueError(f"base_model={self.base_model!r} is not a Hub repo id (org/name): it is recorded in the "
-                             "checkpoint's config.json, which may be pushed, so local paths are not accepted")
-        own_width = SCORING_METHODS[self.method].own_width is not None
-        if own_width and self.search.allocation != "adaptive" and not self.search.reconstruct:
-            raise ValueError(f"method {self.method} has its own uniform width (dgmr.ratio / dgmr.width): drop "
-                             "search.allocation (or set search.reconstruct=true to search its Gram-Schmidt prefixes)")
-        if self.search.reconstruct and self.reconstruct.enabled:
-            raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
-                             "model is the searched one): drop reconstruct.enabled")
-        if self.search.reconstruct and self.reconstruct.objective == "residual":
-            raise ValueError("search.reconstruct refits each candidate's own MLP output projection "
-                             "(reconstruct.objective=mlp); the residual objective refits the sliced model: use "
-                             "reconstruct.enabled=true with search.reconstruct=false")
-        if self.search.reconstruct or self.reconstruct.enabled:
-            self._check_calibration_batches()
-
-    def _check_calibration_batches(self) -> None:
-        """The refit holds whole batches out (``reconstruct.split_heldout``): at least 2 must come from the
-        calibration samples, known from the config before anything is loaded."""
-        data = self.reconstruct.calibration_data(self.scoring.data)
-        if data.num_samples is None or data.num_samples // data.batch_size >= 2:
-            return
-        key = "reconstruct.num_samples" if self.reconstruct.num_samples is not None else (
-            "reconstruct.data.num_samples" if self.reconstruct.data is not None else "scoring.data.num_samples")
-        batch = "reconstruct.data.batch_size" if self.reconstruct.data is not None else "scoring.data.batch_size"
-        raise ValueError(
-            f"{key}={data.num_samples} gives {data.num_samples // data.batch_size} whole calibration batch(es) of "
-            f"{data.batch_size}, but the reconstruction needs at least 2 (whole batches are held out): set {key} "
-            f">= {2 * data.batch_size} or lower {batch}"
-        )
-
-
-OVERWRITE = "overwrite=true"  # how the prune/score commands ask to replace an output
-
-
-def config_inputs(config: PruneConfig) -> list[str | None]:
-    """Every local path the run reads: outputs may neither contain nor replace them."""
-    data = [config.scoring.data, config.search_data, config.reconstruct.data]
-    return [config.model, config.scoring.scores_path, *(d.source for d in data if d is not None)]
 
 
 def _accelerator():
@@ -379,9 +298,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
     started = time.time()
     accelerator = accelerator or _accelerator()
     torch.manual_seed(config.seed)
-    if config.output is None:
-        raise ConfigError("set output=PATH (where the pruned checkpoint goes)")
-    output = prepare_output(config.output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
+    output = prepare_prune_output(config)
     check_carried_files(resolve_model_path(config.model))
     run = PruneRun.start(config, accelerator)
     processor = run.processor
@@ -424,7 +341,7 @@ def run_prune(config: PruneConfig, accelerator=None, scores: NeuronScores | None
 
 def run_score(config: PruneConfig, output: str, accelerator=None) -> NeuronScores:
     accelerator = accelerator or _accelerator()
-    output = prepare_output(output, overwrite=config.overwrite, inputs=config_inputs(config), flag=OVERWRITE)
+    output = prepare_prune_output(config, output)
     scores = compute_scores(PruneRun.start(config, accelerator))
     if accelerator.is_main_process:
         scores.metadata.setdefault("model", config.model)

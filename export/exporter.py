@@ -22,8 +22,10 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from amp_hf import __version__, get_adapter
+from amp_hf.checkpoint import write_config
 from amp_hf.data import default_image_processor
-from amp_hf.files.outputs import atomic_directory, copy_file_from, expand, prepare_output
+from amp_hf.files.artifacts import TOKENIZER_FILES
+from amp_hf.files.outputs import atomic_directory, copy_processor_files, expand, prepare_output
 from amp_hf.files.provenance import portable_reference
 
 from . import tensorrt
@@ -109,7 +111,8 @@ def export_model(
         if profiles:
             tensorrt.write_build_files(staging, profiles)
         preprocessing = _write_preprocessing(model, spec, staging, source, processors)
-        model.config.save_pretrained(staging)
+        # With the modeling files its auto_map names: the folder's config loads by itself (ORT loaders read it).
+        write_config(model, staging)
         # Named by Hub id or relative to the export (which may be pushed), never by a path of this machine.
         origin = portable_reference(source, out_dir) if source is not None else None
         metadata = _metadata(model, architecture, spec, options, graphs, profiles, preprocessing, origin)
@@ -252,7 +255,7 @@ def _write_preprocessing(model, spec: ArchitectureSpec, directory: Path, source,
     for processor in processors:
         processor.save_pretrained(directory)
     if source is not None:
-        _copy_processor_files(Path(source), directory)
+        copy_processor_files(source, directory)
     written = {"image_processor": None, "tokenizer": None}
     if "image" in modalities:
         if not (directory / "preprocessor_config.json").is_file():
@@ -264,28 +267,6 @@ def _write_preprocessing(model, spec: ArchitectureSpec, directory: Path, source,
     if "text" in modalities:
         written["tokenizer"] = next((name for name in TOKENIZER_FILES if (directory / name).is_file()), None)
     return written
-
-
-# The files AutoImageProcessor / AutoTokenizer / AutoProcessor read from a checkpoint folder.
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-)
-
-
-def _copy_processor_files(source: Path, directory: Path) -> None:
-    for name in (*PROCESSOR_FILES, *TOKENIZER_FILES):
-        if (source / name).is_file():
-            copy_file_from(source, source / name, directory / name)
 
 
 def _metadata(

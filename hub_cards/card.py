@@ -392,37 +392,96 @@ def _onnx_example(repo: str, graph: OnnxGraph) -> str:
     )
 
 
+# `import amp_hf` alone registers nothing (its package face is lazy): the snippets register explicitly.
+REGISTER = "amp_hf.register_auto_classes()  # the pruned amp_* model types, for transformers' Auto classes"
+# Every image card's snippet opens its input the same way; the family / generic lines then use ``image``.
+IMAGE_INPUT = 'image = Image.open("image.jpg").convert("RGB")  # any image file'
+EXAMPLE_TEXTS = '["a photo of a cat", "a photo of a dog"]'
+
+
 def _load_example(facts: CheckpointFacts, repo: str, remote_code: bool) -> str:
     auto_class = facts.auto_class
     if remote_code:
-        head = f"from transformers import {auto_class}\n\n"
         load = (f'model = {auto_class}.from_pretrained(\n    "{repo}", trust_remote_code=True, revision="main"  '
                 "# pin a commit hash you have reviewed\n)")  # fmt: skip
     else:
-        head = (
-            "import amp_hf  # registers the pruned amp_* model types with transformers\n"
-            f"from transformers import {auto_class}\n\n"
-        )
-        load = f'model = {auto_class}.from_pretrained("{repo}")'
-    family_lines = facts.adapter.usage_example(repo)
-    if family_lines is not None:
-        processor = "\n\n" + family_lines
+        load = f'{REGISTER}\nmodel = {auto_class}.from_pretrained("{repo}")'
+    lines = facts.adapter.usage_example(repo)  # family lines of an image model may use `image`
+    reads_image = lines is not None and facts.adapter.modality == "image"
+    if lines is None:
+        lines, reads_image = _preprocessing_example(facts, repo)
+    imports = [f"from transformers import {auto_class}"] + (["from PIL import Image"] if reads_image else [])
+    body = []
+    for line in lines.splitlines():
+        (imports if line.startswith(("from ", "import ")) else body).append(line)
+    while body and not body[0]:
+        body.pop(0)
+    notes = []  # leading comments ("needs timm installed") stay first
+    while body and body[0].startswith("#"):
+        notes.append(body.pop(0))
+    body = notes + ([IMAGE_INPUT] if reads_image else []) + body
+    return "\n".join(_import_block(imports, amp_hf=not remote_code) + ["", load, ""] + body)
+
+
+def _import_block(imports: list[str], amp_hf: bool) -> list[str]:
+    """The snippet's imports, sorted as ruff would, names from one module on one line (unless commented)."""
+    merged: dict[str, set[str]] = {}
+    kept = []
+    for line in dict.fromkeys(imports):
+        module, _, names = line.removeprefix("from ").partition(" import ")
+        if line.startswith("from ") and "#" not in line:
+            merged.setdefault(module, set()).update(name.strip() for name in names.split(","))
+        else:
+            kept.append(line)
+    lines = kept + [f"from {module} import {', '.join(sorted(names))}" for module, names in merged.items()]
+    return (["import amp_hf"] if amp_hf else []) + sorted(lines, key=lambda line: line.split()[1].lower())
+
+
+def _preprocessing_example(facts: CheckpointFacts, repo: str) -> tuple[str, bool]:
+    """Preprocessing from the checkpoint's own processor / tokenizer files, then the model's call, with what it
+    returns: both towers' embeddings for an image-text model, the model's outputs otherwise. Also: whether the
+    lines read ``image``."""
+    spec = facts.adapter.model_class(facts.architecture).export
+    graphs = {graph.modality: graph for graph in spec.graphs} if spec is not None else {}
+    image_processor = f'from transformers import AutoImageProcessor\nprocessor = AutoImageProcessor.from_pretrained("{repo}")\n'
+    tokenizer = f'from transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+    if len(graphs) > 1:  # an image-text model: each tower on its own (its forward wants both inputs)
+        parts = []
+        if facts.has_image_processor:
+            parts.append(
+                image_processor + "# the image embedding, in the space shared with the text embeddings\n"
+                'image_embeds = model.get_image_features(**processor(images=image, return_tensors="pt")).pooler_output'
+            )
+        if facts.has_tokenizer:
+            padding = '"max_length"' if graphs["text"].text_padding == "max_length" else "True"
+            parts.append(
+                tokenizer + f'texts = tokenizer({EXAMPLE_TEXTS}, padding={padding}, return_tensors="pt")\n'
+                "text_embeds = model.get_text_features(**texts).pooler_output  # one embedding per text"
+            )
+        if parts:
+            return "\n\n".join(parts), facts.has_image_processor
     elif facts.has_image_processor:
-        processor = (
-            "\n\nfrom transformers import AutoImageProcessor\n"
-            f'processor = AutoImageProcessor.from_pretrained("{repo}")\n'
-            'outputs = model(**processor(images=image, return_tensors="pt"))'
-        )
+        return image_processor + _outputs(graphs) + 'outputs = model(**processor(images=image, return_tensors="pt"))', True
     elif facts.has_tokenizer:
-        processor = (
-            "\n\nfrom transformers import AutoTokenizer\n"
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
-            'outputs = model(**tokenizer(["a sentence"], return_tensors="pt"))'
-        )
-    else:
-        source = f'"{facts.base_model}"' if facts.base_model else "the base model"
-        processor = f"\n# no processor files are stored here: preprocess with the processor of {source}"
-    return head + load + processor
+        return tokenizer + _outputs(graphs) + 'outputs = model(**tokenizer(["a sentence"], return_tensors="pt"))', False
+    source = f'"{facts.base_model}"' if facts.base_model else "the base model"
+    return f"# no processor files are stored here: preprocess with the processor of {source}", False
+
+
+def _outputs(graphs: dict) -> str:
+    """A comment line naming what the model's call returns (from its export spec)."""
+    if len(graphs) != 1:
+        return ""
+    (graph,) = graphs.values()
+    if graph.outputs == ("logits",):
+        return "# outputs.logits: one score per class (names: model.config.id2label)\n"
+    names = "outputs." + ", .".join(graph.outputs)
+    embedding = graph.embedding
+    if embedding is None:
+        return f"# {names}\n"
+    pooled = {"cls": f"{embedding.output}[:, 0]",
+              "masked_mean": f"{embedding.output} averaged over the attention mask"}  # fmt: skip
+    return f"# {names}; one embedding per input: {pooled.get(embedding.pooling, embedding.output)}\n"
 
 
 def _sentence_transformers_example(facts: CheckpointFacts, repo: str) -> str | None:
@@ -431,9 +490,10 @@ def _sentence_transformers_example(facts: CheckpointFacts, repo: str) -> str | N
         return None
     onnx = any(graph.path == "model.onnx" for graph in facts.onnx_graphs)
     lines = [
-        "import amp_hf  # or pass trust_remote_code=True instead of importing amp_hf",
+        "import amp_hf  # or pass trust_remote_code=True instead of using amp_hf",
         "from sentence_transformers import SentenceTransformer",
         "",
+        REGISTER,
         f'model = SentenceTransformer("{repo}")',
     ]
     if onnx:

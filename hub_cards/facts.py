@@ -37,7 +37,7 @@ from transformers.initialization import no_init_weights
 from amp_hf import ADAPTERS, FamilyAdapter, model_stats
 from amp_hf.checkpoint import CheckpointError, pruned_architecture
 from amp_hf.families import MODEL_CLASSES
-from amp_hf.files.aliases import EMBEDDED_HUB_IDS
+from amp_hf.files.aliases import EMBEDDED_HUB_IDS, embedded_model_path
 from amp_hf.files.artifacts import EVAL_REPORT_GLOB, EXPORT_METADATA_FILE, ONNX_SUBFOLDER, PRUNE_REPORT_FILE
 from amp_hf.files.eval_report import EvalResult
 from amp_hf.files.provenance import hub_reference, is_hub_id
@@ -287,6 +287,9 @@ def _names_of(recorded: str | None, hub_id: str | None) -> set[str]:
 def base_model_license(repo_id: str | None, local_path: str | None, revision: str | None) -> str | None:
     """The base model's license from its model card, if that card is on disk (local folder or HF cache)."""
     readme: str | None = None
+    embedded = [alias for alias, known in EMBEDDED_HUB_IDS.items() if known == repo_id]
+    if not local_path and embedded:  # amp-hf's offline copy of that repo carries its card
+        local_path = embedded_model_path(embedded[0], required=False)
     if local_path and (Path(local_path) / "README.md").is_file():
         readme = str(Path(local_path) / "README.md")
     elif repo_id:

@@ -16,13 +16,12 @@ Nothing here touches the network until ``push_to_hub`` is called; ``plan_upload`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +35,7 @@ from huggingface_hub.utils import validate_repo_id
 import amp_hf
 from amp_hf.errors import LinkOutsideError
 from amp_hf.files.artifacts import ONNX_SUBFOLDER
+from amp_hf.files.hub_http import DEFAULT_TIMEOUT, http_timeouts
 from amp_hf.files.outputs import folder_files
 from amp_hf.files.provenance import find_local_paths, local_path_markers
 
@@ -45,10 +45,6 @@ from .facts import gather_facts
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# huggingface_hub's HTTP client waits forever by default: a Hub (or proxy) that accepts the connection and never
-# answers would hang the push. Every request gets this long to connect and between bytes; with the default
-# retries a silent endpoint fails in under a minute.
-DEFAULT_TIMEOUT = 10.0
 TRANSIENT_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_EXCEPTIONS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 STALE_PARENT_STATUS_CODES = frozenset({409, 412})  # the branch moved since we read its head
@@ -261,35 +257,6 @@ def check_push_target(repo_id: str, token: str | None = None) -> str:
             f"(create a token with write access at {constants.ENDPOINT}/settings/tokens)"
         )
     return token
-
-
-@contextlib.contextmanager
-def http_timeouts(seconds: float) -> Iterator[None]:
-    """Give every huggingface_hub request ``seconds`` to connect and between bytes (it sets none by default)."""
-    from huggingface_hub.utils import _http as hub_http
-    from huggingface_hub.utils import set_client_factory
-
-    previous = getattr(hub_http, "_GLOBAL_CLIENT_FACTORY", hub_http.default_client_factory)
-
-    def bound(request: httpx2.Request) -> None:
-        # HfApi passes timeout=None on many calls, which overrides a client default; fill in what is unset
-        timeouts = dict(request.extensions.get("timeout") or {})
-        for phase in ("connect", "read", "write", "pool"):
-            if timeouts.get(phase) is None:
-                timeouts[phase] = seconds
-        request.extensions["timeout"] = timeouts
-
-    def with_timeouts():
-        client = previous()
-        client.timeout = httpx2.Timeout(seconds)
-        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks.get("request", []), bound]}
-        return client
-
-    set_client_factory(with_timeouts)
-    try:
-        yield
-    finally:
-        set_client_factory(previous)
 
 
 def push_to_hub(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -11,11 +13,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that can import transformers but not amp_hf.
 
     ``-S`` skips site initialisation, so the editable install's path hook is not loaded; site-packages is
-    added back by hand. The code fails loudly if amp_hf were importable after all.
+    added back by hand. The code fails loudly if amp_hf were importable after all. ``env``: the environment
+    (default: this process's).
     """
     site_packages = sysconfig.get_paths()["purelib"]
     prelude = (
@@ -23,18 +26,73 @@ def run_without_amp_hf(code: str, cwd: Path, timeout: int = 300) -> subprocess.C
         "import importlib.util\n"
         "assert importlib.util.find_spec('amp_hf') is None, 'amp_hf must not be importable here'\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONPATH"}
     return subprocess.run(
         [sys.executable, "-S", "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
 
 
+def run_with_amp_hf(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that imports this checkout's amp_hf (``cwd`` outside the repository)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def card_usage_snippets(readme: Path) -> list[str]:
+    """The fenced Python blocks of a model card's "How to use" section, in order."""
+    section = readme.read_text().split("\n## How to use\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+# Executes each snippet in its own namespace and saves every tensor / array it leaves behind (a ModelOutput's
+# fields as "name.field") to results/<index>.pt.
+_SNIPPET_RUNNER = """
+import json, numpy, torch
+from pathlib import Path
+for index, snippet in json.loads({snippets!r}):
+    namespace = {{}}
+    exec(compile(snippet, f"<card snippet {{index}}>", "exec"), namespace)
+    found = {{}}
+    for name, value in namespace.items():
+        fields = value.items() if hasattr(value, "to_tuple") else [(None, value)]  # ModelOutput: its fields
+        for field, item in fields:
+            if isinstance(item, numpy.ndarray):
+                item = torch.from_numpy(item)
+            if isinstance(item, torch.Tensor):
+                found[name if field is None else f"{{name}}.{{field}}"] = item.detach()
+    Path("results").mkdir(exist_ok=True)
+    torch.save(found, f"results/{{index}}.pt")
+"""
+
+
+def run_card_snippets(readme: Path, repo_id: str, checkpoint: Path, cwd: Path, prelude: str = "") -> list[dict]:
+    """Run every usage snippet of the card ``readme`` as written, with ``repo_id`` read as the local folder
+    ``checkpoint``: the ones importing amp_hf in a process that has it, the others in one without amp_hf (after
+    ``prelude``). ``cwd`` holds the inputs the snippets open (image.jpg). Returns, per snippet in card order,
+    the tensors it left behind; a failing snippet fails the calling test with its traceback."""
+    import torch
+
+    snippets = [snippet.replace(f'"{repo_id}"', json.dumps(str(checkpoint))) for snippet in card_usage_snippets(readme)]
+    assert snippets and all(str(checkpoint) in snippet for snippet in snippets), snippets
+    with_amp_hf = [(i, s) for i, s in enumerate(snippets) if "import amp_hf" in s]
+    without = [(i, s) for i, s in enumerate(snippets) if "import amp_hf" not in s]
+    for group, run in ((with_amp_hf, run_with_amp_hf), (without, run_without_amp_hf)):
+        if group:
+            code = (prelude if run is run_without_amp_hf else "") + _SNIPPET_RUNNER.format(snippets=json.dumps(group))
+            if run is run_without_amp_hf:
+                code += "import sys\nassert 'amp_hf' not in sys.modules\n"
+            result = run(code, cwd=cwd)
+            assert result.returncode == 0, f"{snippets}\n{result.stderr[-4000:]}"
+    return [torch.load(cwd / "results" / f"{index}.pt", weights_only=True) for index in range(len(snippets))]
+
+
 def accelerate_launch(args: list[str], cwd: Path, num_processes: int = 2, timeout: int = 600,
-                      extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu --num_processes N -m amp_hf ...`` on CPU (gloo)."""
+                      extra_env: dict | None = None, mode: str = "--multi_gpu") -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes N -m amp_hf ...`` on CPU (gloo); ``mode="--cpu"``: the
+    launcher's CPU mode, which starts one process whatever N is."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", mode,
                 "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "-m", "amp_hf"]
     return subprocess.run(launcher + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -9,7 +9,9 @@ and no LFS / Xet endpoint is needed (clients must still set ``HF_HUB_DISABLE_XET
 Behaviour copied from the real Hub because the client or our code depends on it: a new repo starts with one
 commit holding ``.gitattributes``; tokens map to user names and a user may only write to their own
 namespace (403 otherwise); an unknown token gets 401 "Invalid credentials in Authorization header";
-missing repos / revisions / files get 404 with the ``X-Error-Code`` the client maps to its exceptions; a
+missing repos / revisions / files get 404 with the ``X-Error-Code`` the client maps to its exceptions (a
+private repo asked for without a token: 401); a gated repo (``host_model(..., gated=True)``) lists its files
+to anyone but serves them only to users in ``gated_access`` (else 401/403 ``GatedRepo``); a
 commit whose ``parentCommit`` is not the branch head gets 412. Switches make commits fail (500) to test
 failure handling. The server binds 127.0.0.1 on a random port and shuts itself down after
 ``max_lifetime`` seconds even if a test forgets to stop it.
@@ -50,6 +52,8 @@ class Commit:
 class Repo:
     repo_id: str
     private: bool
+    gated: bool = False  # files need a token of a user in ``gated_access`` (repo info stays public)
+    gated_access: set[str] = field(default_factory=set)
     refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit oid
     commits: dict[str, Commit] = field(default_factory=dict)
     pull_requests: int = 0
@@ -93,11 +97,21 @@ class HubState:
         self.commit_requests = 0
         self.lock = threading.RLock()
 
-    def create_repo(self, repo_id: str, private: bool = False) -> Repo:
+    def create_repo(self, repo_id: str, private: bool = False, gated: bool = False) -> Repo:
         with self.lock:
-            repo = Repo(repo_id, private)
+            repo = Repo(repo_id, private, gated=gated)
             repo.refs["main"] = repo.add_commit(None, "initial commit", dict(INITIAL_FILES)).oid
             self.repos[repo_id] = repo
+            return repo
+
+    def host_model(self, repo_id: str, files: dict[str, bytes], private: bool = False, gated: bool = False,
+                   summary: str = "upload model") -> Repo:
+        """A repo whose main branch holds ``files`` (path -> content) on top of the initial commit; set up
+        directly, not over HTTP (the tests' HTTP traffic is the download being tested)."""
+        with self.lock:
+            repo = self.create_repo(repo_id, private=private, gated=gated)
+            head = repo.resolve("main")
+            repo.refs["main"] = repo.add_commit(head, summary, {**head.files, **files}).oid
             return repo
 
 
@@ -196,7 +210,17 @@ class _Handler(BaseHTTPRequestHandler):
         user = self._user()
         repo = self.state.repos.get(repo_id)
         if repo is None or (repo.private and user != repo.owner):
-            raise HubError(404, "Repository not found", "RepoNotFound")
+            # as the Hub: without a token a private repo is a 401 (it may exist), with one a 404
+            status = 401 if user is None else 404
+            raise HubError(status, "Repository not found", "RepoNotFound")
+        return repo
+
+    def _downloadable_repo(self, repo_id: str) -> Repo:
+        repo = self._readable_repo(repo_id)
+        if repo.gated and self._user() not in repo.gated_access | {repo.owner}:
+            raise HubError(401 if self._user() is None else 403,
+                           f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
+                           "to access it. Please log in.", "GatedRepo")
         return repo
 
     def _writable_repo(self, repo_id: str) -> Repo:
@@ -357,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo: str, revision: str, path: str) -> None:
         with self.state.lock:
-            hub_repo = self._readable_repo(repo)
+            hub_repo = self._downloadable_repo(repo)
             commit = self._commit_at(hub_repo, revision)
             content = commit.files.get(path)
         if content is None:
@@ -421,6 +445,10 @@ class HubTestServer:
     # -- helpers for assertions -----------------------------------------------------------------------
     def repo(self, repo_id: str) -> Repo:
         return self.state.repos[repo_id]
+
+    def host_model(self, repo_id: str, files: dict[str, bytes], **kwargs) -> Repo:
+        """See ``HubState.host_model``."""
+        return self.state.host_model(repo_id, files, **kwargs)
 
     def reset_log(self) -> None:
         with self.state.lock:

@@ -126,3 +126,40 @@ def test_two_process_scoring_equals_one_process(vit_checkpoint, tmp_path):
         else:  # signed means cancel across samples, so near-zero entries carry float32 noise of the layer's scale
             torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5 * float(one[key].abs().max()))
     assert json.loads((tmp_path / "two" / "scores.json").read_text())["num_samples"] == 64
+
+
+UNIFORM = ["method=magnitude", "search.allocation=uniform", "search.target_reduction=0.2"]  # data-free: cheap
+
+
+@pytest.mark.multiprocess
+def test_cpu_launcher_asked_for_two_processes_warns_that_one_runs(vit_checkpoint, tmp_path):
+    # issue 24 item 6: `accelerate launch --cpu --num_processes 2` starts one process and says nothing
+    from amp_hf.distributed import MULTI_PROCESS_HINT
+
+    output = tmp_path / "cpu"
+    result = accelerate_launch(["prune", f"model={vit_checkpoint}", f"output={output}", *UNIFORM], cwd=REPO,
+                               mode="--cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(MULTI_PROCESS_HINT) == 1
+    assert json.loads((output / "prune_report.json").read_text())["num_processes"] == 1
+
+
+@pytest.mark.multiprocess
+def test_multi_gpu_launcher_on_cpu_runs_two_processes_without_the_warning(vit_checkpoint, tmp_path):
+    from amp_hf.distributed import MULTI_PROCESS_HINT
+
+    output = tmp_path / "gloo"
+    result = accelerate_launch(["prune", f"model={vit_checkpoint}", f"output={output}", *UNIFORM], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert MULTI_PROCESS_HINT not in result.stderr
+    assert json.loads((output / "prune_report.json").read_text())["num_processes"] == 2
+
+
+def test_the_process_count_check_reads_the_launcher_environment():
+    from amp_hf.distributed import launcher_asked_for_more
+
+    asked_for_two = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert launcher_asked_for_more(1, asked_for_two)
+    assert not launcher_asked_for_more(2, asked_for_two)  # the others started (MPI)
+    assert not launcher_asked_for_more(1, {"ACCELERATE_USE_CPU": "True"})  # asked for one
+    assert not launcher_asked_for_more(1, {"MASTER_ADDR": "127.0.0.1"})  # not accelerate's single-process launcher

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import tiny_models
 import torch
-from helpers import polygraphy_check
+from helpers import polygraphy_check, run_without_amp_hf
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
@@ -187,6 +187,38 @@ def test_family_exports_and_matches_pytorch(name, exported):
         assert list(onnx_out) == [o for o in graph_spec.outputs if torch_out.get(o) is not None]
         for output, value in onnx_out.items():
             np.testing.assert_allclose(value, torch_out[output].numpy(), atol=1e-4, rtol=1e-3, err_msg=output)
+
+
+def test_export_folder_config_loads_without_amp_hf(exported, tmp_path):
+    """ORT loaders (optimum's ORTModel*) read the export folder's own config.json: the modeling files its
+    auto_map names sit beside it, so it loads with trust_remote_code=True where amp_hf is not installed."""
+    folders = {name: str(exported(name)[1]) for name in sorted(DEFAULT_FAMILIES)}
+    code = f"""
+import json, sys
+from transformers import AutoConfig
+
+def widths(values):  # every per_layer_config in the config, sub-configs included
+    if not isinstance(values, dict):
+        return []
+    found = [w["intermediate_size"] for w in values.get("per_layer_config", {{}}).values()]
+    return found + [w for value in values.values() for w in widths(value)]
+
+result = {{}}
+for name, folder in {folders!r}.items():
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    result[name] = [type(config).__module__, config.model_type, widths(config.to_dict())]
+assert "amp_hf" not in sys.modules
+print(json.dumps(result))
+"""
+    result = run_without_amp_hf(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    for name, folder in folders.items():
+        module, model_type, widths = loaded[name]
+        metadata = json.loads((Path(folder) / "amp_export.json").read_text())
+        assert module.startswith("transformers_modules."), module  # the folder's own copy of the code
+        assert model_type == json.loads((Path(folder) / "config.json").read_text())["model_type"]
+        assert model_type.startswith("amp_") and widths == metadata["mlp_widths"]
 
 
 # -- precision ----------------------------------------------------------------------------------------------
@@ -537,7 +569,7 @@ def test_unsupported_model_is_a_clear_error_from_the_real_cli(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert "amp-hf export: error:" in result.stderr and "BertForMaskedLM" in result.stderr
-    assert "Supported architectures:" in result.stderr
+    assert "Supported model classes:" in result.stderr
     assert no_partial_output(out)
 
 

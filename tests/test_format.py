@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
 import transformers
-from helpers import run_without_amp_hf
+from helpers import REPO, run_with_amp_hf, run_without_amp_hf
 from tiny_models import TINY_FAMILIES, build, sample_inputs
 from transformers import AutoConfig, AutoModel
 
@@ -270,3 +271,38 @@ def test_real_minilm_round_trip(minilm_path, tmp_path):
                                    atol=1e-5, rtol=1e-5)
     assert AutoConfig.from_pretrained(tmp_path / "minilm").model_type == "amp_bert"
     assert amp_hf.get_adapter(reloaded).widths(reloaded) == plan.widths
+
+
+def test_save_pruned_carries_the_processor_files_of_the_base_folder(vit_checkpoint, tmp_path):
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    model = amp_hf.load_model(str(vit_checkpoint))  # name_or_path: the base folder
+    pruned = amp_hf.slice_model(model, uneven_plan(model))
+    carried = amp_hf.save_pruned(pruned, tmp_path / "carried")
+    name = "preprocessor_config.json"
+    assert (carried / name).read_bytes() == (vit_checkpoint / name).read_bytes()  # copied as it is
+    assert AutoImageProcessor.from_pretrained(carried).size == {"height": 32, "width": 32}
+    # A processor passed explicitly is what the checkpoint gets; none at all (no base folder): no files.
+    given = amp_hf.save_pruned(pruned, tmp_path / "given", processor=ViTImageProcessor(size={"height": 24, "width": 24}))
+    assert json.loads((given / name).read_text())["size"] == {"height": 24, "width": 24}
+    plain = amp_hf.slice_model(build("vit"), uneven_plan(model))
+    assert not (amp_hf.save_pruned(plain, tmp_path / "plain") / name).exists()
+
+
+def test_readme_python_quick_start_runs_as_written(minilm_path, tmp_path):
+    """README's quick start in a fresh process (its relative out/ path under tmp_path), then its tokenizer and
+    remote-code loads where amp_hf is not installed: no prompt, no missing tokenizer."""
+    readme = (REPO / "README.md").read_text()
+    quick_start = re.search(r"## Python quick start\n\n```python\n(.*?)```", readme, flags=re.S).group(1)
+    assert 'save_pruned(pruned, "out/minilm-half", plan)' in quick_start and "AutoTokenizer" in quick_start
+    result = run_with_amp_hf(quick_start, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    code = """
+from transformers import AutoModel, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("out/minilm-half")  # tokenizer_config.json: no config.json, no prompt
+model = AutoModel.from_pretrained("out/minilm-half", trust_remote_code=True)
+print(model(**tokenizer(["a sentence"], return_tensors="pt")).last_hidden_state.shape[-1])
+"""
+    bare = run_without_amp_hf(code, cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert bare.stdout.split()[-1] == "384"  # all-MiniLM-L6-v2's hidden size

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_card_snippets
 from hub_server import INITIAL_FILES, HubTestServer
 from huggingface_hub import ModelCard, constants
 from PIL import Image
 from tiny_models import build
 
+import amp_hf
 import hub_cards.push as push_module
 from amp_hf import PrunePlan, compare_stats, count_parameters, model_stats, save_pruned, slice_model
 from amp_hf.cli import main
@@ -195,6 +197,13 @@ def test_base_model_license_read_from_a_local_base_folder(pruned, tmp_path):
     assert facts.base_model is None and facts.base_model_path == str(base)  # a path is not a Hub id
 
 
+def test_the_embedded_base_models_license_comes_from_its_offline_copy(minilm_path):
+    from hub_cards.facts import base_model_license
+
+    card_license = ModelCard.load(Path(minilm_path) / "README.md").data.license
+    assert card_license and base_model_license("sentence-transformers/all-MiniLM-L6-v2", None, None) == card_license
+
+
 def test_card_cli_with_user_template_and_a_broken_one(pruned, tmp_path, capsys):
     checkpoint = shutil.copytree(pruned["path"], tmp_path / "ckpt")
     template = tmp_path / "card.md.jinja"
@@ -213,6 +222,83 @@ def test_card_cli_with_user_template_and_a_broken_one(pruned, tmp_path, capsys):
     template.write_text("---\nlicense: [mit\n---\n# no closing bracket above\n")
     code, _, err = run_cli(capsys, "card", checkpoint, "--template", template)
     assert code == 2 and "rendered invalid YAML metadata" in err and "{{ card_data }}" in err
+
+
+# -- what a Hub user runs next ----------------------------------------------------------------------------
+
+SNIPPET_REPO = "tester/tiny-pruned"
+CARD_TEXTS = ["a", "cat", "dog", "the", "photo", "of", "[UNK]", "[PAD]"]  # every word the snippets' texts use
+
+
+def _word_tokenizer(**kwargs):
+    """A real fast tokenizer over a few words (ids below the tiny text towers' vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(CARD_TEXTS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", **kwargs)
+
+
+def _stock_folder(name: str, root: Path, tiny_st) -> Path:
+    """A stock base model folder of family ``name`` with its processor / tokenizer files, as users' come."""
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    from amp_hf.data import default_image_processor
+
+    if name == "bert":  # the sentence encoder: a real sentence-transformers folder, tokenizer included
+        return tiny_st
+    folder = root / f"{name}-base"
+    build(name).save_pretrained(folder)
+    if name == "clip":
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+        _word_tokenizer(model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
+    elif name == "siglip":  # SigLIP pads to max_length and takes no attention mask
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+        _word_tokenizer(model_input_names=["input_ids"], model_max_length=8).save_pretrained(folder)
+    else:
+        default_image_processor(build(name).config).save_pretrained(folder)
+    return folder
+
+
+def _every_second_or_third(model) -> PrunePlan:
+    widths = amp_hf.get_adapter(model).widths(model)
+    return PrunePlan(widths, [range(0, width, 2 + layer % 2) for layer, width in enumerate(widths)])
+
+
+# The tensors each family's snippets must leave (snippet order: [sentence-transformers,] amp_hf, transformers).
+SNIPPET_OUTPUTS = {
+    "bert": {"embeddings", "similarities", "outputs.last_hidden_state", "outputs.pooler_output"},
+    "clip": {"image_embeds", "text_embeds"},
+    "siglip": {"image_embeds", "text_embeds"},
+    "vit": {"outputs.last_hidden_state", "outputs.pooler_output"},
+    "dinov2": {"outputs.last_hidden_state", "outputs.pooler_output"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SNIPPET_OUTPUTS))
+def test_every_card_snippet_runs_as_written(name, tiny_st, tmp_path):
+    """Per family: a base folder with its processor files, loaded, sliced and saved with no processor passed
+    (save_pruned carries the base's files); every snippet of its card then runs as a Hub user would run it —
+    the transformers one in a process without amp_hf — on a real image file, with the same results both ways."""
+    base = _stock_folder(name, tmp_path, tiny_st)
+    model = amp_hf.load_model(str(base))
+    checkpoint = save_pruned(slice_model(model, _every_second_or_third(model)), tmp_path / "pruned")
+    write_card(checkpoint, repo_id=SNIPPET_REPO)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
+
+    results = run_card_snippets(checkpoint / "README.md", SNIPPET_REPO, checkpoint, tmp_path)
+
+    *_, with_amp_hf, without_amp_hf = results
+    assert set().union(*results) == SNIPPET_OUTPUTS[name]
+    assert with_amp_hf.keys() == without_amp_hf.keys()
+    for key, value in with_amp_hf.items():  # the repository's own code computes what amp_hf's classes do
+        torch.testing.assert_close(without_amp_hf[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    if "image_embeds" in with_amp_hf:  # one image and two texts, embedded into one space
+        assert with_amp_hf["image_embeds"].shape[0] == 1 and with_amp_hf["text_embeds"].shape[0] == 2
+        assert with_amp_hf["image_embeds"].shape[1] == with_amp_hf["text_embeds"].shape[1]
+    if name == "bert":
+        assert results[0]["embeddings"].shape == (2, 16)  # the base's Dense head: carried with the checkpoint
 
 
 # -- push: the round trip -------------------------------------------------------------------------------

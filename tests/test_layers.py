@@ -13,6 +13,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("amp_hf", "export", "hub_cards")
 
+# Stage -> its modules. Stages hand over files: none imports another (a stage's config module is part of it).
+STAGES: dict[str, tuple[str, ...]] = {
+    "pruning": ("amp_hf.pruning", "amp_hf.pruning_config"),
+    "distill": ("amp_hf.distill",),
+    "export": ("export",),
+    "importing": ("amp_hf.importing",),
+    "reference": ("amp_hf.reference",),
+}
 # Lowest first; a module may import its own layer or below. A name matches itself and everything under it,
 # except the package face ``amp_hf`` (its __init__), which matches only itself.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -21,15 +29,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files", ("amp_hf.files",)),
     ("families", ("amp_hf.families",)),
     ("core", ("amp_hf", "amp_hf.plan", "amp_hf.slicing", "amp_hf.accounting", "amp_hf.checkpoint", "amp_hf.loading",
-              "amp_hf.data", "amp_hf.layer_stack", "amp_hf.distributed")),
+              "amp_hf.data_config", "amp_hf.data", "amp_hf.layer_stack", "amp_hf.distributed")),
     ("selection/evaluation", ("amp_hf.selection", "amp_hf.evaluation")),
     ("reconstruct/hub_cards", ("amp_hf.reconstruct", "hub_cards")),
-    ("stages", ("amp_hf.pruning", "amp_hf.distill", "export", "amp_hf.importing", "amp_hf.reference")),
+    ("stages", tuple(module for modules in STAGES.values() for module in modules)),
     ("demo", ("amp_hf.demo",)),
     ("cli", ("amp_hf.cli", "amp_hf.__main__")),
 )
-# Stages hand over files: none imports another.
-STAGES = LAYERS[[name for name, _ in LAYERS].index("stages")][1]
 CLI = "amp_hf.cli"
 ENTRY_POINTS = ("amp_hf.__main__",)  # `python -m amp_hf` runs the CLI
 
@@ -92,7 +98,8 @@ def layer_of(module: str) -> int | None:
 
 
 def stage_of(module: str) -> str | None:
-    return next((name for name in STAGES if module == name or module.startswith(f"{name}.")), None)
+    return next((stage for stage, names in STAGES.items()
+                 if any(module == name or module.startswith(f"{name}.") for name in names)), None)
 
 
 def circles(graph: dict[str, list[tuple[str, int]]]) -> list[list[str]]:

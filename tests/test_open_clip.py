@@ -9,8 +9,10 @@ import pytest
 
 pytest.importorskip("open_clip")
 
+import numpy as np
 import torch
-from helpers import run_without_amp_hf
+from helpers import run_card_snippets, run_without_amp_hf
+from PIL import Image
 from tiny_open_clip import (
     EVA_E_CFG,
     EVA_L_CFG,
@@ -147,6 +149,25 @@ for name, expected in sorted(data["expected"].items()):
     assert result.returncode == 0, result.stderr[-3000:]
     for name, (_, widths, _) in cases.items():
         assert f"ok {name} {widths}" in result.stdout, result.stdout
+
+
+def test_card_snippets_run_as_written(tmp_path):
+    """The card's open_clip lines (model.get_processor(): open_clip's transform and tokenizer), both snippets on
+    a real image file, the transformers one where amp_hf is not installed; the same embeddings both ways."""
+    from hub_cards import write_card
+
+    model = amp_hf.load_model(str(save_open_clip_folder(build_open_clip(seed=3), tmp_path / "hub")))
+    path = amp_hf.save_pruned(amp_hf.slice_model(model, uneven_plan(model)), tmp_path / "pruned")
+    write_card(path, repo_id="me/open-clip-amp")
+    assert "AutoTokenizer" not in (path / "README.md").read_text()  # open_clip's tokenizer is no transformers one
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
+    with_amp_hf, without_amp_hf = run_card_snippets(path / "README.md", "me/open-clip-amp", path, tmp_path)
+    assert set(with_amp_hf) == set(without_amp_hf) >= {"image_embeds", "text_embeds", "probs"}
+    for key, value in with_amp_hf.items():
+        torch.testing.assert_close(without_amp_hf[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    embed_dim = NATIVE_CFG["embed_dim"]
+    assert with_amp_hf["image_embeds"].shape == (1, embed_dim) and with_amp_hf["text_embeds"].shape == (2, embed_dim)
+    torch.testing.assert_close(with_amp_hf["probs"].sum(dim=-1), torch.ones(1))
 
 
 def test_open_clip_hub_folder_loads_through_load_model(tmp_path):

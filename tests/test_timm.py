@@ -9,8 +9,10 @@ import pytest
 
 timm = pytest.importorskip("timm")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from helpers import run_without_amp_hf  # noqa: E402
+from helpers import run_card_snippets, run_without_amp_hf  # noqa: E402
+from PIL import Image  # noqa: E402
 from tiny_timm import SIZE, TIMM_CASES, build_timm, sample_pixels, save_timm_folder  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
@@ -91,7 +93,8 @@ def test_uneven_slice_saves_and_reloads_with_amp_hf(case, pruned_checkpoints):
     assert config["model_type"] == "amp_timm_wrapper" and "num_classes" not in (config["model_args"] or {})
     assert [config["per_layer_config"][str(i)]["intermediate_size"] for i in range(len(plan.widths))] == plan.widths
     reloaded = AutoModel.from_pretrained(path)  # amp_hf imported: no remote code
-    assert isinstance(reloaded, AmpTimmWrapperModel) and type(reloaded.timm_model).__name__ in ("VisionTransformer", "Eva")
+    assert isinstance(reloaded, AmpTimmWrapperModel) and type(reloaded.timm_model).__name__ in (
+        "VisionTransformer", "VisionTransformerDistilled", "Eva")
     assert amp_hf.get_adapter(reloaded).widths(reloaded) == plan.widths
     for name, value in features(reloaded, torch.load(root / "pixels.pt")).items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-5)
@@ -206,6 +209,120 @@ with torch.no_grad():
                                rtol=0, atol=1e-5)  # fmt: skip
 
 
+# -- DeiT distilled (VisionTransformerDistilled): a distillation token beside the CLS token, and two heads ----------
+
+
+@pytest.fixture(scope="module")
+def deit_classifier_folder(tmp_path_factory):
+    """The tiny DeiT distilled model with both heads (5 classes), in timm's Hub layout."""
+    root = tmp_path_factory.mktemp("deit")
+    return save_timm_folder(build_timm("deit_distilled", num_classes=5), root / "deit", num_classes=5)
+
+
+def classifier_outputs(model, pixels) -> dict[str, torch.Tensor]:
+    """Logits through the wrapper, and what timm's own forward_head averages, computed by hand."""
+    timm_model = model.timm_model
+    with torch.no_grad():
+        tokens = timm_model.forward_features(pixels)
+        return {
+            "logits": model(pixel_values=pixels).logits,
+            "two_heads": (timm_model.head(tokens[:, 0]) + timm_model.head_dist(tokens[:, 1])) / 2,
+            "embedding": timm_model.forward_head(tokens, pre_logits=True),
+            "two_tokens": (tokens[:, 0] + tokens[:, 1]) / 2,
+        }
+
+
+def test_deit_distilled_embedding_and_logits_follow_timm(deit_classifier_folder):
+    model = amp_hf.load_model(str(deit_classifier_folder))
+    assert type(model).__name__ == "TimmWrapperForImageClassification"
+    assert type(model.timm_model).__name__ == "VisionTransformerDistilled"
+    pixels = sample_pixels()
+    got = classifier_outputs(model, pixels)
+    # eval: the classifier output is the mean of head(CLS) and head_dist(distillation token), the embedding the
+    # mean of the two tokens (timm's forward_head); same ops on the same tensors, so equal to the last bit
+    torch.testing.assert_close(got["logits"], got["two_heads"], rtol=0, atol=0)
+    embedding = amp_hf.get_adapter(model).embed(model, {"pixel_values": pixels})
+    torch.testing.assert_close(embedding, got["two_tokens"], rtol=0, atol=0)
+    torch.testing.assert_close(got["embedding"], got["two_tokens"], rtol=0, atol=0)
+    # the tower's own weights exclude both heads (parameter counts and the criterion read them)
+    tower = {id(p) for p in amp_hf.get_adapter(model).backbone(model).parameters()}
+    heads = [*model.timm_model.head.parameters(), *model.timm_model.head_dist.parameters()]
+    assert heads and not any(id(p) in tower for p in heads)
+    assert id(model.timm_model.dist_token) in tower
+
+
+def test_deit_distilled_keeping_every_neuron_reproduces_the_unpruned_logits(deit_classifier_folder, tmp_path):
+    model = amp_hf.load_model(str(deit_classifier_folder))
+    plan = amp_hf.keep_all_plan(model)
+    kept = amp_hf.slice_model(model, plan)
+    pixels = sample_pixels()
+    expected = classifier_outputs(model, pixels)
+    for name, value in classifier_outputs(kept, pixels).items():
+        assert torch.equal(value, expected[name]), name  # keep-all copies every weight: same ops
+    reloaded = amp_hf.load_model(str(amp_hf.save_pruned(kept, tmp_path / "kept", plan)))
+    for name, value in classifier_outputs(reloaded, pixels).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_amp_prune_of_deit_distilled_reloads_with_only_transformers_and_timm(deit_classifier_folder, tmp_path):
+    """`amp-hf prune` on a DeiT distilled classifier: AMP scores, adaptive search, slice, save; the saved
+    remote code rebuilds VisionTransformerDistilled with both heads and gives the in-memory pruned outputs."""
+    from amp_hf.cli import main
+
+    output = tmp_path / "deit-amp"
+    assert main(["prune", f"model={deit_classifier_folder}", f"output={output}", *DIGITS,
+                 "search.delta_e=0.002"]) == 0  # fmt: skip
+    report = json.loads((output / "prune_report.json").read_text())
+    pruned = amp_hf.load_model(str(output))
+    base = amp_hf.load_model(str(deit_classifier_folder))
+    assert type(pruned).__name__ == "AmpTimmWrapperForImageClassification"
+    assert amp_hf.get_adapter(pruned).widths(pruned) == report["widths"]
+    assert sum(report["widths"]) < sum(amp_hf.get_adapter(base).widths(base))  # something was pruned
+    for name in ("dist_token", "head.weight", "head_dist.weight", "head_dist.bias"):  # not pruned: copied
+        assert torch.equal(pruned.timm_model.state_dict()[name], base.timm_model.state_dict()[name]), name
+    pixels = sample_pixels()
+    torch.save(pixels, tmp_path / "pixels.pt")
+    expected = classifier_outputs(pruned, pixels)
+    torch.testing.assert_close(expected["logits"], expected["two_heads"], rtol=0, atol=0)
+    code = f"""
+import torch, timm
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(output)!r}, trust_remote_code=True).eval()
+assert type(model).__name__ == "AmpTimmWrapperForImageClassification", type(model)
+assert type(model.timm_model) is timm.models.deit.VisionTransformerDistilled, type(model.timm_model)
+pixels = torch.load({str(tmp_path / 'pixels.pt')!r})
+with torch.no_grad():
+    tokens = model.timm_model.forward_features(pixels)
+    out = {{"logits": model(pixel_values=pixels).logits,
+            "embedding": model.timm_model.forward_head(tokens, pre_logits=True)}}
+torch.save(out, {str(tmp_path / 'remote.pt')!r})
+"""
+    result = run_without_amp_hf(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(tmp_path / "remote.pt")
+    for name in ("logits", "embedding"):
+        torch.testing.assert_close(remote[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_deit_distilled_classifier_exports_to_onnx(deit_classifier_folder, tmp_path):
+    import onnxruntime
+
+    from export import ExportOptions, export_checkpoint
+
+    model = amp_hf.load_model(str(deit_classifier_folder))
+    plan = uneven_plan(model)
+    path = amp_hf.save_pruned(amp_hf.slice_model(model, plan), tmp_path / "pruned", plan)
+    result = export_checkpoint(path, tmp_path / "onnx", ExportOptions(target="onnx"))
+    validation = result.metadata["graphs"]["model"]["validation"]
+    assert validation["onnx_checker"] == "passed" and set(validation["outputs"]) == {"logits"}
+    assert all(output["passed"] for output in validation["outputs"].values())
+    pixels = sample_pixels(batch_size=3, seed=7)  # another batch size than the export traced
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
+    expected = classifier_outputs(amp_hf.load_model(str(path)), pixels)["logits"]
+    torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.multiprocess
 def test_two_process_scoring_equals_one_process(timm_folders, tmp_path):
     from helpers import REPO, accelerate_launch
@@ -269,6 +386,14 @@ def test_card_names_the_timm_base_and_shows_timm_usage(timm_folders, tmp_path):
     assert "model.timm_model" in body and 'TimmWrapperImageProcessor.from_pretrained("me/eva02-amp")' in body
     for layer, width in enumerate(plan.widths):
         assert f"| {layer} | 85 | {width} |" in body
+
+    # Both snippets as written, on a real image file; the transformers one where amp_hf is not installed.
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
+    with_amp_hf, without_amp_hf = run_card_snippets(path / "README.md", "me/eva02-amp", path, tmp_path)
+    assert set(with_amp_hf) == set(without_amp_hf) == {"outputs.last_hidden_state", "outputs.pooler_output"}
+    for key, value in with_amp_hf.items():
+        torch.testing.assert_close(without_amp_hf[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    assert with_amp_hf["outputs.pooler_output"].shape == (1, model.timm_model.num_features)  # pre-logits
 
 
 @pytest.mark.parametrize("name", ["timm_vit_g14_clip", "timm_eva02_clip_e14", "timm_dinov2_g14"])

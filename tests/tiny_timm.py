@@ -16,6 +16,8 @@ SIZE = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 28, "patch_size
 TIMM_CASES = {
     "vit_mlp": ("vit_base_patch16_224", "VisionTransformer, Block, Mlp, CLS token"),
     "vit_registers": ("vit_small_patch14_reg4_dinov2", "VisionTransformer, Mlp, CLS + 4 register tokens"),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224",
+                       "VisionTransformerDistilled (DeiT): CLS + distillation token, head + head_dist"),
     "dinov2_swiglu_packed": ("vit_giant_patch14_dinov2", "VisionTransformer, SwiGLUPacked (a fused GluMlp)"),
     "eva02_glu": ("eva02_tiny_patch14_224", "Eva, EvaBlock, GluMlp (fused [gate; value] fc1), average pool"),
     "eva02_swiglu_norm": ("eva02_large_patch14_clip_224", "Eva, SwiGLU with the inner LayerNorm (EVA02-CLIP-L)"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_config_arguments, config_from
+from ..files.model_reference import check_model_reference
+from ..pruning_config import PruneConfig, prepare_prune_output
+from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,14 +15,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                          "dotted overrides, e.g. model=minilm output=out/minilm search.delta_e=0.02", short=True)
 
 
-def _prune_config_class():
-    from ..pruning import PruneConfig
-
-    return PruneConfig
-
-
-def _prune_config(args):
-    return config_from(_prune_config_class, args)
+def _prune_config(args) -> PruneConfig:
+    return config_from(PruneConfig, args)
 
 
 def format_stats_table(stats: dict) -> str:
@@ -32,6 +28,7 @@ def format_stats_table(stats: dict) -> str:
 
 
 def cmd_stats(args) -> int:
+    check_model_reference(args.checkpoint)  # before torch loads
     from ..accounting import model_stats
     from ..families import get_adapter
     from ..loading import load_model
@@ -54,6 +51,7 @@ def cmd_score(args) -> int:
 
         raise UsageError("pass --output DIR for the scores (scores.safetensors + scores.json)")
     config = _prune_config(args)
+    prepare_prune_output(config, args.output)  # refused before torch loads; run_score checks again
     from ..pruning import run_score
 
     scores = run_score(config, args.output)
@@ -63,6 +61,7 @@ def cmd_score(args) -> int:
 
 def cmd_prune(args) -> int:
     config = _prune_config(args)
+    prepare_prune_output(config)  # refused before torch loads; run_prune checks again
     from ..pruning import run_prune
 
     report = run_prune(config)
@@ -76,7 +75,7 @@ def cmd_prune(args) -> int:
 
 def register(subparsers) -> None:
     stats = subparsers.add_parser("stats", help="parameters, FLOPs and MLP widths of a checkpoint")
-    stats.add_argument("checkpoint", help="checkpoint folder (stock or pruned) or 'minilm'")
+    stats.add_argument("checkpoint", help=f"the model, stock or pruned: {MODEL_REFERENCE}")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_stats)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..distill.config import DistillConfig
+from ..distill.run_state import check_run_folders
 from .options import add_config_arguments, config_from
 
 EXAMPLES = """examples:
@@ -30,14 +32,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_command)
 
 
-def _distill_config_class():
-    from ..distill import DistillConfig
-
-    return DistillConfig
-
-
 def run_command(args: argparse.Namespace) -> int:
-    config = config_from(_distill_config_class, args)  # file and override errors come before any torch import
+    config = config_from(DistillConfig, args)  # config errors come before any torch import,
+    check_run_folders(config, args.resume)  # and so do an existing output and a run folder --resume does not fit
     from accelerate import PartialState
 
     from ..distill import run_distillation

@@ -9,8 +9,9 @@ from pathlib import Path
 from ..errors import UsageError
 from ..files.artifacts import EVAL_REPORT_FILE
 from ..files.eval_report import CAPTION_COLUMNS, TASKS, EvalResult, read_report, write_report
+from ..files.model_reference import check_model_reference
 from ..files.outputs import expand, prepare_output
-from .options import positive_int
+from .options import MODEL_REFERENCE, positive_int
 
 
 def format_results(results: Sequence[EvalResult]) -> str:
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
         description="Evaluate a (pruned) checkpoint and write a JSON report (default: eval_report.json in the "
         "checkpoint folder, which `amp-hf card` reads). Runs under `accelerate launch` as well.",
     )
-    parser.add_argument("checkpoint", help="model folder (pruned or stock) or a model id in the local cache")
+    parser.add_argument("checkpoint", help=f"the model, pruned or stock: {MODEL_REFERENCE}")
     parser.add_argument("--task", nargs="+", choices=TASKS, default=["knn"], help="one or more tasks (default: knn)")
     parser.add_argument("--data", help="data source: digits, fashion_mnist, fortunes, an image folder, a "
                         "save_to_disk folder, a data file or a cached dataset name (default: digits for image "
@@ -87,7 +88,13 @@ def _lines(path: str | None) -> list[str] | None:
 
 
 def run_eval(args) -> int:
-    # torch and transformers load here, after the arguments were parsed and checked (amp-hf eval --help is instant)
+    check_model_reference(args.checkpoint)  # fail before any model is loaded, and before torch is imported
+    report_path = _report_path(args)
+    if "retrieval" in args.task and not args.data:
+        raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
+    check_model_reference(args.teacher, "teacher")
+    check_model_reference(args.text_model, "text model")
+    # torch and transformers load here, after the arguments were checked
     from ..data import DataConfig, load_processor
     from ..evaluation.tasks import (
         check_tasks,
@@ -103,9 +110,6 @@ def run_eval(args) -> int:
     from ..families import get_adapter
     from ..loading import load_model, resolve_model_path
 
-    report_path = _report_path(args)  # fail before any model is loaded
-    if "retrieval" in args.task and not args.data:
-        raise UsageError("retrieval needs a dataset with images and captions: pass --data SOURCE")
     try:
         templates = _lines(args.templates) or list(DEFAULT_TEMPLATES)
         if args.classifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from export.bench_config import BenchConfig
 from export.errors import ExportError
 from export.options import (
     DEFAULT_CALIBRATION_SAMPLES,
@@ -15,7 +16,9 @@ from export.options import (
     ExportOptions,
 )
 
-from .options import add_config_arguments, config_from
+from ..files.model_reference import check_model_reference
+from ..files.outputs import prepare_output
+from .options import MODEL_REFERENCE, add_config_arguments, config_from
 
 
 def register(subparsers) -> None:
@@ -26,7 +29,7 @@ def register(subparsers) -> None:
         "outputs (CLIP/SigLIP: vision_model.onnx + text_model.onnx), validated against PyTorch; the results "
         "and settings go to OUT_DIR/amp_export.json.",
     )
-    export.add_argument("checkpoint", help="checkpoint folder (config.json + weights), pruned or stock")
+    export.add_argument("checkpoint", help=f"the model, pruned or stock: {MODEL_REFERENCE}")
     export.add_argument("out_dir", help="output folder (written atomically)")
     export.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for --target tensorrt)")
     export.add_argument(
@@ -109,8 +112,6 @@ def _batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def _run_export(args) -> int:
-    from export.exporter import export_checkpoint
-
     options = ExportOptions(
         opset=args.opset,
         dtype=args.dtype,
@@ -123,6 +124,11 @@ def _run_export(args) -> int:
         calibration_data=args.calibration_data,
         calibration_samples=args.calibration_samples,
     )
+    # refused before torch / onnx load (export_checkpoint checks again)
+    check_model_reference(args.checkpoint)
+    prepare_output(args.out_dir, overwrite=args.overwrite, inputs=[args.checkpoint], flag="--overwrite")
+    from export.exporter import export_checkpoint
+
     try:
         result = export_checkpoint(args.checkpoint, args.out_dir, options, overwrite=args.overwrite)
     except ExportError as error:
@@ -149,14 +155,8 @@ def _run_export(args) -> int:
     return 0
 
 
-def _bench_config_class():
-    from export.bench import BenchConfig
-
-    return BenchConfig
-
-
 def _run_bench(args) -> int:
-    config = config_from(_bench_config_class, args)  # file and override errors come before any torch import
+    config = config_from(BenchConfig, args)  # config errors come before any torch import
     from export.bench import run_benchmark
 
     report = run_benchmark(config)

@@ -6,6 +6,9 @@ import argparse
 
 from ..files.config_utils import build, config_values
 
+# What every model argument accepts (amp_hf/files/model_reference.py resolves it).
+MODEL_REFERENCE = "a folder, a Hub id (ORG/NAME[@REVISION], hf-hub:ORG/NAME; downloaded once) or 'minilm'"
+
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str,
                          short: bool = False) -> None:
@@ -16,11 +19,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, over
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
 
 
-def config_from(config_class, args: argparse.Namespace):
-    """The config dataclass the command's ``--config`` and overrides describe. ``config_class()`` returns the
-    class; it is called after the file and the overrides were read, so their errors need no torch import."""
-    values = config_values(args.config, args.overrides)
-    return build(config_class(), values)
+def config_from(config_class: type, args: argparse.Namespace):
+    """The ``config_class`` instance the command's ``--config`` and overrides describe, its keys, types and
+    ranges checked. The config classes import no torch (``*/config.py``, ``pruning_config``), so every such
+    refusal comes before the command's heavy imports."""
+    return build(config_class, config_values(args.config, args.overrides))
 
 
 def positive_int(text: str) -> int:

@@ -1,4 +1,5 @@
-"""The ``amp-hf distill`` configuration: YAML (``configs/distill_*.yaml``) plus dotted overrides.
+"""The ``amp-hf distill`` configuration: YAML (``configs/distill_*.yaml``) plus dotted overrides. No torch here:
+the command line checks a config before the training code loads.
 
 Defaults follow AMP's released distillation recipe (arXiv 2603.08100, its distill configs): MSE on the CLS and patch tokens of the last
 block's pre-final-norm output, AdamW with betas (0.9, 0.95), lr scaled by global batch / 256, linear warmup
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..data import DataConfig
+from ..data_config import DataConfig
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan, load_pruned
+from ..checkpoint import CheckpointError, is_pruned_checkpoint, load_plan
 from ..data import DataError, default_image_processor, load_processor
 from ..families import FamilyAdapter, folder_family, get_adapter
 from ..files.reading import read_config
@@ -36,15 +36,21 @@ class DistillPair:
     processor: Any  # image processor or tokenizer, saved with the output
 
 
-def load_student(path: str) -> PreTrainedModel:
+def load_student(reference: str) -> PreTrainedModel:
+    """The pruned student (a folder or a Hub id of a pruned checkpoint)."""
+    path = resolve_model_path(reference)
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"student checkpoint {path} does not exist (expected a pruned checkpoint folder)")
-    if not is_pruned_checkpoint(path):
+        raise FileNotFoundError(f"student checkpoint {reference} does not exist (expected a pruned checkpoint folder)")
+    if folder_family(path) is not None or not is_pruned_checkpoint(path):
         raise IncompatiblePairError(
-            f"student {path} is not a pruned checkpoint (model_type {read_config(path).get('model_type')!r}, not "
+            f"student {reference} is not a pruned checkpoint (model_type {_model_type(path)!r}, not "
             "amp_*): prune it first with `amp-hf prune`, or check that teacher and student are not swapped"
         )
-    return load_pruned(path)
+    return load_model(path)
+
+
+def _model_type(path: str) -> str | None:
+    return read_config(path).get("model_type") if (Path(path) / "config.json").is_file() else None
 
 
 def load_teacher(name_or_path: str) -> PreTrainedModel:
@@ -113,7 +119,7 @@ def _check_other_tensors(teacher: nn.Module, student: nn.Module) -> None:
 
 def load_pair_processor(config_student: str, config_teacher: str, teacher: nn.Module, adapter: FamilyAdapter):
     """The student's processor, else the teacher's, else (images only) a default built from the config."""
-    for source in (config_student, resolve_model_path(config_teacher)):
+    for source in (resolve_model_path(config_student), resolve_model_path(config_teacher)):
         try:
             return load_processor(source, adapter)
         except DataError:
@@ -130,7 +136,7 @@ def load_pair(teacher_path: str, student_path: str) -> DistillPair:
     student = load_student(student_path)
     teacher = load_teacher(teacher_path)
     adapter = check_compatible(teacher, student)
-    plan = load_plan(student_path, student)  # checked against the student's widths: a stale plan is never copied
+    plan = load_plan(resolve_model_path(student_path), student)  # checked against the student's widths: a stale plan is never copied
     processor = load_pair_processor(student_path, teacher_path, teacher, adapter)
     return DistillPair(teacher=teacher, student=student, adapter=adapter, plan=plan, processor=processor)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError, ConfigError
-from ..files.outputs import disk_full_error
+from ..files.model_reference import check_model_reference
+from ..files.outputs import disk_full_error, prepare_output
 from .config import DistillConfig, config_fingerprint
 
 RUN_CONFIG = "run_config.yaml"
@@ -63,6 +64,16 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"{STEP_PREFIX}{step:08d}"
+
+
+def check_run_folders(config: DistillConfig, resume: bool) -> tuple[Path, Path | None]:
+    """The output folder (checked: new, or amp-hf's with ``overwrite``) and the checkpoint to resume from
+    (None: a fresh run). Needs no model, so the command line calls it before torch loads; the trainer again."""
+    check_model_reference(config.teacher, "teacher")
+    check_model_reference(config.student, "student")
+    output = prepare_output(config.output, overwrite=config.overwrite, flag="overwrite=true",
+                            inputs=[config.teacher, config.student, config.data.source, config.run_path])
+    return output, resume_checkpoint(config, resume)
 
 
 def resume_checkpoint(config: DistillConfig, resume: bool) -> Path | None:

@@ -19,20 +19,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..checkpoint import load_pruned, save_pruned
+from ..checkpoint import save_pruned
 from ..data import DataError, model_inputs, prepare_dataset
 from ..distributed import make_accelerator
 from ..files.config_utils import ConfigError
-from ..files.outputs import check_free_space, prepare_output
+from ..files.outputs import check_free_space
 from ..files.provenance import hub_reference, portable, portable_reference
 from ..files.sentence_transformers_format import check_carried_files
+from ..loading import load_model, resolve_model_path
 from .augment import AugmentedImages, ImageAugmentation
 from .config import DistillConfig
 from .features import FeatureModel, split_features
 from .losses import distillation_losses
 from .metrics import MetricsLog
 from .pairing import DistillPair, has_classifier, load_pair, select_trainable
-from .run_state import TrainingProgress, load_run_checkpoint, resume_checkpoint, save_checkpoint, write_run_config
+from .run_state import TrainingProgress, check_run_folders, load_run_checkpoint, save_checkpoint, write_run_config
 from .schedule import Schedule, build_optimizer, build_schedule
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,8 @@ def run_distillation(config: DistillConfig, resume: bool = False) -> Path | None
     """
     from accelerate.utils import set_seed
 
-    output = prepare_output(config.output, overwrite=config.overwrite, flag="overwrite=true",
-                            inputs=[config.teacher, config.student, config.data.source, config.run_path])
-    resume_from = resume_checkpoint(config, resume)
-    check_carried_files(config.student)  # its sentence-transformers modules are copied into the output
+    output, resume_from = check_run_folders(config, resume)
+    check_carried_files(resolve_model_path(config.student))  # its sentence-transformers modules are copied into the output
     pair = load_checked_pair(config)
     check_free_space(output.parent, _weights_bytes(pair.student.state_dict()), "the distilled checkpoint")
     set_seed(config.seed)
@@ -321,7 +320,7 @@ def _save_distilled(pair: DistillPair, state_dict: dict, config: DistillConfig, 
     check_free_space(Path(config.output).expanduser().parent, _weights_bytes(state_dict), "the distilled checkpoint",
                      keep=f" (the checkpoints in {config.run_path} are kept: after freeing space, --resume continues "
                      "from the last one)")
-    model = load_pruned(config.student)  # a clean copy in the checkpoint's dtype, outside any wrapper
+    model = load_model(config.student)  # a clean copy in the checkpoint's dtype, outside any wrapper
     model.load_state_dict({name.removeprefix("model."): value for name, value in state_dict.items()})
     model.config.amp_pruning = {**(model.config.amp_pruning or {}), "distillation": portable(recipe, config.output)}
     return save_pruned(model, config.output, plan=pair.plan, processor=pair.processor, overwrite=config.overwrite)

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from ..checkpoint import CheckpointError
 from ..data import DataConfig, DataError, load_processor, make_loader, model_inputs, prepare_dataset
 from ..families import UnsupportedModelError, get_adapter
+from ..files.aliases import EMBEDDED_HUB_IDS, embedded_model_path
 from ..files.eval_report import CAPTION_COLUMNS, EvalResult
+from ..files.model_reference import parse_hub_reference
 from ..files.sentence_transformers_format import sentence_embedder
 from ..loading import resolve_model_path
 from .metrics import (
@@ -69,13 +71,19 @@ def default_teacher(model: nn.Module) -> str | None:
     base = provenance.get("base_model")
     if not base:
         return None
-    try:
-        if Path(resolve_model_path(base)).is_dir():
-            return base
-    except CheckpointError:  # an embedded alias whose package is not installed
+    if parse_hub_reference(base) is None:  # an alias or a local folder: never a download
+        try:
+            return base if Path(resolve_model_path(base)).is_dir() else None
+        except CheckpointError:  # an embedded alias whose package is not installed
+            return None
+    aliases = [alias for alias, repo_id in EMBEDDED_HUB_IDS.items() if repo_id == base]
+    if aliases and embedded_model_path(aliases[0], required=False):
+        return base  # amp-hf's embedded copy of that Hub repo
+    revision = provenance.get("base_model_revision")
+    cached = [try_to_load_from_cache(base, name, revision=revision) for name in ("config.json", "open_clip_config.json")]
+    if not any(isinstance(found, str) for found in cached):
         return None
-    cached = try_to_load_from_cache(base, "config.json", revision=provenance.get("base_model_revision"))
-    return base if isinstance(cached, str) else None
+    return f"{base}@{revision}" if revision else base  # the very commit the checkpoint was pruned from
 
 
 # -- feature extraction -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from .registry import (
     get_adapter,
     register_auto_classes,
     resolve,
+    supported_architectures,
     supported_models,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "get_adapter",
     "register_auto_classes",
     "resolve",
+    "supported_architectures",
     "supported_models",
 ]

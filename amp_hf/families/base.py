@@ -232,12 +232,18 @@ class FamilyAdapter:
 
     # -- folders in the family's own layout ---------------------------------------------------------
     def is_folder(self, path: str | os.PathLike) -> bool:
-        """A folder in this family's own Hub layout, which transformers cannot read (no config.json)."""
+        """A folder in this family's own Hub layout, which transformers' Auto classes do not read as it is
+        (open_clip's: no config.json; timm's: a config.json without a transformers model type)."""
         return False
 
-    def load_folder(self, path: str | os.PathLike) -> PreTrainedModel:
-        """The model of a folder ``is_folder`` accepts."""
+    def load_folder(self, path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+        """The model of a folder ``is_folder`` accepts (``kwargs``: ``from_pretrained`` options, e.g. dtype)."""
         raise UnsupportedModelError(f"the {self.name} family has no folder layout of its own")
+
+    def unread_hub_files(self, filenames: list[str]) -> set[str]:
+        """Files of a Hub repo (its whole file list) that no load of that repo reads although they belong to
+        this family, e.g. a second copy of the weights for another library; they are not downloaded."""
+        return set()
 
     def stores_processor(self, path: str | os.PathLike) -> bool:
         """Whether the folder holds this family's own preprocessing files (not transformers' processor files)."""
@@ -257,8 +263,10 @@ class FamilyAdapter:
         return None
 
     def usage_example(self, repo: str) -> str | None:
-        """Lines after ``model = ...from_pretrained(repo)`` in the card's usage examples (preprocessing and
-        family-specific access); None: the generic processor / tokenizer lines."""
+        """Lines after ``model = ...from_pretrained(repo)`` in the card's usage examples (preprocessing, the call,
+        a comment on what it returns, family-specific access); for an image model ``image`` (a PIL image) is
+        opened before them. They run where amp_hf is not installed (tests execute every card's snippets).
+        None: the generic lines from the checkpoint's processor / tokenizer files."""
         return None
 
     # -- pruned config -----------------------------------------------------------------------------

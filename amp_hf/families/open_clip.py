@@ -147,8 +147,15 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
     def is_folder(self, path: str | os.PathLike) -> bool:
         return is_open_clip_folder(path)
 
-    def load_folder(self, path: str | os.PathLike) -> AmpOpenCLIPModel:
-        return load_open_clip_folder(path)
+    def load_folder(self, path: str | os.PathLike, **kwargs) -> AmpOpenCLIPModel:
+        return load_open_clip_folder(path)  # open_clip builds in float32; from_pretrained options do not apply
+
+    def unread_hub_files(self, filenames: list[str]) -> set[str]:
+        # a repo with a config.json as well (laion's CLIP repos carry a transformers conversion) is read as
+        # that model (is_open_clip_folder), so open_clip's copy of the weights is never loaded
+        if "config.json" not in filenames:
+            return set()
+        return {name for name in filenames if name.startswith("open_clip_") and name != OPEN_CLIP_CONFIG_FILE}
 
     def stores_processor(self, path: str | os.PathLike) -> bool:
         return (Path(path) / OPEN_CLIP_CONFIG_FILE).is_file()  # open_clip's Hub layout, or an amp_open_clip save
@@ -165,6 +172,18 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
     def base_model_label(self, config: dict) -> str | None:
         name = config.get("open_clip_model_name")
         return f"open_clip `{name}`" if name else None
+
+    def usage_example(self, repo: str) -> str:
+        # open_clip's preprocessing is no transformers processor (AutoTokenizer cannot read it): the model builds
+        # it from the open_clip_config stored in config.json.
+        return (
+            "# needs open_clip installed (pip install open-clip-torch)\n"
+            "processor = model.get_processor()  # open_clip's eval transform and tokenizer, from config.json\n"
+            'inputs = processor(images=image, text=["a photo of a cat", "a photo of a dog"])\n'
+            'image_embeds = model.get_image_features(inputs["pixel_values"]).pooler_output  # projected image embedding\n'
+            'text_embeds = model.get_text_features(inputs["input_ids"]).pooler_output  # one per text, same space\n'
+            "probs = model(**inputs).logits_per_image.softmax(dim=-1)  # zero-shot: the image against each text"
+        )
 
 
 OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(

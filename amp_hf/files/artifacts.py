@@ -19,3 +19,19 @@ PLOT_FILE = "width_profile.png"  # the card's per-layer width plot
 REFERENCE_RECORD_FILE = "reference.json"  # the reference ViT's training record
 DEMO_SUMMARY_FILE = "summary.json"  # `amp-hf demo`
 OUTPUT_MARKER = ".amp-hf-output.json"  # what amp-hf wrote into an output folder (``outputs``)
+
+# transformers' preprocessing files (what AutoImageProcessor / AutoTokenizer / AutoProcessor read from a model
+# folder): carried from a model's folder into its pruned checkpoint and its export.
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+)

@@ -27,9 +27,11 @@ from .artifacts import (
     DEMO_SUMMARY_FILE,
     EXPORT_METADATA_FILE,
     OUTPUT_MARKER,
+    PROCESSOR_FILES,
     PRUNE_REPORT_FILE,
     REFERENCE_RECORD_FILE,
     SCORES_META_FILE,
+    TOKENIZER_FILES,
 )
 
 MARKER = OUTPUT_MARKER
@@ -413,3 +415,14 @@ def check_link_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 def copy_file_from(root: str | os.PathLike, source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Copy one file of the folder ``root``, refusing a link out of it as ``folder_files`` does."""
     shutil.copy2(check_link_inside(root, source), target)
+
+
+def copy_processor_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy the processor / tokenizer files of the model folder ``source`` into ``target`` as they are (links out
+    of ``source`` refused); returns the names copied."""
+    source, copied = Path(source), []
+    for name in (*PROCESSOR_FILES, *TOKENIZER_FILES):
+        if (source / name).is_file():
+            copy_file_from(source, source / name, Path(target) / name)
+            copied.append(name)
+    return copied

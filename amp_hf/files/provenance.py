@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import CheckpointError
-from .aliases import EMBEDDED_HUB_IDS, resolve_model_path
+from .aliases import EMBEDDED_HUB_IDS, embedded_model_path
+from .model_reference import known_reference, parse_hub_reference
 
 _HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<revision>[0-9a-f]{40})")
 # How a model's own card names it: `SentenceTransformer("org/name")` / `.from_pretrained('org/name')`.
@@ -25,11 +25,11 @@ _CARD_SNIPPET = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*['"](
 
 def is_hub_id(name: str) -> bool:
     """A namespaced Hub repo id (``org/name``) that is not a local path."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(name, str) or name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists():
         return False
+    from huggingface_hub.errors import HFValidationError  # after the cheap checks: a config refusal stays fast
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -38,18 +38,23 @@ def is_hub_id(name: str) -> bool:
 
 
 def hub_reference(name_or_path: str | os.PathLike | None) -> tuple[str | None, str | None]:
-    """(Hub repo id, revision) of a model given by alias, Hub id or local folder; (None, None) when unknown.
+    """(Hub repo id, revision) of a model given by alias, Hub reference or local folder; (None, None) when unknown.
 
-    A local folder is identified by the Hub cache layout it sits in, by being amp-hf's embedded model, by the
-    Hub id its own model card loads it with, or by the ``_name_or_path`` its config was saved with.
+    A Hub reference resolved in this process (``model_reference.resolve_reference``) gives the commit its
+    snapshot holds. A local folder is identified by the Hub cache layout it sits in, by being amp-hf's embedded
+    model, by the Hub id its own model card loads it with, or by the ``_name_or_path`` its config was saved with.
     """
     if not name_or_path:
         return None, None
     name = str(name_or_path)
     if name in EMBEDDED_HUB_IDS:
         return EMBEDDED_HUB_IDS[name], None
-    if is_hub_id(name):
-        return name, None
+    known = known_reference(name)
+    if known is not None and known.repo_id:
+        return known.repo_id, known.commit or known.revision
+    parsed = parse_hub_reference(name) if not os.path.exists(os.path.expanduser(name)) else None
+    if parsed is not None:
+        return parsed
     path = Path(os.path.expanduser(name))
     snapshot = _HF_CACHE_SNAPSHOT.search(path.as_posix())
     if snapshot:
@@ -77,10 +82,7 @@ def hub_reference(name_or_path: str | os.PathLike | None) -> tuple[str | None, s
 
 
 def _embedded_path(alias: str) -> str | None:
-    try:
-        return resolve_model_path(alias)
-    except CheckpointError:  # its package is not installed
-        return None
+    return embedded_model_path(alias, required=False)  # None: its package is not installed
 
 
 def _same_folder(first: Path, second: str | None) -> bool:

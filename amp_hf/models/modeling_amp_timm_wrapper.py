@@ -1,5 +1,5 @@
-"""timm vision transformers (``VisionTransformer``, ``Eva``) with per-block MLP widths (model type
-``amp_timm_wrapper``).
+"""timm vision transformers (``VisionTransformer``, DeiT's ``VisionTransformerDistilled``, ``Eva``) with
+per-block MLP widths (model type ``amp_timm_wrapper``).
 
 transformers' ``TimmWrapperModel`` / ``TimmWrapperForImageClassification`` build the timm module from
 ``config.architecture`` + ``config.model_args``; timm builds every block's MLP at one width, so these
@@ -20,7 +20,9 @@ from .amp_layer_widths import TIMM_NEURON_MAPS, find_neuron_map, layer_widths_fr
 
 # The hidden neurons of one block's MLP: SwiGLU, GluMlp / SwiGLUPacked, Mlp (see TIMM_NEURON_MAPS).
 NEURON_MAPS = TIMM_NEURON_MAPS
-SUPPORTED_MODEL_CLASSES = ("VisionTransformer", "Eva")
+# VisionTransformerDistilled (DeiT distilled) is a VisionTransformer with a second prefix token (dist_token) and a
+# second head (head_dist): the same blocks; timm's forward_head averages the two tokens / heads in eval.
+SUPPORTED_MODEL_CLASSES = ("VisionTransformer", "VisionTransformerDistilled", "Eva")
 SUPPORTED_BLOCK_CLASSES = ("Block", "ResPostBlock", "EvaBlock", "EvaBlockPostNorm")
 SUPPORTED_MLP_CLASSES = ("Mlp", "GluMlp", "SwiGLU")  # SwiGLUPacked is a GluMlp
 
@@ -34,7 +36,7 @@ def timm_blocks(timm_model: nn.Module) -> nn.Module:
     model_class = type(timm_model).__name__
     if model_class not in SUPPORTED_MODEL_CLASSES or not hasattr(timm_model, "blocks"):
         raise UnsupportedTimmModelError(
-            f"timm {model_class} is not supported: amp-hf prunes timm {' and '.join(SUPPORTED_MODEL_CLASSES)} "
+            f"timm {model_class} is not supported: amp-hf prunes timm {', '.join(SUPPORTED_MODEL_CLASSES)} "
             f"models (blocks {', '.join(SUPPORTED_BLOCK_CLASSES)}; MLPs {', '.join(SUPPORTED_MLP_CLASSES)})"
         )
     for index, block in enumerate(timm_model.blocks):
@@ -72,8 +74,9 @@ class AmpTimmWrapperConfig(TimmWrapperConfig):
 class TimmVisionTower(nn.Module):
     """The timm model seen as a transformers vision backbone: ``last_hidden_state`` is every token after the
     final norm (``forward_features``), ``pooler_output`` timm's pre-logits feature (``forward_head(...,
-    pre_logits=True)``: CLS token or token average, as ``global_pool`` says), ``hidden_states[-1]`` the last
-    block's output before the final norm. Not registered as a submodule: it owns no weights of its own."""
+    pre_logits=True)``: CLS token or token average, as ``global_pool`` says; DeiT distilled: the mean of the CLS
+    and distillation tokens), ``hidden_states[-1]`` the last block's output before the final norm. Not
+    registered as a submodule: it owns no weights of its own."""
 
     def __init__(self, timm_model: nn.Module, config: AmpTimmWrapperConfig):
         super().__init__()
@@ -81,8 +84,10 @@ class TimmVisionTower(nn.Module):
         self.config = config
 
     def parameters(self, recurse: bool = True):
-        """The timm model's parameters without its classifier head (the tower's own weights)."""
-        head = {id(parameter) for parameter in self.timm_model.get_classifier().parameters()}
+        """The timm model's parameters without its classifier head(s) (the tower's own weights)."""
+        classifier = self.timm_model.get_classifier()  # VisionTransformerDistilled: (head, head_dist)
+        heads = classifier if isinstance(classifier, tuple) else (classifier,)
+        head = {id(parameter) for module in heads for parameter in module.parameters()}
         return (parameter for parameter in self.timm_model.parameters() if id(parameter) not in head)
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **_) -> BaseModelOutputWithPooling:

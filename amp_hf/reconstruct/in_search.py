@@ -12,9 +12,9 @@ from torch import nn
 
 from ..families import MlpStack, resolve
 from ..selection import CriterionEvaluator
+from .config import ReconstructConfig
 from .gram import ProjectionRefit, RefitResult
 from .layers import (
-    ReconstructConfig,
     all_projection_grams,
     corrected_projection,
     gram_bytes,

@@ -38,9 +38,9 @@ from ..layer_stack import run_layer
 from ..plan import PrunePlan
 from ..selection import CRITERIA, CriterionConfig, CriterionEvaluator, build_criterion
 from ..slicing import slice_stack
+from .config import ReconstructConfig
 from .gram import refit_output_projection
 from .layers import (
-    ReconstructConfig,
     all_reduce_sum,
     corrected_projection,
     output_projection,

@@ -8,14 +8,13 @@ A criterion is prepared once and called per batch with the model's ``MlpStack`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data import model_inputs
 from ..families import MlpStack
+from .config import CriterionConfig
 
 
 def _world_size() -> int:
@@ -37,25 +36,6 @@ def similarity_entropy(embeddings: torch.Tensor, temperature: float) -> torch.Te
     every = gather_with_grad(local)
     log_p = (local @ every.T / temperature).log_softmax(dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1).mean()
-
-
-@dataclass
-class CriterionConfig:
-    name: str = "entropy"  # entropy | ce
-    temperature: float | None = None  # τ; default 1 / temp_inv
-    temp_inv: float = 15.0  # AMP's configs use 15 or 20
-    class_names: list[str] = field(default_factory=list)  # ce on CLIP/SigLIP: zero-shot classes
-    prompt_template: str = "a photo of a {}."
-
-    def __post_init__(self):
-        if self.name not in CRITERIA:
-            raise ValueError(f"criterion.name must be one of {', '.join(CRITERIA)}; got {self.name!r}")
-        if self.temperature is None:
-            if self.temp_inv <= 0:
-                raise ValueError("criterion.temp_inv must be > 0 (τ = 1/temp_inv; AMP uses 15-20)")
-            self.temperature = 1.0 / self.temp_inv
-        if self.temperature <= 0:
-            raise ValueError("criterion.temperature (τ) must be > 0; AMP uses 1/15-1/20")
 
 
 class EntropyCriterion:

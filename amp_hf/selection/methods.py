@@ -13,25 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..families import MlpStack
+from .config import DGMRConfig
 from .dgmr import dgmr_scores, magnitude_scores, random_scores
 from .taylor import NeuronScores, taylor_scores
-
-
-@dataclass
-class DGMRConfig:
-    ratio: float = 1.0  # kept width = ratio x model dim d (the paper's r)
-    width: int | None = None  # explicit kept width (overrides ratio)
-
-    def __post_init__(self):
-        if self.width is None and self.ratio <= 0:
-            raise ValueError("dgmr.ratio must be > 0 (kept width = ratio x hidden size)")
-        if self.width is not None and self.width < 1:
-            raise ValueError("dgmr.width must be >= 1")
-
-    def kept_width(self, stack: MlpStack) -> int:
-        if self.width is not None:
-            return self.width
-        return max(1, int(self.ratio * stack.backbone.config.hidden_size))
 
 
 @dataclass

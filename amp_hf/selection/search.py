@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
@@ -18,58 +17,10 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..families import MlpStack, resolve
+from .config import SearchConfig  # noqa: F401 (amp_hf.selection.search.SearchConfig)
 from .cost import TowerCost, check_reachable, round_width
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SearchConfig:
-    allocation: Literal["adaptive", "budget", "uniform", "global"] = "adaptive"
-    delta_e: float = 0.01  # entropy rise allowed per layer (nats, or a fraction of log B when normalized)
-    delta_e_mode: Literal["absolute", "normalized"] = "absolute"
-    # rise: AMP's rule, accept when E - E_ref <= ΔE (any decrease passes); change: accept when |E - E_ref| <= ΔE,
-    # for models whose in-batch entropy falls as they are pruned (measured on the Fashion-MNIST reference ViT:
-    # the rise rule then cuts whole layers to H/64 at a ΔE of 1e-4)
-    acceptance: Literal["rise", "change"] = "rise"
-    steps: int = 6  # halvings per layer: width resolution H / 2**steps
-    target_reduction: float | None = None  # budget/uniform/global: fraction of the tower's params (or FLOPs) removed
-    target_metric: Literal["params", "flops", "mlp_params"] = "params"  # what target_reduction is a fraction of
-    tolerance: float = 0.02  # budget mode: |achieved - target| allowed
-    max_budget_iterations: int = 14
-    round_to: int = 1  # every kept width a multiple of this (8/64 suit GPU GEMMs and TensorRT)
-    cache_gb: float = 4.0  # memory for cached layer inputs (fast search); above it, full passes
-    # adaptive/budget: evaluate every candidate width after the closed-form refit of that layer's output
-    # projection (the ``reconstruct`` section's damping and held-out settings), so ΔE is measured on the model
-    # that is saved; the refit weights found by the search are the ones saved.
-    reconstruct: bool = False
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError("search.steps must be >= 1 (AMP uses 6)")
-        if self.round_to < 1:
-            raise ValueError("search.round_to must be >= 1")
-        if self.delta_e < 0:
-            raise ValueError("search.delta_e must be >= 0")
-        if self.reconstruct and self.allocation in ("uniform", "global"):
-            # Their widths and kept neurons come from the scores alone, so a refit in the loop would keep the
-            # same neurons as refitting afterwards; that is reconstruct.enabled (mode=independent).
-            raise ValueError(
-                f"search.reconstruct applies to search.allocation=adaptive or budget; allocation={self.allocation} "
-                "does not evaluate candidates, so the refit cannot change its choice: use reconstruct.enabled=true"
-            )
-        if not 0 < self.tolerance < 1:
-            raise ValueError(f"search.tolerance (|achieved - target| allowed) must lie in (0, 1), e.g. 0.02; got {self.tolerance}")
-        if self.max_budget_iterations < 1:
-            raise ValueError(f"search.max_budget_iterations must be >= 1 (default 14); got {self.max_budget_iterations}")
-        if self.cache_gb < 0:
-            raise ValueError(f"search.cache_gb must be >= 0 (0 = no input cache); got {self.cache_gb}")
-        if self.allocation != "adaptive":
-            if self.target_reduction is None or not 0 < self.target_reduction < 1:
-                raise ValueError(
-                    f"search.allocation={self.allocation} needs search.target_reduction in (0, 1), "
-                    f"e.g. search.target_reduction=0.4; got {self.target_reduction}"
-                )
 
 
 # -- installing candidate widths --------------------------------------------------------------------------
