@@ -341,6 +341,8 @@ def model_section(block: dict) -> list[str]:
                   "| method | " + " | ".join(f"{m} @ {t:.0%}" for t in targets for m in metrics) + " |",
                   "|---|" + "---|" * (len(targets) * len(metrics))]
         for method in methods:
+            if not any(_row(rows, method, target, variant) for target in targets):
+                continue  # not measured with this variant
             cells = []
             for target in targets:
                 row = _row(rows, method, target, variant)
