@@ -28,7 +28,7 @@ from .files.sentence_transformers_format import check_carried_files
 from .loading import load_model, resolve_model_path
 from .plan import PrunePlan
 from .pruning_config import OVERWRITE, PruneConfig, ScoringConfig, config_inputs, prepare_prune_output  # noqa: F401 (re-exported)
-from .reconstruct import SearchRefit, install_search_refit, reconstruct_stack, search_refit_summary
+from .reconstruct import SearchRefit, check_residual_writers, install_search_refit, reconstruct_stack, search_refit_summary
 from .selection import (
     SCORING_METHODS,
     CriterionEvaluator,
@@ -156,6 +156,8 @@ def check_scores_fit(scores: NeuronScores, model: torch.nn.Module | MlpStack, wh
 def check_before_compute(run: PruneRun) -> None:
     """What can be refused from the config and the model alone, before any scoring or search."""
     config = run.config
+    if config.reconstruct.enabled and config.reconstruct.objective == "residual":
+        check_residual_writers(run.stack)
     widths = run.stack.widths()
     search = config.search
     width = run.own_width()

@@ -57,6 +57,10 @@ class PruneConfig:
         if self.search.reconstruct and self.reconstruct.enabled:
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
                              "model is the searched one): drop reconstruct.enabled")
+        if self.search.reconstruct and self.reconstruct.objective == "residual":
+            raise ValueError("search.reconstruct refits each candidate's own MLP output projection "
+                             "(reconstruct.objective=mlp); the residual objective refits the sliced model: use "
+                             "reconstruct.enabled=true with search.reconstruct=false")
         if self.search.reconstruct or self.reconstruct.enabled:
             self._check_calibration_batches()
 

@@ -21,13 +21,18 @@ Each plan is evaluated as
   sliced         the kept neurons' original weights (no data used after selection)
   reconstructed  `amp_hf.reconstruct` with its defaults (sequential refit of the output projections on the
                  scoring data, held-out damping choice, end-to-end fallbacks)
+  reconstructed-residual  the same with reconstruct.objective=residual (every residual-stream writer from the
+                 first pruned MLP on refit to the unpruned stream), with --objectives residual (or mlp,residual);
+                 for amp-refit it starts from the searched widths plainly sliced
   distilled      `amp-hf distill` (a subprocess, as a user runs it) from the sliced checkpoint, at the
                  --distill-targets only (default 40%); --no-distill skips it
 Also, with --search-cost: one plain and one reconstruction-aware adaptive search at the same ΔE, side by
 side (wall-time ratio); with --distill-steps S1,S2,..: distillation runs of S optimiser steps from three
 starts of amp at the --distill-targets (sliced, sliced + reconstruct, amp-refit), and the fewest steps that
-reach 99% of the unpruned kNN@20. --methods runs only some methods; with --update the rows of other (method, target) pairs
-already in <output>.json are kept.
+reach 99% of the unpruned kNN@20. --methods runs only some methods; with --update the rows of other (method, target,
+variant) already in <output>.json are kept. --widths-from <json> takes each (method, target)'s widths from that
+report's sliced rows instead of searching (the same Taylor scores keep the same neurons): the cut-down run that
+adds reconstruction rows to measured plans.
 Writes docs/benchmarks.md and docs/benchmarks.json (tables, wall times, the command to reproduce).
 
     nice python scripts/bench_quality.py [--models minilm,vit] [--quick] [--no-distill]
@@ -83,7 +88,8 @@ def batches_of(model, processor, data: DataConfig) -> list[dict]:
     return list(make_loader(dataset, data.batch_size, drop_last=True))
 
 
-def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=None) -> tuple[dict, dict, dict, list]:
+def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=None,
+               widths_from: dict | None = None) -> tuple[dict, dict, dict, list]:
     """Every method's plan at every target (scores computed once per method), the selection wall times,
     amp-refit's searched output projections, and the entropy Taylor scores."""
     entropy = build_criterion(CRITERION)
@@ -102,6 +108,11 @@ def make_plans(model, scoring: list[dict], setup: dict, targets, log, methods=No
     scores["magnitude"] = magnitude_scores(model)
     scores["random"] = random_scores(model, seed=0)
     cost = tower_cost(model, "mlp_params")
+    if widths_from is not None:  # the plans of an earlier run: no search
+        plans = {(method, target): amp_hf.PrunePlan.from_scores(scores["taylor"], widths, method, {"widths_from": True})
+                 for (method, target), widths in widths_from.items()
+                 if target in targets and (not methods or method in methods)}
+        return plans, {k: round(v, 1) for k, v in seconds.items()}, {}, scores["taylor"]
     evaluator = CriterionEvaluator(model, entropy, batches_of(model, setup["processor"], setup["search"]))
     refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=scoring)
     plans, projections = {}, {}
@@ -207,7 +218,11 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
     judge = Judge(model, setup)
     scoring = batches_of(model, processor, setup["scoring"])
     methods = options.methods.split(",") if options.methods else None
-    plans, selection_seconds, projections, taylor = make_plans(model, scoring, setup, targets, log, methods)
+    widths_from = None
+    if options.widths_from:
+        previous = next(b for b in json.loads(Path(options.widths_from).read_text())["models"] if b["key"] == setup["key"])
+        widths_from = {(r["method"], r["target"]): r["widths"] for r in previous["rows"] if r["variant"] == "sliced"}
+    plans, selection_seconds, projections, taylor = make_plans(model, scoring, setup, targets, log, methods, widths_from)
     criterion = build_criterion(CRITERION)
     rows = []
     starts = {}  # (start, target) -> (model, plan): the distillation-steps starts
@@ -223,14 +238,23 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
             rows.append({**common, "variant": "reconstructed", "seconds": 0.0, "kept": refit["kept"],
                          "refit_layers": refit["layers_reconstructed"], **judge(searched)})
             starts["reconstruction-searched", target] = (searched, plan)
-        elif options.reconstruct:
-            started = time.time()
-            rebuilt, report = reconstruct(model, plan, scoring, ReconstructConfig(enabled=True), criterion=criterion)
-            rows.append({**common, "variant": "reconstructed", "seconds": round(time.time() - started, 1),
-                         "refit_layers": report.provenance()["layers_reconstructed"], "kept": report.kept,
-                         **judge(rebuilt.eval())})
-            if method == setup["distill_steps_method"]:
-                starts["sliced", target], starts["reconstructed", target] = (sliced, plan), (rebuilt.eval(), plan)
+        if options.reconstruct:
+            for objective in options.objectives:
+                if objective == "mlp" and (method, target) in projections:
+                    continue  # amp-refit: its searched model is its per-MLP reconstruction
+                if objective == "mlp" and method == "amp-refit" and widths_from is not None:
+                    continue  # its reconstructed row is the searched model, not a refit of the slice
+                started = time.time()
+                rebuilt, report = reconstruct(model, plan, scoring, ReconstructConfig(enabled=True, objective=objective),
+                                              criterion=criterion)
+                variant = "reconstructed" if objective == "mlp" else f"reconstructed-{objective}"
+                provenance = report.provenance()
+                rows.append({**common, "variant": variant, "seconds": round(time.time() - started, 1),
+                             "refit_layers": provenance["layers_reconstructed"], "kept": report.kept,
+                             "attention_refit": provenance.get("attention_outputs_reconstructed"),
+                             **judge(rebuilt.eval())})
+                if objective == "mlp" and method == setup["distill_steps_method"]:
+                    starts["sliced", target], starts["reconstructed", target] = (sliced, plan), (rebuilt.eval(), plan)
         if options.distill and target in options.distill_targets:
             student, output = work / f"{method}-{target}", work / f"{method}-{target}-distilled"
             amp_hf.save_pruned(sliced, student, plan, processor=processor, overwrite=True)
@@ -239,7 +263,7 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
                          **judge(amp_hf.load_model(str(output)).eval())})
         # progress on disk, so a run stopped later still leaves its measured rows
         Path(f"{options.output}.partial-{setup['key']}.json").write_text(json.dumps(rows, indent=1, default=str))
-        for row in rows[-3:]:
+        for row in rows[-4:]:
             if row["method"] == method and row["target"] == target:
                 log(f"  {method:15s} {target:.0%} {row['variant']:13s}: "
                     + ", ".join(f"{k}={row[k]:.4f}" for k in ("top1", "knn@20", "cosine") if k in row))
@@ -306,15 +330,19 @@ def model_section(block: dict) -> list[str]:
     targets = sorted({r["target"] for r in rows})
     methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: METHOD_ORDER.index(m)
                      if m in METHOD_ORDER else len(METHOD_ORDER))
-    variants = [v for v in ("sliced", "reconstructed") if any(r["variant"] == v for r in rows)]
+    variants = [v for v in ("sliced", "reconstructed", "reconstructed-residual") if any(r["variant"] == v for r in rows)]
     lines = [f"## {block['model']}", "",
              "Unpruned: " + ", ".join(f"{k} {_pct(v)}%" for k, v in teacher.items() if k != "cosine") + ".", ""]
     for variant in variants:
-        title = {"sliced": "No fine-tuning, plain slicing", "reconstructed": "No fine-tuning, with reconstruction"}
+        title = {"sliced": "No fine-tuning, plain slicing", "reconstructed": "No fine-tuning, with reconstruction",
+                 "reconstructed-residual": "No fine-tuning, with residual-stream reconstruction "
+                                           "(reconstruct.objective=residual)"}
         lines += [f"### {title[variant]}", "",
                   "| method | " + " | ".join(f"{m} @ {t:.0%}" for t in targets for m in metrics) + " |",
                   "|---|" + "---|" * (len(targets) * len(metrics))]
         for method in methods:
+            if not any(_row(rows, method, target, variant) for target in targets):
+                continue  # not measured with this variant
             cells = []
             for target in targets:
                 row = _row(rows, method, target, variant)
@@ -357,6 +385,23 @@ def model_section(block: dict) -> list[str]:
                 cells += [_recovered(teacher[main], sliced[main], rebuilt[main]),
                           _recovered(1.0, sliced["cosine"], rebuilt["cosine"]), refit, f"{rebuilt['seconds']:.0f}"]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "reconstructed-residual" in variants:
+        lines += ["### Residual-stream vs per-MLP reconstruction", "",
+                  f"{main} and cosine to the unpruned embedding; per-MLP: the *reconstructed* rows (amp-refit: its "
+                  "searched model); residual: every residual-stream writer from the first pruned MLP on refit; "
+                  "*attention*: the layers whose attention output projection the returned model holds refit.", "",
+                  "| method | target | " + f"{main} per-MLP → residual | cosine per-MLP → residual | attention | s |",
+                  "|---|---|---|---|---|---|"]
+        for method in methods:
+            for target in targets:
+                mlp, residual = (_row(rows, method, target, v) for v in ("reconstructed", "reconstructed-residual"))
+                if not residual:
+                    continue
+                before = {k: _pct(mlp[k]) if mlp else "—" for k in (main, "cosine")}
+                attention = ",".join(map(str, residual.get("attention_refit") or [])) or "none"
+                lines.append(f"| {method} | {target:.0%} | {before[main]} → {_pct(residual[main])} | "
+                             f"{before['cosine']} → {_pct(residual['cosine'])} | {attention} | {residual['seconds']:.0f} |")
         lines.append("")
     distilled = [r for r in rows if r["variant"] == "distilled"]
     if distilled:
@@ -445,6 +490,9 @@ def main():
     parser.add_argument("--no-distill", dest="distill", action="store_false", help="skip the distilled rows")
     parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
                         help="skip the reconstructed rows")
+    parser.add_argument("--objectives", default="mlp",
+                        help="comma list of reconstruct.objective values for the reconstructed rows: mlp, residual")
+    parser.add_argument("--widths-from", help="a benchmarks.json whose sliced rows give the widths (no search)")
     parser.add_argument("--quick", action="store_true", help="few samples (smoke run)")
     parser.add_argument("--methods", help="comma list: run only these methods (e.g. amp,amp-refit)")
     parser.add_argument("--search-cost", action="store_true",
@@ -462,6 +510,7 @@ def main():
         output = Path(args.output)
         output.with_suffix(".md").write_text(markdown(json.loads(output.with_suffix(".json").read_text())))
         return
+    args.objectives = args.objectives.split(",")
     args.distill_targets = [float(t) for t in args.distill_targets.split(",")]
     args.distill_steps = [int(n) for n in args.distill_steps.split(",") if n]
     targets = [float(t) for t in args.targets.split(",")]
@@ -502,8 +551,10 @@ def main():
             for block in blocks:
                 old = previous.pop(block["key"], None)
                 if old is not None:
-                    measured = {tuple(pair) for pair in block["measured"]}  # (method, target) rows this run replaces
-                    block["rows"] = [r for r in old["rows"] if (r["method"], r["target"]) not in measured] + block["rows"]
+                    # the (method, target, variant) rows this run replaces
+                    measured = {(r["method"], r["target"], r["variant"]) for r in block["rows"]}
+                    block["rows"] = [r for r in old["rows"]
+                                     if (r["method"], r["target"], r["variant"]) not in measured] + block["rows"]
                     block["selection_seconds"] = {**old["selection_seconds"], **block["selection_seconds"]}
                     block["runs"] = old.get("runs", [old["run"]]) + [block["run"]]
                     for key in ("search_cost", "distill_steps"):

@@ -48,21 +48,29 @@ def main():
     calibration = batches(model, processor, "train", args.calibration_samples, 0)
     search = batches(model, processor, "test", args.search_samples, 1)
     scores = taylor_scores(model, calibration, criterion).abs
-    seconds, runs = {"plain": [], "refit": []}, {}
+    seconds, cpu_seconds, runs, loads = {"plain": [], "refit": []}, {"plain": [], "refit": []}, {}, []
     for kind in ["plain", "refit"] * args.repeats:
         evaluator = CriterionEvaluator(model, criterion, search)
         refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=calibration) if kind == "refit" else None
-        started = time.perf_counter()
+        loads.append(round(os.getloadavg()[0], 1))
+        started, cpu = time.perf_counter(), time.process_time()
         result = adaptive_search(model, scores, evaluator, args.delta_e, progress=False, refit=refit)
         seconds[kind].append(round(time.perf_counter() - started, 1))
+        cpu_seconds[kind].append(round(time.process_time() - cpu, 1))
         runs[kind] = {"widths": result.widths, "evaluations": result.evaluations, "final_entropy": result.final_entropy,
                       "reference_entropy": result.reference_entropy,
                       "refit_layers": sorted(result.projections)}
-        print(f"{kind}: {seconds[kind][-1]} s, {result.evaluations} criterion passes, widths {result.widths}", flush=True)
+        print(f"{kind}: {seconds[kind][-1]} s ({cpu_seconds[kind][-1]} s CPU, load {loads[-1]}), "
+              f"{result.evaluations} criterion passes, widths {result.widths}", flush=True)
     ratio = (sum(seconds["refit"]) / len(seconds["refit"])) / (sum(seconds["plain"]) / len(seconds["plain"]))
+    # each refit search over the plain search run just before it: load drift between pairs cancels
+    pairs = [round(r / p, 3) for p, r in zip(seconds["plain"], seconds["refit"])]
+    # CPU seconds of this process: less sensitive than wall time to other jobs on a shared machine
+    cpu_pairs = [round(r / p, 3) for p, r in zip(cpu_seconds["plain"], cpu_seconds["refit"])]
     report = {"model": "all-MiniLM-L6-v2", "delta_e": args.delta_e, "search_samples": args.search_samples,
               "calibration_samples": args.calibration_samples, "seconds": seconds, "runs": runs,
-              "ratio": round(ratio, 3), "load_average": {"start": load, "end": [round(x, 1) for x in os.getloadavg()]},
+              "ratio": round(ratio, 3), "pair_ratios": pairs, "cpu_seconds": cpu_seconds, "cpu_pair_ratios": cpu_pairs,
+              "load_average": {"start": load, "runs": loads, "end": [round(x, 1) for x in os.getloadavg()]},
               "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} torch threads"}
     output = Path(args.output)
@@ -73,11 +81,15 @@ def main():
              f"{report['machine']}; 1-minute load average {load[0]} at the start, {report['load_average']['end'][0]} "
              f"at the end (a shared machine: what counts is the ratio of searches run in turn in one process, plain "
              f"first, {args.repeats} time(s) each).", "",
-             "| search | wall s | criterion passes | widths | refit layers |", "|---|---|---|---|---|"]
+             "| search | wall s | CPU s | criterion passes | widths | refit layers |", "|---|---|---|---|---|---|"]
     for kind in ("plain", "refit"):
-        lines.append(f"| {kind} | {' / '.join(map(str, seconds[kind]))} | {runs[kind]['evaluations']} | "
+        lines.append(f"| {kind} | {' / '.join(map(str, seconds[kind]))} | {' / '.join(map(str, cpu_seconds[kind]))} | "
+                     f"{runs[kind]['evaluations']} | "
                      f"{runs[kind]['widths']} | {runs[kind]['refit_layers'] or ''} |")
-    lines += ["", f"refit / plain wall time: **{ratio:.2f}x** (goal <= 1.5x). Final criterion (reference "
+    lines += ["", f"refit / plain wall time: **{ratio:.2f}x** (goal <= 1.5x); pair by pair (each refit search over "
+              f"the plain one run just before it) {', '.join(f'{p:.2f}' for p in pairs)}, i.e. "
+              f"{min(pairs):.2f}-{max(pairs):.2f}x; in CPU seconds {', '.join(f'{p:.2f}' for p in cpu_pairs)}. "
+              f"1-minute load average at the start of each search: {loads}. Final criterion (reference "
               f"{runs['plain']['reference_entropy']:.4g}): plain {runs['plain']['final_entropy']:.4g}, refit "
               f"{runs['refit']['final_entropy']:.4g}.", "",
               f"Reproduce: `python scripts/bench_search_reconstruct.py --search-samples {args.search_samples} "

@@ -206,6 +206,63 @@ def test_sequential_swiglu_brings_the_embedding_back_toward_the_original():
     assert 1 - cosine["reconstructed"] < 0.9 * (1 - cosine["sliced"]), cosine
 
 
+def block_outputs(model, batches) -> list[list[torch.Tensor]]:
+    """Per layer, per batch: the layer's output (padding tokens dropped)."""
+    stack = amp_hf.resolve(model)
+    outputs: list[list[torch.Tensor]] = [[] for _ in stack.layers]
+    for batch in batches:
+        mask = batch.get("attention_mask")
+        handles = [layer.register_forward_hook(
+            lambda module, args, output, index=index, mask=mask: outputs[index].append(
+                (output[0] if isinstance(output, tuple) else output)[mask.bool()] if mask is not None else
+                (output[0] if isinstance(output, tuple) else output)))
+            for index, layer in enumerate(stack.layers)]
+        with torch.no_grad():
+            stack.backbone(**batch)
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_residual_objective_brings_block_outputs_closer_than_the_mlp_objective(family):
+    model = build(family).eval()
+    plan = magnitude_plan(model)
+    batches, fresh = batches_for(model, 6), batches_for(model, 3, first_seed=100)
+    unpruned = block_outputs(model, fresh)
+    errors = {}
+    for objective in ("mlp", "residual"):
+        pruned, report = reconstruct(model, plan, batches, ReconstructConfig(**RAW, objective=objective))
+        assert report.objective == objective and report.kept == "reconstructed"
+        errors[objective] = [sum(float(((mine - theirs) ** 2).sum()) for mine, theirs in zip(layer, reference))
+                             for layer, reference in zip(block_outputs(pruned, fresh), unpruned)]
+    # layer 0 has nothing pruned upstream: both objectives fit the same target (W_D h_D) on the same inputs,
+    # up to the float32 rounding of the residual's stream difference
+    assert errors["residual"][0] == pytest.approx(errors["mlp"][0], rel=1e-3)
+    # every later block absorbs the drift of the layers before it instead of carrying it
+    for layer in range(1, len(plan.kept)):
+        assert errors["residual"][layer] < 0.95 * errors["mlp"][layer], (layer, errors)
+    assert report.attention[0].reason == "no pruned MLP before it"
+    assert any(r.status == "reconstructed" for r in report.attention[1:])  # a later attention output was refit
+    provenance = pruned.config.amp_pruning["reconstruction"]
+    assert provenance["objective"] == "residual"
+    assert provenance["attention_outputs_reconstructed"] == [r.layer for r in report.attention
+                                                             if r.status == "reconstructed"]
+
+
+def test_residual_objective_is_refused_where_a_family_declares_no_layout():
+    import dataclasses
+
+    from amp_hf.errors import ConfigError
+
+    model = build("vit")
+    stack = amp_hf.resolve(model)
+    # a family without residual_layouts (as timm and open_clip today), before any compute
+    bare = dataclasses.replace(stack, adapter=dataclasses.replace(stack.adapter, residual_layouts=()))
+    with pytest.raises(ConfigError, match="declares no residual-stream layout .* use reconstruct.objective=mlp"):
+        reconstruct(bare, magnitude_plan(model), batches_for(model, 2), ReconstructConfig(**RAW, objective="residual"))
+
+
 def test_padding_tokens_do_not_enter_the_fit():
     model = build("bert")
     batches = batches_for(model, 3)
@@ -308,6 +365,17 @@ def test_prune_records_reconstruction_provenance(vit_checkpoint, tmp_path, capsy
     assert statuses == ({"sliced"} if provenance["kept"] == "sliced" else statuses | {"reconstructed"})
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["reconstruct.objective=residual", "reconstruct.mode=independent"], "drop reconstruct.mode=independent"),
+    (["reconstruct.objective=residual", "reconstruct.enabled=false", "search.reconstruct=true",
+      "search.allocation=adaptive"], "use reconstruct.enabled=true with search.reconstruct=false"),
+])
+def test_residual_objective_conflicts_fail_with_the_fix(vit_checkpoint, tmp_path, capsys, overrides, message):
+    assert main([*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path / 'never'}", *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("reconstruct.heldout_fraction=1.5", "heldout_fraction must be in \\(0, 1\\)"),
     ("reconstruct.mode=greedy", "reconstruct.mode must be one of"),
@@ -321,16 +389,25 @@ def test_bad_reconstruct_settings_fail_with_the_fix(vit_checkpoint, tmp_path, ca
 
 
 @pytest.mark.multiprocess
-def test_two_processes_equal_one_process(vit_checkpoint, tmp_path):
+@pytest.mark.parametrize("objective", ["mlp", "residual"])
+def test_two_processes_equal_one_process(vit_checkpoint, tmp_path, objective):
     # Without the whole-model fallback, so the refit weights themselves are compared (not a plain slice).
-    args = [*PRUNE, f"model={vit_checkpoint}", "reconstruct.end_to_end_check=false"]
+    args = [*PRUNE, f"model={vit_checkpoint}", "reconstruct.end_to_end_check=false",
+            f"reconstruct.objective={objective}"]
     prune_one_and_two_processes(main, args, tmp_path)
     provenance = [json.loads((tmp_path / name / "config.json").read_text())["amp_pruning"]["reconstruction"]
                   for name in ("one", "two")]
     assert provenance[0]["kept"] == "reconstructed" and provenance[0]["layers_reconstructed"] == [0, 1, 2]
-    for key in ("samples", "tokens", "kept", "damping", "layers_reconstructed"):
+    keys = ["samples", "tokens", "kept", "damping", "layers_reconstructed"]
+    if objective == "residual":
+        keys.append("attention_outputs_reconstructed")
+        assert provenance[0]["objective"] == "residual"
+    for key in keys:
         assert provenance[1][key] == provenance[0][key], key
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert one.keys() == two.keys()
+    # residual: the target is a difference of two float32 streams, and each process runs half batches (other
+    # kernel shapes), so the refit inherits that rounding relative to the small gap (measured: 7e-7 on 0.5)
+    rtol, atol = (1e-6, 1e-7) if objective == "mlp" else (1e-5, 2e-6)
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(two[name], one[name], rtol=rtol, atol=atol)

@@ -5,6 +5,7 @@ scratch), keep-all = identity, budget mode, the saved model = the searched model
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -18,6 +19,7 @@ import amp_hf
 from amp_hf.cli import main
 from amp_hf.families import resolve
 from amp_hf.reconstruct import ReconstructConfig, SearchRefit
+from amp_hf.reconstruct.layers import gram_bytes
 from amp_hf.selection import (
     CriterionConfig,
     CriterionEvaluator,
@@ -77,6 +79,48 @@ def test_search_evaluates_the_reconstructed_model_by_definition(name, delta_e):
         torch.testing.assert_close(bias, output_linear(rebuilt, layer).bias, rtol=1e-5, atol=1e-6)
     assert {r["layer"] for r in result.refit if r["status"] == "reconstructed"} == set(result.projections)
     assert amp_hf.get_adapter(model).widths(model) == full  # the model is left as it was
+
+
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_one_pass_statistics_search_exactly_like_the_per_layer_path(name, caplog):
+    model, batches, criterion, scores = setup(name)
+    calibration = text_batches(5, seed=1) if name == "bert" else image_batches(model, 5, seed=1)
+    layers = amp_hf.get_adapter(model).layers(model)
+    needed = gram_bytes(model) / 2**30
+    runs = {}
+    # one pass; forced per-layer (cached calibration inputs); per-layer because the statistics do not fit
+    for path, options in {"one pass": {}, "per layer": {"one_pass": False},
+                          "over budget": {"memory_gb": 0.9 * needed}}.items():
+        evaluator = CriterionEvaluator(model, criterion, batches)
+        refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=calibration, **options)
+        calls = [0] * len(layers)
+        handles = [layer.register_forward_hook(lambda *_, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1))
+                   for i, layer in enumerate(layers)]
+        with caplog.at_level(logging.INFO, logger="amp_hf.reconstruct"):
+            for layer in range(len(layers) - 1, -1, -1):
+                refit.prepare(layer)
+        for handle in handles:
+            handle.remove()
+        if path == "one pass":  # every layer ran once per calibration batch, for all layers' statistics
+            assert calls == [len(calibration)] * len(layers)
+        else:
+            assert calls[0] > len(calibration)  # per layer: the input cache, then layer 0 again for its own
+        runs[path] = refit, adaptive_search(model, scores, evaluator, 0.002, progress=False, refit=refit)
+    assert "collected layer by layer" in caplog.text  # the over-budget run said why
+    (one, result), others = runs["one pass"], [runs["per layer"], runs["over budget"]]
+    assert result.projections  # something was refit
+    for refit, other in others:
+        assert other.widths == result.widths and other.kept == result.kept  # exact
+        assert [e["entropy"] for e in other.log] == pytest.approx([e["entropy"] for e in result.log], rel=1e-9)
+        assert other.final_entropy == pytest.approx(result.final_entropy, rel=1e-9)
+        assert other.projections.keys() == result.projections.keys()
+        for layer, (weight, bias) in result.projections.items():
+            torch.testing.assert_close(other.projections[layer][0], weight, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(other.projections[layer][1], bias, rtol=1e-9, atol=1e-9)
+        for layer in range(len(layers)):  # the statistics themselves (float64 sums of the same activations)
+            if layer in refit._grams:
+                for mine, theirs in zip(refit._grams[layer], one._grams[layer]):
+                    torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-9)
 
 
 def test_keeping_every_neuron_is_the_identity():

@@ -3,7 +3,7 @@ MLP stack; ``registry``: the table; ``timm`` and ``open_clip``: the two families
 ``io_spec``: export I/O specs). A family file never imports checkpoint or loading code."""
 
 from ..errors import UnsupportedModelError
-from .base import TEXT_SEQUENCE_LENGTH, FamilyAdapter, MlpStack, ModelClass
+from .base import TEXT_SEQUENCE_LENGTH, FamilyAdapter, MlpStack, ModelClass, ResidualWriter
 from .registry import (
     ADAPTERS,
     AUTO_CLASSES,
@@ -25,6 +25,7 @@ __all__ = [
     "FamilyAdapter",
     "MlpStack",
     "ModelClass",
+    "ResidualWriter",
     "UnsupportedModelError",
     "auto_map_for",
     "folder_family",

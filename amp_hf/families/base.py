@@ -74,6 +74,36 @@ class ModelClass:
 
 
 @dataclass(frozen=True)
+class ResidualWriter:
+    """A linear of a layer whose output is added to the residual stream (``reconstruct.objective=residual``).
+
+    ``projection``: its path in the layer (None: the MLP's output projection, the neuron map's ``columns``).
+    ``stream``: the module whose input is the stream right after that addition (post-norm layers: the sum
+    before the norm); None: the layer's output. ``scale``: a module that multiplies the projection's output
+    channel-wise before the addition (LayerScale), if any. ``normalized``: ``stream`` is a per-token norm
+    (a post-norm layer's LayerNorm), so a token's error counts as that norm's output sees it: divided by the
+    token's standard deviation over channels.
+    """
+
+    projection: str | None
+    stream: str | None
+    scale: str | None = None
+    normalized: bool = False
+
+    def matches(self, layer: nn.Module) -> bool:
+        if self.projection is not None and not isinstance(_submodule(layer, self.projection), nn.Linear):
+            return False
+        return all(_submodule(layer, path) is not None for path in (self.stream, self.scale) if path is not None)
+
+
+def _submodule(layer: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+@dataclass(frozen=True)
 class FamilyAdapter:
     """Everything amp-hf knows about one architecture family; nothing else checks a family by name.
 
@@ -92,6 +122,9 @@ class FamilyAdapter:
     declare (``_amp_backbone_class``, ``_amp_neuron_maps``), so the remote code probes the same way.
     Which (sub-)config owns the widths is declared once, on the amp class (``_amp_width_config``).
     ``processor_in_config``: the model carries its preprocessing in its own config (no processor files to copy).
+    ``residual_layouts``: candidate layouts of one layer's residual-stream writers, each in stream order (the
+    first whose modules all exist applies; see ``residual_writers``); () = the residual objective of
+    reconstruction does not apply to the family.
     """
 
     name: str
@@ -106,6 +139,7 @@ class FamilyAdapter:
     backbone_class: type | None = None
     neuron_maps: tuple[NeuronMap, ...] = ()
     processor_in_config: bool = False
+    residual_layouts: tuple[tuple[ResidualWriter, ...], ...] = ()
 
     def __post_init__(self):
         if self.summary not in ("cls", "mean"):
@@ -154,6 +188,11 @@ class FamilyAdapter:
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path(model))
+
+    def residual_writers(self, layer: nn.Module) -> tuple[ResidualWriter, ...]:
+        """The linears of ``layer`` that write into the residual stream, in stream order; () when none of the
+        family's ``residual_layouts`` fits the layer."""
+        return next((layout for layout in self.residual_layouts if all(w.matches(layer) for w in layout)), ())
 
     def widths(self, model: nn.Module) -> list[int]:
         """Current hidden width of every layer's MLP, read from the modules themselves."""

@@ -28,7 +28,7 @@ from .. import models as amp_models
 from ..errors import UnsupportedModelError
 from ..files.model_reference import files_to_download
 from ..models import modeling_amp_dinov2_with_registers as dinov2_registers
-from .base import FamilyAdapter, MlpStack, ModelClass, cls_token, masked_mean, pooler_output
+from .base import FamilyAdapter, MlpStack, ModelClass, ResidualWriter, cls_token, masked_mean, pooler_output
 from .io_spec import (
     CLS_TOKEN,
     MASKED_MEAN,
@@ -56,6 +56,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             pool=cls_token,
             summary="cls",
             notes="embedding: final-norm CLS token (ViTModel's tanh pooler is not used)",
+            # attention output, read before layernorm_after; MLP output: the layer's output
+            residual_layouts=((ResidualWriter("attention.o_proj", "layernorm_after"), ResidualWriter(None, None)),),
         ),
         FamilyAdapter(
             name="clip",
@@ -73,6 +75,7 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             image_text=True,
             joint_embedding="image_embeds",
             notes="vision tower pruned, text tower untouched; embedding: post-LN CLS before visual_projection",
+            residual_layouts=((ResidualWriter("self_attn.out_proj", "layer_norm2"), ResidualWriter(None, None)),),
         ),
         FamilyAdapter(
             name="siglip",
@@ -89,6 +92,7 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             joint_embedding="pooler_output",  # no projection: the pooling head's output is the embedding
             notes="encoder layers pruned; the attention-pooling head's MLP is kept whole; "
             "embedding: the pooling head's output",
+            residual_layouts=((ResidualWriter("self_attn.out_proj", "layer_norm2"), ResidualWriter(None, None)),),
         ),
         FamilyAdapter(
             name="dinov2",
@@ -101,6 +105,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             pool=pooler_output,
             summary="cls",
             notes="plain MLP and SwiGLU (gate/up rows pruned together); embedding: final-norm CLS",
+            residual_layouts=((ResidualWriter("attention.o_proj", "norm2", "layer_scale1"),
+                               ResidualWriter(None, None, "layer_scale2")),),
         ),
         FamilyAdapter(
             name="dinov2_with_registers",
@@ -115,6 +121,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             pool=pooler_output,
             summary="cls",  # CLS, then the register tokens, then the patches
             notes="as DINOv2 (plain MLP or SwiGLU), with register tokens; embedding: final-norm CLS",
+            residual_layouts=((ResidualWriter("attention.o_proj", "norm2", "layer_scale1"),
+                               ResidualWriter(None, None, "layer_scale2")),),
         ),
         FamilyAdapter(
             name="bert",
@@ -127,6 +135,9 @@ ADAPTERS: dict[str, FamilyAdapter] = {
             pool=masked_mean,
             summary="cls",
             notes="BERT-style sentence encoders (e.g. all-MiniLM-L6-v2); embedding: attention-masked token mean",
+            # post-norm: the sums before attention.output.LayerNorm and output.LayerNorm
+            residual_layouts=((ResidualWriter("attention.output.dense", "attention.output.LayerNorm", normalized=True),
+                               ResidualWriter(None, "output.LayerNorm", normalized=True)),),
         ),
     )
 }

@@ -1,7 +1,8 @@
 """Training-free recovery of a pruned model's MLP output projections: ``config`` (the ``reconstruct:`` section),
 ``gram`` (streamed Gram matrices and the damped least-squares solve), ``layers`` (what both uses share: layer
-statistics, held-out split), ``posthoc`` (``reconstruct``: refit every layer after slicing) and ``in_search``
-(``SearchRefit``: the refit inside AMP's width search).
+statistics, held-out split), ``posthoc`` (``reconstruct``: refit every layer after slicing), ``residual`` (the
+residual-stream objective's per-writer statistics) and ``in_search`` (``SearchRefit``: the refit inside AMP's
+width search).
 
 The package face is lazy (``amp_hf._lazy``): ``ReconstructConfig`` imports no torch.
 """
@@ -18,6 +19,7 @@ _LAZY_NAMES = {
     "ReconstructConfig": ".config",
     "ReconstructionReport": ".posthoc",
     "SearchRefit": ".in_search",
+    "check_residual_writers": ".residual",
     "install_search_refit": ".in_search",
     "projection_grams": ".layers",
     "reconstruct": ".posthoc",
@@ -32,6 +34,7 @@ __all__ = [
     "ReconstructConfig",
     "ReconstructionReport",
     "SearchRefit",
+    "check_residual_writers",
     "install_search_refit",
     "projection_grams",
     "reconstruct",
@@ -48,3 +51,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .in_search import SearchRefit, install_search_refit, search_refit_summary
     from .layers import projection_grams, split_heldout
     from .posthoc import LayerReport, ReconstructionReport, reconstruct, reconstruct_stack, reconstruction_is_closer
+    from .residual import check_residual_writers

@@ -14,6 +14,10 @@ class ReconstructConfig:
 
     enabled: bool = False
     mode: Literal["sequential", "independent"] = "sequential"
+    # mlp: each pruned MLP's output projection reproduces its own full output; residual: every linear writing
+    # into the residual stream from the first pruned MLP on (MLP and attention output projections) is refit
+    # so the stream after it matches the unpruned model's, given the pruned model's inputs (sequential only)
+    objective: Literal["mlp", "residual"] = "mlp"
     damping: float | None = None  # fixed relative ridge λ; None = best of damping_candidates on held-out tokens
     damping_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     heldout_fraction: float = 0.25  # share of the calibration batches held out (damping choice, fallbacks)
@@ -33,6 +37,9 @@ class ReconstructConfig:
             raise ValueError("reconstruct.damping must be >= 0 (a relative ridge strength, e.g. 0.001)")
         if not self.damping_candidates or any(d < 0 for d in self.damping_candidates):
             raise ValueError("reconstruct.damping_candidates must be a non-empty list of values >= 0")
+        if self.objective == "residual" and self.mode == "independent":
+            raise ValueError("reconstruct.objective=residual fits every layer on the pruned model's own inputs: "
+                             "drop reconstruct.mode=independent (or use reconstruct.objective=mlp)")
         if self.revert_margin < 0:
             raise ValueError("reconstruct.revert_margin must be >= 0 (a share of the criterion gap, e.g. 0.05)")
         if self.num_samples is not None and self.num_samples < 1:

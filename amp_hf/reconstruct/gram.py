@@ -74,14 +74,110 @@ def _quadratic(matrix: torch.Tensor, gram: torch.Tensor) -> float:
 def _solve(gram_ss: torch.Tensor, rhs: torch.Tensor, penalty: torch.Tensor, damping: float):
     """Δ with Δ (F_SS + damping·penalty) = rhs; raise damping tenfold while the system is numerically singular."""
     for attempt in range(MAX_DAMPING_RAISES + 1):
-        factor, info = torch.linalg.cholesky_ex(gram_ss + torch.diag(penalty * damping))
+        system = gram_ss.clone()
+        system.diagonal().add_(penalty * damping)
+        factor, info = torch.linalg.cholesky_ex(system)
         pivots = factor.diagonal() ** 2
         if info == 0 and pivots.min() > MIN_RELATIVE_PIVOT * pivots.max():
-            delta = torch.cholesky_solve(rhs.T, factor).T
-            if torch.isfinite(delta).all():
+            delta = torch.cholesky_solve(rhs.T, factor).T.contiguous()
+            if torch.isfinite(delta.sum()):  # a NaN or inf entry makes the sum non-finite (one cheap reduction)
                 return delta, damping, attempt > 0
         damping = max(10.0 * damping, 1e-8)
     return None, damping, True
+
+
+def solve_correction(gram_ss: torch.Tensor, rhs: torch.Tensor, heldout_ss: torch.Tensor, heldout_cross: torch.Tensor,
+                     heldout_missed: float, energy: float, fit_tokens: int, has_bias: bool,
+                     dampings: Sequence[float], scale: float, notes: list[str] | None = None) -> RefitResult:
+    """The damped solve of a correction Δ on the support coordinates s̃ (kept neurons, then the bias coordinate
+    when ``has_bias``), for any target r the projection should add: ``gram_ss`` = Σ_fit s̃ s̃ᵀ, ``rhs`` =
+    Σ_fit r s̃ᵀ, and on the held-out tokens ``heldout_ss``, ``heldout_cross`` = Σ r s̃ᵀ and ``heldout_missed``
+    = Σ ||r||² (the error of leaving the projection as it is). The held-out error of Δ is
+    Σ ||r − Δ s̃||² = missed − 2⟨Δ, cross⟩ + ⟨Δ·ss, Δ⟩, relative to ``energy``; ``scale`` multiplies the
+    relative damping (the mean kept diagonal). ``delta`` is None when no damping beats leaving it."""
+    notes = list(notes or [])
+    error_sliced = heldout_missed / energy
+    support = gram_ss.shape[0]
+    candidates = sorted({float(d) for d in dampings})
+    if fit_tokens < support:
+        floor = UNDERDETERMINED_DAMPING
+        notes.append(
+            f"{fit_tokens} fit tokens for {support} unknowns: damping raised to at least "
+            f"{floor:g} (use more calibration samples)"
+        )
+        candidates = sorted({max(d, floor) for d in candidates})
+
+    penalty = torch.ones(support, dtype=torch.float64)
+    if has_bias:
+        penalty[-1] = 0.0  # the bias is not damped (its column alone keeps the system definite)
+    penalty *= scale if scale > 0 else 1.0
+
+    best: tuple[float, float, torch.Tensor] | None = None
+    errors: dict[float, float] = {}
+    for requested in candidates:
+        delta, used, raised = _solve(gram_ss, rhs, penalty, requested)
+        if delta is None:
+            notes.append(f"damping {requested:g}: no positive-definite system up to {used:g}, skipped")
+            continue
+        if raised:
+            notes.append(f"damping {requested:g} raised to {used:g}: the Gram matrix is numerically singular")
+        error = heldout_missed - 2 * float((delta * heldout_cross).sum()) + float(((delta @ heldout_ss) * delta).sum())
+        errors[used] = max(error, 0.0) / energy
+        if best is None or errors[used] < best[0]:
+            best = (errors[used], used, delta)
+
+    if best is None:
+        return RefitResult(None, error_sliced, None, None, "no damping gave a finite solution", errors, notes)
+    error, damping, delta = best
+    if not error < error_sliced:
+        reason = f"held-out error {error:.4g} is not below plain slicing's {error_sliced:.4g}"
+        return RefitResult(None, error_sliced, error, damping, reason, errors, notes)
+    return RefitResult(delta, error_sliced, error, damping, None, errors, notes)
+
+
+class ProjectionRefit:
+    """The refits of one output projection ``weight`` (out x H, ``bias``) from its fit and held-out Gram
+    matrices, for any set of kept neurons. What does not depend on the kept set (float64 copies, finiteness,
+    the full output's held-out energy) is computed once, so the search's many candidates of one layer are
+    one small solve each."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gram_fit: torch.Tensor,
+                 gram_heldout: torch.Tensor):
+        self.weight = weight.detach().to("cpu", torch.float64)
+        self.has_bias = bias is not None
+        self.gram_fit = gram_fit.to("cpu", torch.float64)
+        self.gram_heldout = gram_heldout.to("cpu", torch.float64)
+        self.finite = bool(torch.isfinite(self.gram_fit).all() and torch.isfinite(self.gram_heldout).all())
+        out_features, width = self.weight.shape
+        full = torch.zeros(out_features, width + 1, dtype=torch.float64)  # [W, b]: the full layer's output map
+        full[:, :width] = self.weight
+        if bias is not None:
+            full[:, width] = bias.detach().to("cpu", torch.float64)
+        self.energy = (_quadratic(full, self.gram_heldout) or 1.0) if self.finite else 1.0
+
+    def refit(self, kept: Sequence[int], dampings: Sequence[float]) -> RefitResult:
+        """``refit_output_projection`` for the kept neurons ``kept``."""
+        width = self.weight.shape[1]
+        kept = torch.as_tensor(list(kept), dtype=torch.long)
+        is_dropped = torch.ones(width, dtype=torch.bool)
+        is_dropped[kept] = False
+        dropped = is_dropped.nonzero().squeeze(1)
+        support = torch.cat([kept, torch.tensor([width])]) if self.has_bias else kept
+        if not self.finite:
+            return RefitResult(None, None, None, None, reason="non-finite activations")
+        weight_dropped = self.weight.index_select(1, dropped)  # what plain slicing leaves out: W_D h_D
+        heldout_dropped = self.gram_heldout.index_select(0, dropped)
+        missed = _quadratic(weight_dropped, heldout_dropped.index_select(1, dropped))
+        if len(dropped) == 0:
+            return RefitResult(None, missed / self.energy, None, None, reason="keeps every neuron")
+        gram_fit = self.gram_fit
+        return solve_correction(
+            gram_fit.index_select(0, support).index_select(1, support),
+            weight_dropped @ gram_fit.index_select(0, dropped).index_select(1, support),
+            self.gram_heldout.index_select(0, support).index_select(1, support),
+            weight_dropped @ heldout_dropped.index_select(1, support), missed,
+            self.energy, int(gram_fit[width, width]), self.has_bias, dampings,
+            float(gram_fit.diagonal()[kept].mean()))
 
 
 def refit_output_projection(
@@ -99,67 +195,4 @@ def refit_output_projection(
     ``reason`` says why) when it keeps every neuron, when its activations are not finite, or when no damping
     beats plain slicing on the held-out tokens.
     """
-    weight = weight.detach().to("cpu", torch.float64)
-    gram_fit = gram_fit.to("cpu", torch.float64)
-    gram_heldout = gram_heldout.to("cpu", torch.float64)
-    out_features, width = weight.shape
-    kept = torch.as_tensor(list(kept), dtype=torch.long)
-    is_dropped = torch.ones(width, dtype=torch.bool)
-    is_dropped[kept] = False
-    dropped = is_dropped.nonzero().squeeze(1)
-    support = torch.cat([kept, torch.tensor([width])]) if bias is not None else kept
-
-    full = torch.zeros(out_features, width + 1, dtype=torch.float64)  # [W, b]: the full layer's output map
-    full[:, :width] = weight
-    if bias is not None:
-        full[:, width] = bias.detach().to("cpu", torch.float64)
-    missed = torch.zeros_like(full)  # what plain slicing leaves out: W_D h_D
-    missed[:, dropped] = weight[:, dropped]
-
-    if not (torch.isfinite(gram_fit).all() and torch.isfinite(gram_heldout).all()):
-        return RefitResult(None, None, None, None, reason="non-finite activations")
-    energy = _quadratic(full, gram_heldout) or 1.0
-    error_sliced = _quadratic(missed, gram_heldout) / energy
-    if len(dropped) == 0:
-        return RefitResult(None, error_sliced, None, None, reason="keeps every neuron")
-
-    notes = []
-    candidates = sorted({float(d) for d in dampings})
-    if gram_fit[width, width] < len(support):
-        floor = UNDERDETERMINED_DAMPING
-        notes.append(
-            f"{int(gram_fit[width, width])} fit tokens for {len(support)} unknowns: damping raised to at least "
-            f"{floor:g} (use more calibration samples)"
-        )
-        candidates = sorted({max(d, floor) for d in candidates})
-
-    penalty = torch.ones(len(support), dtype=torch.float64)
-    if bias is not None:
-        penalty[-1] = 0.0  # the bias is not damped (its column alone keeps the system definite)
-    scale = float(gram_fit.diagonal()[kept].mean())
-    penalty *= scale if scale > 0 else 1.0
-    gram_ss = gram_fit[support][:, support]
-    rhs = weight[:, dropped] @ gram_fit[dropped][:, support]
-
-    best: tuple[float, float, torch.Tensor] | None = None
-    errors: dict[float, float] = {}
-    for requested in candidates:
-        delta, used, raised = _solve(gram_ss, rhs, penalty, requested)
-        if delta is None:
-            notes.append(f"damping {requested:g}: no positive-definite system up to {used:g}, skipped")
-            continue
-        if raised:
-            notes.append(f"damping {requested:g} raised to {used:g}: the Gram matrix is numerically singular")
-        residual = missed.clone()
-        residual[:, support] -= delta
-        errors[used] = _quadratic(residual, gram_heldout) / energy
-        if best is None or errors[used] < best[0]:
-            best = (errors[used], used, delta)
-
-    if best is None:
-        return RefitResult(None, error_sliced, None, None, "no damping gave a finite solution", errors, notes)
-    error, damping, delta = best
-    if not error < error_sliced:
-        reason = f"held-out error {error:.4g} is not below plain slicing's {error_sliced:.4g}"
-        return RefitResult(None, error_sliced, error, damping, reason, errors, notes)
-    return RefitResult(delta, error_sliced, error, damping, None, errors, notes)
+    return ProjectionRefit(weight, bias, gram_fit, gram_heldout).refit(kept, dampings)

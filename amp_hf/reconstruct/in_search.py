@@ -4,6 +4,7 @@ sliced model."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -12,8 +13,17 @@ from torch import nn
 from ..families import MlpStack, resolve
 from ..selection import CriterionEvaluator
 from .config import ReconstructConfig
-from .gram import RefitResult, refit_output_projection
-from .layers import corrected_projection, output_projection, projection_grams, split_heldout
+from .gram import ProjectionRefit, RefitResult
+from .layers import (
+    all_projection_grams,
+    corrected_projection,
+    gram_bytes,
+    output_projection,
+    projection_grams,
+    split_heldout,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class SearchRefit:
@@ -21,10 +31,12 @@ class SearchRefit:
     the closed-form refit of its output projection, so the criterion is measured on the refit model.
 
     The search runs last to first, so when layer l is searched everything before it is the original network:
-    its Gram statistics come from cached layer inputs (the original activations, as in ``mode=independent``),
-    once per layer, fit on the calibration ``batches`` (default: the evaluator's search batches) minus the
-    held-out ones (``heldout_fraction``); the damping is chosen on the held-out ones at the layer's first
-    candidate (the middle width) and every candidate is then one small solve. The
+    its Gram statistics are the original activations' (as in ``mode=independent``), fit on the calibration
+    ``batches`` (default: the evaluator's search batches) minus the held-out ones (``heldout_fraction``); the
+    damping is chosen on the held-out ones at the layer's first candidate (the middle width) and every
+    candidate is then one small solve. When every layer's statistics fit in ``memory_gb`` (``gram_bytes``),
+    they are all collected in one pass of the original model at the first ``prepare``; otherwise each layer's
+    are collected when it is prepared, from cached layer inputs (``one_pass=False`` forces that path). The
     statistics and solves are kept for the budget mode's repeated searches (within ``memory_gb``) and are
     all-reduced across processes like the evaluator's criterion, so N processes find the 1-process answer.
     ``guard`` (``end_to_end_check``): the search also evaluates the accepted width plainly sliced and keeps the
@@ -33,7 +45,7 @@ class SearchRefit:
 
     def __init__(self, model: nn.Module | MlpStack, evaluator: CriterionEvaluator,
                  config: ReconstructConfig | None = None, memory_gb: float = 4.0,
-                 batches: Sequence[dict] | None = None):
+                 batches: Sequence[dict] | None = None, one_pass: bool = True):
         self.stack, self.evaluator = resolve(model), evaluator
         self.config = config or ReconstructConfig(enabled=True)
         # Where the layer inputs come from: the evaluator's own cache, or a cache of the calibration batches
@@ -45,15 +57,29 @@ class SearchRefit:
         self.guard = self.config.end_to_end_check
         self.memory = memory_gb * 2**30
         self._grams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._refits: dict[int, ProjectionRefit] = {}  # per layer: what every candidate's solve shares
         self._solutions: dict[tuple[int, tuple[int, ...]], tuple[tuple | None, RefitResult]] = {}
         self._cache_tried = False
+        self._one_pass_tried = not one_pass
         self._dampings: dict[int, list[float]] = {}
         self.tokens = (0, 0)
 
     def prepare(self, layer: int) -> None:
         """Gram statistics of ``layer``; call it while that layer and every layer before it are original."""
         if layer in self._grams:
+            self.tokens = (int(self._grams[layer][0][-1, -1]), int(self._grams[layer][1][-1, -1]))
             return
+        if not self._one_pass_tried:
+            self._one_pass_tried = True
+            needed = gram_bytes(self.stack)
+            if needed <= self.memory:
+                # layers 0 .. layer only: those are the ones whose whole prefix is guaranteed original now
+                grams = all_projection_grams(self.stack, self.inputs.batches, self.is_fit,
+                                             self.evaluator.accelerator, layers=layer + 1)
+                self._grams.update(enumerate(grams))
+                return self.prepare(layer)
+            logger.info("refit statistics of every layer need %.2f GB > %.2f GB: collected layer by layer",
+                        needed / 2**30, self.memory / 2**30)
         if self.inputs.layer_inputs is None and self.inputs is not self.evaluator and not self._cache_tried:
             self._cache_tried = True
             self.inputs.cache_inputs()  # false when over the memory budget: prefix passes per layer instead
@@ -67,6 +93,7 @@ class SearchRefit:
             if size * (len(self._grams) + 1) <= self.memory:
                 break
             del self._grams[other]
+            self._refits.pop(other, None)
         self._grams[layer] = (fit, heldout)
 
     def _solve(self, layer: int, kept: list[int], full: nn.Linear) -> tuple[tuple | None, RefitResult]:
@@ -74,9 +101,10 @@ class SearchRefit:
         if key not in self._solutions:
             if layer not in self._grams:
                 raise RuntimeError(f"SearchRefit.prepare({layer}) must run before the layer's candidates")
-            fit, heldout = self._grams[layer]
+            if layer not in self._refits:
+                self._refits[layer] = ProjectionRefit(full.weight, full.bias, *self._grams[layer])
             dampings = self._dampings.get(layer, self.config.dampings)
-            result = refit_output_projection(full.weight, full.bias, kept, fit, heldout, dampings)
+            result = self._refits[layer].refit(kept, dampings)
             if result.damping is not None:
                 # chosen on held-out tokens at the layer's first candidate; its other candidates are one solve each
                 self._dampings.setdefault(layer, [result.damping])

@@ -72,6 +72,46 @@ def projection_grams(model: nn.Module | MlpStack, index: int, batches: Sequence[
     return fit, heldout, outputs
 
 
+def gram_bytes(model: nn.Module | MlpStack) -> int:
+    """Memory of every layer's fit and held-out Gram matrices (float64, (H + 1)² each)."""
+    stack = resolve(model)
+    return sum(2 * (neuron_map.output(layer).in_features + 1) ** 2 * 8 for layer, neuron_map in stack.mlps())
+
+
+@torch.no_grad()
+def all_projection_grams(model: nn.Module | MlpStack, batches: Sequence[dict], is_fit: Sequence[bool],
+                         accelerator=None, layers: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``projection_grams`` of layers 0 .. ``layers`` - 1 (default: all) in one forward pass per batch: every
+    output projection's input is accumulated as the pass goes by it, so no layer input is cached and no
+    layer is run twice. The statistics equal the per-layer ones (same activations, batches added in the same
+    order); memory is ``gram_bytes``.
+    """
+    stack = resolve(model)
+    mlps = stack.mlps()[: len(stack.layers) if layers is None else layers]
+    device = next(stack.model.parameters()).device
+    grams = [{True: new_gram(neuron_map.output(layer).in_features, device),
+              False: new_gram(neuron_map.output(layer).in_features, device)} for layer, neuron_map in mlps]
+    current: dict = {}  # the batch going through, and whether it is a fit batch
+
+    def collector(index):
+        def hook(module, args):
+            hidden = args[0]
+            accumulate_gram(grams[index][current["fit"]], hidden, token_mask(current["batch"], hidden))
+
+        return hook
+
+    handles = [neuron_map.output(layer).register_forward_pre_hook(collector(index))
+               for index, (layer, neuron_map) in enumerate(mlps)]
+    try:
+        for batch, fit in zip(batches, is_fit):
+            current.update(batch=batch, fit=fit)
+            stack.backbone(**model_inputs(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [tuple(all_reduce_sum(pair[k], accelerator).cpu() for k in (True, False)) for pair in grams]
+
+
 def corrected_projection(original: nn.Linear, kept: Sequence[int], delta: torch.Tensor):
     """(weight, bias) of the sliced output projection plus the refit correction ``delta`` (``gram`` layout:
     kept columns, then the bias), in ``original``'s dtype and device."""

@@ -47,6 +47,15 @@ from .layers import (
     projection_grams,
     split_heldout,
 )
+from .residual import (
+    WriterStatistics,
+    channel_scale,
+    check_residual_writers,
+    corrected_writer,
+    refit_writer,
+    run_block,
+    writer_projection,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +72,7 @@ class LayerReport:
     error_reconstructed: float | None
     damping_errors: dict[float, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    projection: Literal["mlp", "attention"] = "mlp"  # the MLP's output projection, or (residual) the attention's
 
 
 @dataclass
@@ -78,16 +88,21 @@ class ReconstructionReport:
     fidelity: dict  # held-out mean cosine of the embedding to the original's: sliced, reconstructed
     layers: list[LayerReport]
     wall_time_s: float
+    objective: str = "mlp"
+    attention: list[LayerReport] = field(default_factory=list)  # residual: the attention output projections
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
         """One line for the command line."""
+        name = self.mode if self.objective == "mlp" else f"{self.mode}, {self.objective} objective"
         if self.kept == "sliced":
-            return f"reconstruction ({self.mode}): returned plainly sliced ({self.fallback})"
+            return f"reconstruction ({name}): returned plainly sliced ({self.fallback})"
         refit = sum(r.status == "reconstructed" for r in self.layers)
-        return (f"reconstruction ({self.mode}): {refit}/{len(self.layers)} layers refit; held-out embedding cosine "
+        attention = sum(r.status == "reconstructed" for r in self.attention)
+        also = f" and {attention} attention output projections" if self.attention else ""
+        return (f"reconstruction ({name}): {refit}/{len(self.layers)} layers{also} refit; held-out embedding cosine "
                 f"to the original {self.fidelity['sliced']:.4f} (sliced) -> {self.fidelity['reconstructed']:.4f}")
 
     def provenance(self) -> dict:
@@ -109,6 +124,10 @@ class ReconstructionReport:
             },
             "criterion": self.criterion,
             "fidelity": self.fidelity,
+            **({} if self.objective == "mlp" else {
+                "objective": self.objective,
+                "attention_outputs_reconstructed": [r.layer for r in self.attention if r.status == "reconstructed"],
+            }),
         }
 
 
@@ -208,9 +227,91 @@ class _Refitter:
         return reports
 
     @torch.no_grad()
-    def install(self, index: int, version: Literal["sliced", "reconstructed"]) -> None:
+    def install(self, index: int, version: Literal["sliced", "reconstructed"], projection: str = "mlp") -> None:
         weight, bias = self.versions[index][version]
         target = output_projection(self.pruned, index)
+        target.weight.copy_(weight)
+        if bias is not None:
+            target.bias.copy_(bias)
+
+
+class _ResidualRefitter:
+    """``objective=residual``: walks the layers first to last and refits every residual-stream writer from
+    the first pruned MLP on (that MLP's output projection, every later attention and MLP output projection),
+    so the stream right after each writer matches the unpruned model's, given the pruned model's own inputs:
+    drift from upstream layers is absorbed instead of carried."""
+
+    def __init__(self, model: MlpStack, pruned: MlpStack, plan: PrunePlan, fit, heldout, config: ReconstructConfig,
+                 accelerator):
+        self.model, self.pruned, self.plan, self.config = model, pruned, plan, config
+        self.accelerator = accelerator
+        self.batches = [*fit, *heldout]
+        self.is_fit = [True] * len(fit) + [False] * len(heldout)
+        self.versions: dict[tuple[str, int], dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
+        self.attention: list[LayerReport] = []
+        self.tokens = (0, 0)
+
+    @torch.no_grad()
+    def run(self, progress: bool) -> list[LayerReport]:
+        originals: list[torch.Tensor | None] = [None] * len(self.batches)  # each batch's input, unpruned model
+        inputs: list[torch.Tensor | None] = [None] * len(self.batches)  # and in the pruned model
+        reports, drift = [], False
+        for index in tqdm(range(len(self.plan.kept)), desc="reconstruct (residual)", disable=not progress):
+            writers = self.pruned.adapter.residual_writers(self.pruned.layers[index])
+            targets, outputs = [], []
+            for batch, hidden in zip(self.batches, originals):  # the unpruned stream after every writer
+                output, records = run_block(self.model, index, batch, hidden, writers)
+                outputs.append(output)
+                targets.append([record["stream"] for record in records])
+            pruned_here = self.plan.widths[index] < self.plan.original_widths[index]
+            for position, writer in enumerate(writers):
+                kind = "mlp" if writer.projection is None else "attention"
+                drift = drift or (kind == "mlp" and pruned_here)
+                if drift:
+                    report = self.refit_writer(index, position, writer, kind, inputs, targets)
+                else:
+                    report = LayerReport(index, self.plan.widths[index], self.plan.original_widths[index], "sliced",
+                                         "keeps every neuron" if kind == "mlp" else "no pruned MLP before it",
+                                         None, None, None, projection=kind)
+                (reports if kind == "mlp" else self.attention).append(report)
+            inputs = [run_layer(self.pruned, index, b, h) for b, h in zip(self.batches, inputs)]
+            originals = outputs
+        return reports
+
+    def refit_writer(self, index: int, position: int, writer, kind: str, inputs: list, targets: list) -> LayerReport:
+        projection = writer_projection(self.pruned, index, writer)
+        statistics = WriterStatistics(projection.in_features, projection.out_features,
+                                      projection.weight.device, writer.normalized)
+        for batch, hidden, target, fit in zip(self.batches, inputs, targets, self.is_fit):
+            _, (record,) = run_block(self.pruned, index, batch, hidden, [writer])
+            scale = channel_scale(self.pruned, index, writer, record["stream"])
+            statistics.add(fit, batch, record["input"], target[position], record["stream"], scale)
+        result = refit_writer(projection, statistics, self.config.dampings, self.accelerator)
+        if self.tokens == (0, 0):
+            fit_gram, heldout_gram = statistics.reduced(self.accelerator)
+            self.tokens = (int(fit_gram[-1, -1]), int(heldout_gram[-1, -1]))
+        for note in result.notes:
+            logger.warning("reconstruct layer %d (%s output): %s", index, kind, note)
+        if result.delta is not None:
+            self.versions[kind, index] = {
+                "sliced": (projection.weight.detach().clone(),
+                           None if projection.bias is None else projection.bias.detach().clone()),
+                "reconstructed": corrected_writer(projection, result.delta),
+            }
+            self.install(index, "reconstructed", kind)
+        return LayerReport(
+            layer=index, width=self.plan.widths[index], original_width=self.plan.original_widths[index],
+            status="reconstructed" if result.delta is not None else "sliced", reason=result.reason,
+            damping=result.damping, error_sliced=result.error_sliced, error_reconstructed=result.error_refit,
+            damping_errors=result.damping_errors, notes=result.notes, projection=kind,
+        )
+
+    @torch.no_grad()
+    def install(self, index: int, version: Literal["sliced", "reconstructed"], projection: str = "mlp") -> None:
+        writers = self.pruned.adapter.residual_writers(self.pruned.layers[index])
+        writer = next(w for w in writers if (w.projection is None) == (projection == "mlp"))
+        weight, bias = self.versions[projection, index][version]
+        target = writer_projection(self.pruned, index, writer)
         target.weight.copy_(weight)
         if bias is not None:
             target.bias.copy_(bias)
@@ -224,7 +325,7 @@ def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, 
         return None
     for report in layers:
         if report.status == "reconstructed":
-            refitter.install(report.layer, "sliced")
+            refitter.install(report.layer, "sliced", report.projection)
             report.status, report.reason = "sliced", "whole-model fallback"
     return (f"held-out criterion {values['reconstructed']:.6g} is further from the original's "
             f"{values['original']:.6g} than plain slicing's {values['sliced']:.6g}")
@@ -241,7 +342,7 @@ def _revert_harmful_refits(refitter: _Refitter, layers: list[LayerReport], evalu
     for report in layers:
         if report.status != "reconstructed":
             continue
-        refitter.install(report.layer, "sliced")
+        refitter.install(report.layer, "sliced", report.projection)
         value = evaluate()
         if abs(value - original) < abs(values["reconstructed"] - original) - required:
             report.status = "sliced"
@@ -249,7 +350,7 @@ def _revert_harmful_refits(refitter: _Refitter, layers: list[LayerReport], evalu
                              f"{original:.6g} with this layer sliced than refit ({values['reconstructed']:.6g})")
             values["reconstructed"] = value
         else:
-            refitter.install(report.layer, "reconstructed")
+            refitter.install(report.layer, "reconstructed", report.projection)
 
 
 def _criterion_name(criterion) -> str:
@@ -293,6 +394,8 @@ def reconstruct_stack(
     model = stack.model
     config = config or ReconstructConfig(enabled=True)
     criterion = criterion or build_criterion(CriterionConfig())
+    if config.objective == "residual":
+        check_residual_writers(stack)
     fit, heldout = split_heldout(batches, config.heldout_fraction)
     pruned_stack = slice_stack(stack, plan, amp_pruning)
     pruned = pruned_stack.model
@@ -304,15 +407,19 @@ def reconstruct_stack(
         reference = _embeddings(stack, heldout)
         sliced_cosine = _mean_cosine(pruned_stack, heldout, reference, accelerator)
         values = {"original": evaluate(stack), "sliced": evaluate()}
-        refitter = _Refitter(stack, pruned_stack, plan, fit, heldout, config, accelerator)
+        refitter = (_ResidualRefitter if config.objective == "residual" else _Refitter)(
+            stack, pruned_stack, plan, fit, heldout, config, accelerator)
         layers = refitter.run(progress)
+        attention = getattr(refitter, "attention", [])
+        # stream order (a layer's attention output before its MLP's), for the end-to-end check's reverts
+        writers = sorted([*layers, *attention], key=lambda r: (r.layer, r.projection == "mlp"))
         values["reconstructed"] = values["all_layers_refit"] = evaluate() if refitter.versions else values["sliced"]
         fallback = None
         if refitter.versions and config.end_to_end_check:
-            fallback = _end_to_end_check(refitter, layers, evaluate, values, config.revert_margin)
+            fallback = _end_to_end_check(refitter, writers, evaluate, values, config.revert_margin)
             if fallback:
                 logger.warning("reconstruct: %s; returning the plainly sliced model", fallback)
-        if fallback is None and not any(report.status == "reconstructed" for report in layers):
+        if fallback is None and not any(report.status == "reconstructed" for report in writers):
             fallback = "no layer was refit (see the per-layer reasons)"
         kept = "sliced" if fallback else "reconstructed"
         if kept == "sliced":
@@ -326,7 +433,7 @@ def reconstruct_stack(
         tokens_fit=refitter.tokens[0], tokens_heldout=refitter.tokens[1],
         criterion={"name": _criterion_name(criterion), **values},
         fidelity={"sliced": sliced_cosine, "reconstructed": refit_cosine},  # the returned model's
-        layers=layers, wall_time_s=round(time.time() - started, 2),
+        layers=layers, wall_time_s=round(time.time() - started, 2), objective=config.objective, attention=attention,
     )
     pruned.config.amp_pruning["reconstruction"] = report.provenance()
     return pruned_stack, report
