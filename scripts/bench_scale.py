@@ -101,14 +101,16 @@ class Meter:
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 self.started = time.perf_counter()
+                self.cpu = time.process_time()
                 return self
 
             def __exit__(self, *exc):
                 import torch
 
                 seconds = time.perf_counter() - self.started
+                cpu = time.process_time() - self.cpu
                 status = _status()
-                row = {"phase": name, "time_s": round(seconds, 3), "start_rss_gb": round(self.start_rss, 4),
+                row = {"phase": name, "time_s": round(seconds, 3), "cpu_s": round(cpu, 3), "start_rss_gb": round(self.start_rss, 4),
                        "peak_rss_gb": round(status["VmHWM"], 4), "end_rss_gb": round(status["VmRSS"], 4),
                        "peak_is_phase_own": self.reset}
                 if torch.cuda.is_available():
@@ -471,7 +473,7 @@ def measured_phases(results: dict) -> list[dict]:
                                                     params if row["stage"] == "import" else None)
             allowed = 1.5 * weights + working + runtime
             flat.append({"shape": row["shape"], "stage": row["stage"], "phase": phase["phase"],
-                         "params": params, "time_s": phase["time_s"], "peak_rss_gb": phase["peak_rss_gb"],
+                         "params": params, "time_s": phase["time_s"], "cpu_s": phase.get("cpu_s"), "peak_rss_gb": phase["peak_rss_gb"],
                          "start_rss_gb": phase["start_rss_gb"], "cuda_peak_gb": phase.get("cuda_peak_gb"),
                          "allowed_gb": round(allowed, 3), "working_set_gb": round(working, 3),
                          "working_set": what, "within_goal": phase["peak_rss_gb"] <= allowed})
@@ -487,13 +489,16 @@ def report(results: dict, out: Path) -> None:
         rows = sorted((r for r in flat if r["phase"] == phase), key=lambda r: r["params"])
         fits[phase] = {"shapes": [r["shape"] for r in rows],
                        "time_exponent": fit_exponent([r["params"] for r in rows], [r["time_s"] for r in rows]),
+                       "cpu_time_exponent": fit_exponent([r["params"] for r in rows], [r["cpu_s"] or 0 for r in rows]),
                        "peak_rss_exponent": fit_exponent([r["params"] for r in rows], [r["peak_rss_gb"] for r in rows])}
     results["phases"] = flat
     results["fits"] = fits
     results["goals"] = {
         "every_phase_within_memory_goal": all(r["within_goal"] for r in flat) if flat else None,
         "score_time_exponent_le_1.1": _at_most(fits.get("score", {}).get("time_exponent"), 1.1),
+        "score_cpu_time_exponent_le_1.1": _at_most(fits.get("score", {}).get("cpu_time_exponent"), 1.1),
         "search_time_exponent_le_1.1": _at_most(fits.get("search", {}).get("time_exponent"), 1.1),
+        "search_cpu_time_exponent_le_1.1": _at_most(fits.get("search", {}).get("cpu_time_exponent"), 1.1),
     }
     write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     lines = [
@@ -504,20 +509,22 @@ def report(results: dict, out: Path) -> None:
         "*allowed* = 1.5 x fp32 weights of the phase's input model + its stated working set + the RSS of the "
         "interpreter with its libraries (the stage's RSS before it loads any model).",
         "",
-        "| shape | params | stage | phase | time (s) | RSS at start (GB) | peak RSS (GB) | allowed (GB) | within |",
-        "|---|---:|---|---|---:|---:|---:|---:|---|",
+        "| shape | params | stage | phase | wall (s) | CPU (s) | RSS at start (GB) | peak RSS (GB) | allowed (GB) | within |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for shape in order:
         for r in (r for r in flat if r["shape"] == shape):
             lines.append(f"| {shape} | {r['params'] / 1e6:.0f}M | {r['stage']} | {r['phase']} | {r['time_s']:.2f} | "
+                         f"{r['cpu_s'] or 0:.1f} | "
                          f"{r['start_rss_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['allowed_gb']:.2f} | "
                          f"{'yes' if r['within_goal'] else '**no**'} |")
     lines += ["", "Fitted exponents k of cost ∝ params^k (log-log least squares over the shapes measured):", "",
-              "| phase | shapes | time k | peak RSS k | working set counted |", "|---|---|---:|---:|---|"]
+              "| phase | shapes | wall time k | CPU time k | peak RSS k | working set counted |",
+              "|---|---|---:|---:|---:|---|"]
     for phase, fit in fits.items():
         what = next(r["working_set"] for r in flat if r["phase"] == phase)
         lines.append(f"| {phase} | {','.join(fit['shapes'])} | {_fmt(fit['time_exponent'])} | "
-                     f"{_fmt(fit['peak_rss_exponent'])} | {what} |")
+                     f"{_fmt(fit['cpu_time_exponent'])} | {_fmt(fit['peak_rss_exponent'])} | {what} |")
     lines += ["", "Goals: " + ", ".join(f"{k}: {v}" for k, v in results["goals"].items()), ""]
     checks = []
     for row in results["rows"]:
