@@ -9,6 +9,7 @@ in its own subprocess, chained through files in ``--work`` (base folder -> score
   setup          build the random tower, save it as a model folder (not a measured stage)
   score          Taylor scoring (forward + backward per batch)
   search         AMP's adaptive search with the layer-input cache
+  score_bf16     Taylor scoring under bf16 autocast (scoring.precision=bf16; scores not kept)
   search_nocache the same search with cache_gb=0 (every candidate a full pass); widths must agree
   search_bounded the same search with the cache bounded to ~1/3 of its full size (strided layer inputs)
   slice          slice the search's plan and save the pruned checkpoint (safetensors)
@@ -53,7 +54,7 @@ SHAPES = {
 }
 # in dependency order, the end-to-end chain first and the slow search variants last
 STAGES = ("setup", "score", "search", "slice", "reload", "export", "import_setup", "import", "reconstruct",
-          "search_nocache", "search_bounded")
+          "search_nocache", "search_bounded", "score_bf16")
 UNMEASURED = ("setup", "import_setup")  # they make the inputs of the measured stages
 IMAGE = 224
 GB = 2**30
@@ -167,16 +168,28 @@ def stage_setup(args, work: Path, meter: Meter) -> None:
     meter.extra["mlp_params"] = sum(p.numel() for n, p in model.named_parameters() if ".mlp." in n)
 
 
-def stage_score(args, work: Path, meter: Meter) -> None:
-    from amp_hf.selection import taylor_scores
+def stage_score(args, work: Path, meter: Meter, precision: str = "fp32") -> None:
+    from amp_hf.selection import NeuronScores, taylor_scores
 
     stack = _load_base(meter, work / "base")
     batches = image_batches(args.score_batches, args.batch_size, seed=1)
     criterion = _criterion()
-    with meter.phase("score"):
-        scores = taylor_scores(stack, batches, criterion)
-    scores.save(work / "scores")
+    with meter.phase("score" if precision == "fp32" else f"score_{precision}"):
+        scores = taylor_scores(stack, batches, criterion, precision=precision)
     meter.extra["samples"] = scores.num_samples
+    if precision == "fp32":
+        scores.save(work / "scores")
+    else:  # how closely the half-precision scores rank the neurons like the float32 ones
+        exact = NeuronScores.load(work / "scores")
+        ranks = [torch_spearman(a, b) for a, b in zip(exact.abs, scores.abs)]
+        meter.extra["spearman_to_fp32"] = {"min": round(min(ranks), 4), "mean": round(sum(ranks) / len(ranks), 4)}
+
+
+def torch_spearman(a, b) -> float:
+    import torch
+
+    ranks = [x.argsort().argsort().double() for x in (a, b)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])
 
 
 def _search(args, work: Path, meter: Meter, variant: str) -> None:
@@ -262,7 +275,9 @@ def stage_export(args, work: Path, meter: Meter) -> None:
     graph = next(iter(result.metadata["graphs"].values()))
     files = {p.name: p.stat().st_size for p in (work / "onnx").iterdir() if p.name.endswith((".onnx", ".data"))}
     meter.extra.update(files_gb={k: round(v / GB, 3) for k, v in files.items()}, external_data=graph["external_data"],
-                       validation={k: v for k, v in graph["validation"].items() if not isinstance(v, (dict, list))})
+                       validation={k: v for k, v in graph["validation"].items() if not isinstance(v, (dict, list))},
+                       onnxruntime_max_abs_diff={name: output["max_abs_diff"]
+                                                 for name, output in graph["validation"]["outputs"].items()})
 
 
 def dinov2_config(shape: str):
@@ -331,6 +346,7 @@ def stage_import(args, work: Path, meter: Meter) -> None:
 
 STAGE_FUNCTIONS = {
     "setup": stage_setup, "score": stage_score,
+    "score_bf16": lambda a, w, m: stage_score(a, w, m, "bf16"),
     "search": lambda a, w, m: _search(a, w, m, "search"),
     "search_nocache": lambda a, w, m: _search(a, w, m, "search_nocache"),
     "search_bounded": lambda a, w, m: _search(a, w, m, "search_bounded"),
@@ -394,6 +410,7 @@ def working_set_gb(shape: str, phase: str, settings: dict, params: int | None = 
     table = {
         "load": (0.0, weights, "the model itself (counted once, not at 1.5x)"),
         "score": (weights, backward, "activations autograd keeps for one batch"),
+        "score_bf16": (weights, backward, "activations autograd keeps for one batch (fp32 estimate)"),
         "search": (weights, cache + forward, "layer-input cache of every batch + one layer's transients"),
         "search_nocache": (weights, forward, "one layer's transients"),
         "search_bounded": (weights, cache / 3 + forward, "bounded cache (1/3) + one layer's transients"),
@@ -528,7 +545,8 @@ def report(results: dict, out: Path) -> None:
     lines += ["", "Goals: " + ", ".join(f"{k}: {v}" for k, v in results["goals"].items()), ""]
     checks = []
     for row in results["rows"]:
-        for key in ("same_plan_as_cached_search", "max_abs_diff", "external_data", "cached_layers", "summary"):
+        for key in ("same_plan_as_cached_search", "spearman_to_fp32", "max_abs_diff", "external_data", "onnxruntime_max_abs_diff",
+                    "files_gb", "cached_layers", "summary"):
             if key in row:
                 checks.append(f"- {row['shape']} {row['stage']}: {key} = {row[key]}")
         if "error" in row:
