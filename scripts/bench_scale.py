@@ -241,6 +241,7 @@ def stage_slice(args, work: Path, meter: Meter) -> None:
 def stage_reload(args, work: Path, meter: Meter) -> None:
     sys.modules["amp_hf"] = None  # the checkpoint must load with transformers alone: any amp_hf import fails
     import torch
+    import transformers.models.clip.modeling_clip  # noqa: F401 (what the checkpoint's modeling file imports)
     from transformers import AutoModel
 
     with meter.phase("reload"):
@@ -268,6 +269,12 @@ def stage_reconstruct(args, work: Path, meter: Meter) -> None:
 
 
 def stage_export(args, work: Path, meter: Meter) -> None:
+    import onnx  # noqa: F401 (the libraries count as the interpreter's, not as the phase's working set)
+    import onnxruntime  # noqa: F401
+    import torch.onnx  # noqa: F401
+
+    import export.exporter  # noqa: F401
+    import export.validation  # noqa: F401
     from export import ExportOptions, export_checkpoint
 
     with meter.phase("export_validate"):
@@ -405,15 +412,19 @@ def working_set_gb(shape: str, phase: str, settings: dict, params: int | None = 
     backward = layers * b * tokens * (12 * width + 2 * mlp + 2 * heads * tokens) * 4 / GB
     forward = b * tokens * (6 * width + 2 * mlp + 2 * heads * tokens) * 4 / GB  # one layer's transients, no grad
     cache = layers * settings["search_batches"] * b * tokens * width * 4 / GB
+    # the search installs sliced copies of the MLPs it has searched and keeps the originals to put back
+    sliced_mlps = layers * (2 * width + 1) * kept * 4 / GB
     gram = (mlp + 1) ** 2 * 8 / GB
     calibration = settings["calibration_batches"] * b * tokens * width * 4 / GB
     table = {
         "load": (0.0, weights, "the model itself (counted once, not at 1.5x)"),
         "score": (weights, backward, "activations autograd keeps for one batch"),
         "score_bf16": (weights, backward, "activations autograd keeps for one batch (fp32 estimate)"),
-        "search": (weights, cache + forward, "layer-input cache of every batch + one layer's transients"),
-        "search_nocache": (weights, forward, "one layer's transients"),
-        "search_bounded": (weights, cache / 3 + forward, "bounded cache (1/3) + one layer's transients"),
+        "search": (weights, cache + sliced_mlps + forward,
+                   "layer-input cache of every batch + the sliced MLP copies + one layer's transients"),
+        "search_nocache": (weights, sliced_mlps + forward, "the sliced MLP copies + one layer's transients"),
+        "search_bounded": (weights, cache / 3 + sliced_mlps + forward,
+                           "bounded cache (1/3) + the sliced MLP copies + one layer's transients"),
         "slice": (weights, pruned, "the pruned model it builds"),
         "save": (weights + pruned, 0.0, "nothing beyond both models"),
         "reload": (0.0, pruned, "the pruned model"),
@@ -490,7 +501,9 @@ def measured_phases(results: dict) -> list[dict]:
                                                     params if row["stage"] == "import" else None)
             allowed = 1.5 * weights + working + runtime
             flat.append({"shape": row["shape"], "stage": row["stage"], "phase": phase["phase"],
-                         "params": params, "time_s": phase["time_s"], "cpu_s": phase.get("cpu_s"), "peak_rss_gb": phase["peak_rss_gb"],
+                         "params": params, "time_s": phase["time_s"], "cpu_s": phase.get("cpu_s"),
+                         "evaluations": row.get("evaluations") if phase["phase"] == row["stage"] else None,
+                         "peak_rss_gb": phase["peak_rss_gb"],
                          "start_rss_gb": phase["start_rss_gb"], "cuda_peak_gb": phase.get("cuda_peak_gb"),
                          "allowed_gb": round(allowed, 3), "working_set_gb": round(working, 3),
                          "working_set": what, "within_goal": phase["peak_rss_gb"] <= allowed})
@@ -508,6 +521,15 @@ def report(results: dict, out: Path) -> None:
                        "time_exponent": fit_exponent([r["params"] for r in rows], [r["time_s"] for r in rows]),
                        "cpu_time_exponent": fit_exponent([r["params"] for r in rows], [r["cpu_s"] or 0 for r in rows]),
                        "peak_rss_exponent": fit_exponent([r["params"] for r in rows], [r["peak_rss_gb"] for r in rows])}
+    for phase in [p for p in phases if p.startswith("search")]:
+        # AMP's search evaluates every layer: evaluations grow with depth, each costs up to a full pass
+        rows = sorted((r for r in flat if r["phase"] == phase and r["evaluations"]), key=lambda r: r["params"])
+        xs = [r["params"] for r in rows]
+        fits[f"{phase} per evaluation"] = {
+            "shapes": [r["shape"] for r in rows],
+            "time_exponent": fit_exponent(xs, [r["time_s"] / r["evaluations"] for r in rows]),
+            "cpu_time_exponent": fit_exponent(xs, [(r["cpu_s"] or 0) / r["evaluations"] for r in rows]),
+            "peak_rss_exponent": None}
     results["phases"] = flat
     results["fits"] = fits
     results["goals"] = {
@@ -517,7 +539,6 @@ def report(results: dict, out: Path) -> None:
         "search_time_exponent_le_1.1": _at_most(fits.get("search", {}).get("time_exponent"), 1.1),
         "search_cpu_time_exponent_le_1.1": _at_most(fits.get("search", {}).get("cpu_time_exponent"), 1.1),
     }
-    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     lines = [
         "# Scale benchmark: stage cost against model size",
         "",
@@ -539,9 +560,20 @@ def report(results: dict, out: Path) -> None:
               "| phase | shapes | wall time k | CPU time k | peak RSS k | working set counted |",
               "|---|---|---:|---:|---:|---|"]
     for phase, fit in fits.items():
-        what = next(r["working_set"] for r in flat if r["phase"] == phase)
+        what = next((r["working_set"] for r in flat if r["phase"] == phase), "time / criterion evaluations")
         lines.append(f"| {phase} | {','.join(fit['shapes'])} | {_fmt(fit['time_exponent'])} | "
                      f"{_fmt(fit['cpu_time_exponent'])} | {_fmt(fit['peak_rss_exponent'])} | {what} |")
+    lines += ["", "Local exponent between the two largest shapes measured (less diluted by the small towers' fixed "
+              "costs):", ""]
+    for phase in fits:
+        rows = sorted((r for r in flat if r["phase"] == phase.replace(" per evaluation", "")), key=lambda r: r["params"])
+        if len(rows) >= 2 and not phase.endswith("per evaluation"):
+            a, b = rows[-2], rows[-1]
+            ratio = math.log(b["params"] / a["params"])
+            wall = math.log(b["time_s"] / a["time_s"]) / ratio
+            cpu = math.log((b["cpu_s"] or 1) / (a["cpu_s"] or 1)) / ratio
+            fits[phase]["two_largest"] = {"shapes": [a["shape"], b["shape"]], "wall": round(wall, 3), "cpu": round(cpu, 3)}
+            lines.append(f"- {phase} ({a['shape']} → {b['shape']}): wall k {wall:.2f}, CPU k {cpu:.2f}")
     lines += ["", "Goals: " + ", ".join(f"{k}: {v}" for k, v in results["goals"].items()), ""]
     checks = []
     for row in results["rows"]:
@@ -552,6 +584,7 @@ def report(results: dict, out: Path) -> None:
         if "error" in row:
             checks.append(f"- {row['shape']} {row['stage']}: FAILED ({row['error'].splitlines()[-1]})")
     lines += ["Checks:", "", *checks, ""]
+    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     write_atomic(out.with_suffix(".md"), "\n".join(lines))
     _plot(flat, fits, out.with_suffix(".png"))
 
@@ -571,7 +604,7 @@ def _plot(flat: list[dict], fits: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for phase in fits:
+    for phase in (p for p in fits if not p.endswith("per evaluation")):
         rows = sorted((r for r in flat if r["phase"] == phase), key=lambda r: r["params"])
         xs = [r["params"] for r in rows]
         label = f"{phase} (k={_fmt(fits[phase]['time_exponent'])})"
