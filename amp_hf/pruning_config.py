@@ -21,7 +21,7 @@ class ScoringConfig:
     data: DataConfig = field(default_factory=DataConfig)
     max_batches: int | None = None
     scores_path: str | None = None  # reuse scores saved by `amp-hf score` instead of recomputing
-    # autocast dtype of the Taylor passes: bf16 / fp16 about halve the activation memory (weights untouched)
+    # autocast dtype of the Taylor passes (half-precision matmuls; the weights are not copied)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self):

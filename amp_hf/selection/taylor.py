@@ -96,8 +96,8 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
     """Accumulate Taylor importances over ``loader`` (prepared with ``split_batches=True`` under accelerate).
 
     ``precision`` ``bf16`` / ``fp16`` runs the passes under autocast: the weights stay as they are (no second
-    copy), matmuls and the activations autograd keeps are half precision (about half the activation memory);
-    the products a·g and their sums stay float64.
+    copy), the matmuls run in half precision; the products a·g and their sums stay float64. (On CPU the measured
+    peak memory did not drop: docs/bench_scale.md.)
 
     The criterion's local value is weighted by local/global batch size, so the gradients equal those of the
     global-batch criterion whatever the number of processes (1-process and N-process scores agree).
