@@ -22,6 +22,10 @@ from .files.sentence_transformers_format import carry_sentence_transformers
 from .models import amp_layer_widths
 from .plan import PLAN_FILE, PrunePlan
 
+# Weights above this go into numbered safetensors shards with an index (transformers' own format, read by
+# from_pretrained alone): the Hub's recommended shard size, where transformers 5 would write one 50 GB file.
+MAX_SHARD_SIZE = "5GB"
+
 
 def _modeling_files(model: PreTrainedModel) -> list[Path]:
     module = sys.modules[type(model).__module__]
@@ -41,7 +45,7 @@ def write_config(model: PreTrainedModel, directory: str | os.PathLike) -> None:
 
 
 def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: PrunePlan | None = None, extras=(),
-                 carry_from: str | os.PathLike | None = None) -> None:
+                 carry_from: str | os.PathLike | None = None, max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
     """Write the checkpoint files into an existing folder (non-atomic; see ``save_pruned``).
 
     ``carry_from``: the folder the model came from (its base, or the pruned checkpoint it was trained from;
@@ -56,7 +60,7 @@ def write_pruned(model: PreTrainedModel, directory: str | os.PathLike, plan: Pru
         )
     directory = Path(directory)
     model.config.auto_map = families.auto_map_for(type(model.config), type(model))
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
     for source in _modeling_files(model):
         shutil.copy2(source, directory / source.name)
     if plan is not None:
@@ -81,16 +85,19 @@ def save_pruned(
     processor=None,
     overwrite: bool = False,
     carry_from: str | os.PathLike | None = None,
+    max_shard_size: int | str = MAX_SHARD_SIZE,
 ) -> Path:
     """Save a pruned model as a ``from_pretrained``-loadable folder, atomically.
 
     Writes config.json (amp_* model type, explicit ``per_layer_config``, ``amp_pruning``, ``auto_map``),
     model.safetensors, the flat modeling files, ``amp_plan.json`` (kept indices) when a plan is given, the
     processor / tokenizer files (``processor``'s when given, else those of ``carry_from``) and the
-    sentence-transformers modules of ``carry_from`` (see ``write_pruned``).
+    sentence-transformers modules of ``carry_from`` (see ``write_pruned``). Weights above ``max_shard_size`` are
+    written as ``model-0000i-of-0000n.safetensors`` shards with ``model.safetensors.index.json``.
     """
     with atomic_directory(path, overwrite=overwrite) as staging:
-        write_pruned(model, staging, plan, extras=[processor] if processor is not None else [], carry_from=carry_from)
+        write_pruned(model, staging, plan, extras=[processor] if processor is not None else [], carry_from=carry_from,
+                     max_shard_size=max_shard_size)
     return Path(path)
 
 

@@ -233,13 +233,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _load_tensors(path: Path):
+    """``torch.load`` memory-mapped (the file's tensors are read from the page cache on use, not copied into
+    memory first: a 1B-parameter file does not cost its size twice while importing); files in the legacy
+    (pre-zip) format cannot be mapped and are read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of an official ``.pth`` file, unwrapped from training wrappers (``model.`` / ``module.``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: pass the official .pth file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_tensors(path)
     except Exception as error:  # pickle errors of every kind: the file is not a plain tensor dict
         raise CheckpointError(f"{path} is not a PyTorch state-dict file ({type(error).__name__}: {error})") from error
     while isinstance(state, dict) and len(state) == 1 and next(iter(state)) in _NESTING_KEYS:

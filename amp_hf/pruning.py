@@ -114,7 +114,8 @@ def compute_scores(run: PruneRun) -> NeuronScores:
         return load_scores(config.scoring.scores_path, run.stack)
     # search.reconstruct searches DGMR's pick order: every neuron gets a rank, a width keeps a prefix
     inputs = ScoringInputs(run.stack, seed=config.seed, dgmr=config.dgmr, accelerator=run.accelerator,
-                           max_batches=config.scoring.max_batches, rank_all=config.search.reconstruct)
+                           max_batches=config.scoring.max_batches, rank_all=config.search.reconstruct,
+                           precision=config.scoring.precision)
     if run.method.needs_data:
         inputs.criterion = run.criterion
         inputs.loader = lambda: run.loader(config.scoring.data, shuffle=True)
@@ -123,6 +124,7 @@ def compute_scores(run: PruneRun) -> NeuronScores:
         scores.metadata.update(
             criterion=config.criterion.name, temperature=config.criterion.temperature,
             data=config.scoring.data.source, split=config.scoring.data.split, batch_size=config.scoring.data.batch_size,
+            precision=config.scoring.precision,
         )
     return scores
 

@@ -22,10 +22,14 @@ class ScoringConfig:
     data: DataConfig = field(default_factory=DataConfig)
     max_batches: int | None = None
     scores_path: str | None = None  # reuse scores saved by `amp-hf score` instead of recomputing
+    # autocast dtype of the Taylor passes (half-precision matmuls; the weights are not copied)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self):
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"scoring.max_batches must be >= 1 (or null for every batch); got {self.max_batches}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"scoring.precision must be fp32, bf16 or fp16; got {self.precision!r}")
 
 
 @dataclass

@@ -87,9 +87,17 @@ def _activation_capture(stack: MlpStack):
             parameter.requires_grad_(flag)
 
 
+# scoring.precision -> the autocast dtype of the forward and backward passes (None: the model's own dtype)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=None,
-                  max_batches: int | None = None) -> NeuronScores:
+                  max_batches: int | None = None, precision: str = "fp32") -> NeuronScores:
     """Accumulate Taylor importances over ``loader`` (prepared with ``split_batches=True`` under accelerate).
+
+    ``precision`` ``bf16`` / ``fp16`` runs the passes under autocast: the weights stay as they are (no second
+    copy), the matmuls run in half precision; the products a·g and their sums stay float64. (On CPU the measured
+    peak memory did not drop: docs/bench_scale.md.)
 
     The criterion's local value is weighted by local/global batch size, so the gradients equal those of the
     global-batch criterion whatever the number of processes (1-process and N-process scores agree).
@@ -106,13 +114,18 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
     was_training = model.training
     model.eval()
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"scoring precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
+    dtype = AUTOCAST_DTYPES[precision]
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     with _activation_capture(stack) as activations:
         for step, batch in enumerate(tqdm(loader, total=total, desc="Taylor scores", disable=not is_main)):
             if max_batches is not None and step >= max_batches:
                 break
             activations.clear()
             local = next(iter(batch.values())).shape[0]
-            loss = criterion(stack, batch) / world  # equal shards: local/global = 1/world
+            with autocast():
+                loss = criterion(stack, batch) / world  # equal shards: local/global = 1/world
             ordered = [activations[i] for i in range(len(widths))]
             grads = torch.autograd.grad(loss, ordered)
             for index, (a, g) in enumerate(zip(ordered, grads)):
