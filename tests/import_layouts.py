@@ -70,3 +70,16 @@ def mismatch_cases(state: dict, width_key: str, shape_key: str) -> dict:
         "MLP width": larger,
         "has shape": wrong_shape,
     }
+
+
+def assert_mismatches_fail_clearly(cases: dict, base, tmp_path, capsys) -> None:
+    """Each broken file of ``cases`` (expected message -> state dict) is refused with that message, one line, no
+    traceback, nothing written."""
+    import torch
+
+    for expected, broken in cases.items():
+        torch.save(broken, tmp_path / "bad.pth")
+        assert run_import(tmp_path / "bad.pth", base, tmp_path / "out") == 2
+        message = capsys.readouterr().err
+        assert expected in message and "Traceback" not in message, message
+        assert not (tmp_path / "out").exists()

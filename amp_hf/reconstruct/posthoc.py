@@ -171,8 +171,9 @@ def _mean_cosine(stack: MlpStack, batches, reference: list[torch.Tensor], accele
     return float(cosine[0] / cosine[1])
 
 
-class _Refitter:
-    """Walks the layers first to last, refitting ``pruned``'s output projections in place."""
+class _RefitWalk:
+    """What both objectives' walks hold: the two models, the fit and held-out batches, and both versions of
+    every refit projection (so the end-to-end check can swap them)."""
 
     def __init__(self, model: MlpStack, pruned: MlpStack, plan: PrunePlan, fit, heldout, config: ReconstructConfig,
                  accelerator):
@@ -180,9 +181,12 @@ class _Refitter:
         self.accelerator = accelerator
         self.batches = [*fit, *heldout]
         self.is_fit = [True] * len(fit) + [False] * len(heldout)
-        # Both versions of every refit layer's output projection, so the end-to-end check can swap them.
-        self.versions: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
+        self.versions: dict = {}
         self.tokens = (0, 0)
+
+
+class _Refitter(_RefitWalk):
+    """Walks the layers first to last, refitting ``pruned``'s output projections in place."""
 
     def grams(self, index: int, inputs: list) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Fit and held-out Gram matrices of layer ``index`` of the original model on ``inputs``, and the
@@ -235,21 +239,15 @@ class _Refitter:
             target.bias.copy_(bias)
 
 
-class _ResidualRefitter:
+class _ResidualRefitter(_RefitWalk):
     """``objective=residual``: walks the layers first to last and refits every residual-stream writer from
     the first pruned MLP on (that MLP's output projection, every later attention and MLP output projection),
     so the stream right after each writer matches the unpruned model's, given the pruned model's own inputs:
     drift from upstream layers is absorbed instead of carried."""
 
-    def __init__(self, model: MlpStack, pruned: MlpStack, plan: PrunePlan, fit, heldout, config: ReconstructConfig,
-                 accelerator):
-        self.model, self.pruned, self.plan, self.config = model, pruned, plan, config
-        self.accelerator = accelerator
-        self.batches = [*fit, *heldout]
-        self.is_fit = [True] * len(fit) + [False] * len(heldout)
-        self.versions: dict[tuple[str, int], dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
+    def __init__(self, *args):
+        super().__init__(*args)
         self.attention: list[LayerReport] = []
-        self.tokens = (0, 0)
 
     @torch.no_grad()
     def run(self, progress: bool) -> list[LayerReport]:
@@ -317,7 +315,7 @@ class _ResidualRefitter:
             target.bias.copy_(bias)
 
 
-def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict,
+def _end_to_end_check(refitter: _RefitWalk, layers: list[LayerReport], evaluate, values: dict,
                       margin: float) -> str | None:
     """Revert refits the criterion rejects (per layer, then whole model); return the whole-model fallback reason."""
     _revert_harmful_refits(refitter, layers, evaluate, values, margin)
@@ -331,7 +329,7 @@ def _end_to_end_check(refitter: _Refitter, layers: list[LayerReport], evaluate, 
             f"{values['original']:.6g} than plain slicing's {values['sliced']:.6g}")
 
 
-def _revert_harmful_refits(refitter: _Refitter, layers: list[LayerReport], evaluate, values: dict,
+def _revert_harmful_refits(refitter: _RefitWalk, layers: list[LayerReport], evaluate, values: dict,
                            margin: float) -> None:
     """Per-layer end-to-end check, first layer to last: a refit layer goes back to plain slicing when that
     brings the held-out criterion closer to the original's by more than ``margin`` x the sliced model's gap.
