@@ -117,7 +117,7 @@ class LoggingConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""  # the unpruned model (folder or cached Hub id)
+    teacher: str = ""  # the unpruned model: a folder, a Hub id (downloaded once) or an alias
     student: str = ""  # the pruned checkpoint (amp-hf format) to recover
     output: str = ""  # where the distilled pruned checkpoint is written (atomically)
     run_dir: str | None = None  # checkpoints and metrics; default: <output>.run

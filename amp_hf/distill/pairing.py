@@ -54,7 +54,7 @@ def _model_type(path: str) -> str | None:
 
 
 def load_teacher(name_or_path: str) -> PreTrainedModel:
-    """The unpruned teacher (a folder, a cached Hub id, or the embedded alias ``minilm``)."""
+    """The unpruned teacher (a folder, a Hub id — downloaded once — or the embedded alias ``minilm``)."""
     path = resolve_model_path(name_or_path)
     if Path(path).is_dir() and folder_family(path) is None and is_pruned_checkpoint(path):
         raise IncompatiblePairError(
