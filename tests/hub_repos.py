@@ -42,6 +42,18 @@ def write_hf_cache(hub_cache: Path, repo_id: str, files: dict[str, bytes], commi
     return commit
 
 
+def point_hub_client(monkeypatch, endpoint: str, hub_cache: Path) -> None:
+    """This process's huggingface_hub talking to ``endpoint`` with the cache ``hub_cache``, online (the test
+    runner sets HF_HUB_OFFLINE=1); the URL template is read from HF_ENDPOINT at import, like ENDPOINT."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+
+
 def hub_env(hf_home: Path, endpoint: str | None = None, offline: bool = False, token: str | None = None) -> dict:
     """The environment of a process that reads the Hub through ``hf_home`` (and ``endpoint``, when given)."""
     env = {key: value for key, value in os.environ.items()

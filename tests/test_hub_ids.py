@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_without_amp_hf
-from hub_repos import CLIP_ID, SENTENCE_ID, amp_hf_cli, folder_bytes, hub_env, write_hf_cache
+from hub_repos import CLIP_ID, SENTENCE_ID, amp_hf_cli, folder_bytes, hub_env, point_hub_client, write_hf_cache
 from hub_server import HubTestServer
 from huggingface_hub import constants
 from tiny_models import build, sample_inputs
@@ -49,11 +49,7 @@ def offline_cache(tmp_path, monkeypatch) -> Path:
 def hub(tmp_path, monkeypatch):
     """The loopback Hub test server, with this process's huggingface_hub pointed at it and an empty cache."""
     with HubTestServer(max_lifetime=300) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)  # both are read from HF_ENDPOINT at import
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the test runner sets HF_HUB_OFFLINE=1
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        point_hub_client(monkeypatch, server.url, tmp_path / "hub")
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield server
 
@@ -270,9 +266,7 @@ def test_a_private_repo_loads_with_its_owners_token(clip_folder, hub, tmp_path, 
 def test_an_unreachable_hub_is_not_called_a_corrupt_checkpoint(tmp_path, capsys, monkeypatch):
     with HubTestServer() as server:
         url = server.url
-    monkeypatch.setattr(constants, "ENDPOINT", url)  # nothing listens there any more
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    point_hub_client(monkeypatch, url, tmp_path / "hub")  # nothing listens there any more
     code, _, err = run(capsys, "stats", "nobody/anything")
     assert code == 2 and "could not reach the Hub" in err and "HF_HUB_OFFLINE=1" in err, err
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("timm")
 pytest.importorskip("open_clip")
 
-from hub_repos import OPEN_CLIP_ID, TIMM_ID, folder_bytes, write_hf_cache  # noqa: E402
+from hub_repos import OPEN_CLIP_ID, TIMM_ID, folder_bytes, point_hub_client, write_hf_cache  # noqa: E402
 from hub_server import HubTestServer  # noqa: E402
 from huggingface_hub import constants  # noqa: E402
 from tiny_open_clip import build_open_clip, save_open_clip_folder  # noqa: E402
@@ -84,11 +84,7 @@ def test_prune_by_id_over_http(family, timm_folder, open_clip_folder, tmp_path, 
     repo_id, _ = FAMILIES[family]
     folder = {"timm": timm_folder, "open_clip": open_clip_folder}[family]
     with HubTestServer(max_lifetime=300) as hub:
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # both are read from HF_ENDPOINT at import
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        point_hub_client(monkeypatch, hub.url, tmp_path / "hub")
         files = folder_bytes(folder)
         if family == "open_clip":
             files["open_clip_pytorch_model.bin"] = b"a pickle twin of the safetensors file"

@@ -52,7 +52,7 @@ def hub_reference(name_or_path: str | os.PathLike | None) -> tuple[str | None, s
     known = known_reference(name)
     if known is not None and known.repo_id:
         return known.repo_id, known.commit or known.revision
-    parsed = parse_hub_reference(name) if not os.path.exists(os.path.expanduser(name)) else None
+    parsed = parse_hub_reference(name)  # None for an existing path
     if parsed is not None:
         return parsed
     path = Path(os.path.expanduser(name))
