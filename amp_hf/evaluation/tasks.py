@@ -23,7 +23,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -33,7 +32,7 @@ from ..data import DataConfig, DataError, load_processor, make_loader, model_inp
 from ..families import UnsupportedModelError, get_adapter
 from ..files.aliases import EMBEDDED_HUB_IDS, embedded_model_path
 from ..files.eval_report import CAPTION_COLUMNS, EvalResult
-from ..files.model_reference import parse_hub_reference
+from ..files.model_reference import is_cached, parse_hub_reference
 from ..files.sentence_transformers_format import sentence_embedder
 from ..loading import resolve_model_path
 from .metrics import (
@@ -80,10 +79,8 @@ def default_teacher(model: nn.Module) -> str | None:
     if aliases and embedded_model_path(aliases[0], required=False):
         return base  # amp-hf's embedded copy of that Hub repo
     revision = provenance.get("base_model_revision")
-    cached = [try_to_load_from_cache(base, name, revision=revision) for name in ("config.json", "open_clip_config.json")]
-    if not any(isinstance(found, str) for found in cached):
-        return None
-    return f"{base}@{revision}" if revision else base  # the very commit the checkpoint was pruned from
+    reference = f"{base}@{revision}" if revision else base  # the very commit the checkpoint was pruned from
+    return reference if is_cached(reference) else None
 
 
 # -- feature extraction -------------------------------------------------------------------------------

@@ -153,6 +153,24 @@ def resolve_reference(reference: str | os.PathLike, *, token: str | None = None,
     return ModelReference(text, resolved.path, resolved.repo_id, resolved.revision, resolved.commit)
 
 
+def is_cached(reference: str) -> bool:
+    """Whether the Hub reference ``reference`` resolves from the local cache alone (no network): its snapshot is
+    there with what a load reads."""
+    parsed = parse_hub_reference(reference)
+    if parsed is None:
+        return False
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, revision = parsed
+    try:
+        snapshot_download(repo_id, revision=revision, local_files_only=True,
+                          allow_patterns=_cached_needed_files(repo_id, revision, files_to_download))
+    except LocalEntryNotFoundError:
+        return False
+    return True
+
+
 def resolve_model_path(reference: str | os.PathLike) -> str:
     """The local folder of ``reference`` (``resolve_reference(reference).path``)."""
     return resolve_reference(reference).path
