@@ -60,6 +60,12 @@ def run_layer(model: nn.Module | MlpStack, index: int, batch: dict, hidden: torc
     previous step; None = the embeddings, only right for layer 0). The pass stops after the layer.
     ``on_projection_input(h)`` sees the input of its MLP output projection.
     """
+    return layer_output(model, index, batch, hidden, on_projection_input)
+
+
+def layer_output(model: nn.Module | MlpStack, index: int, batch: dict, hidden: torch.Tensor | None = None,
+                 on_projection_input=None) -> torch.Tensor:
+    """``run_layer`` under the caller's grad mode (blockwise refinement differentiates through the layer)."""
     stack = resolve(model)
     layers = stack.layers
     layer, neuron_map = stack.mlps()[index]

@@ -1,7 +1,8 @@
 """Training-free recovery of a pruned model's MLP output projections: ``config`` (the ``reconstruct:`` section),
 ``gram`` (streamed Gram matrices and the damped least-squares solve), ``layers`` (what both uses share: layer
 statistics, held-out split), ``posthoc`` (``reconstruct``: refit every layer after slicing), ``residual`` (the
-residual-stream objective's per-writer statistics) and ``in_search`` (``SearchRefit``: the refit inside AMP's
+residual-stream objective's per-writer statistics), ``blockwise`` (``mode: blockwise``: Adam refinement per
+block after the closed form) and ``in_search`` (``SearchRefit``: the refit inside AMP's
 width search).
 
 The package face is lazy (``amp_hf._lazy``): ``ReconstructConfig`` imports no torch.

@@ -13,7 +13,9 @@ class ReconstructConfig:
     """The ``reconstruct:`` section of a prune config."""
 
     enabled: bool = False
-    mode: Literal["sequential", "independent"] = "sequential"
+    # sequential: each layer refit on the pruned prefix's activations; independent: on the original's;
+    # blockwise: sequential, then per block a few Adam steps on the cached inputs (``blockwise``)
+    mode: Literal["sequential", "independent", "blockwise"] = "sequential"
     # mlp: each pruned MLP's output projection reproduces its own full output; residual: every linear writing
     # into the residual stream from the first pruned MLP on (MLP and attention output projections) is refit
     # so the stream after it matches the unpruned model's, given the pruned model's inputs (sequential only)
@@ -27,6 +29,11 @@ class ReconstructConfig:
     # A per-layer revert must close at least this share of the sliced model's criterion gap to the original:
     # smaller changes are within the noise of a few held-out batches.
     revert_margin: float = 0.05
+    # mode=blockwise: Adam steps per block (one calibration batch each, in turn), its learning rate, and how
+    # often the held-out error is checked (the block keeps its best checked parameters)
+    blockwise_steps: int = 60
+    blockwise_lr: float = 1e-3
+    blockwise_eval_every: int = 10
 
     def __post_init__(self):
         if not 0 < self.heldout_fraction < 1:
@@ -42,6 +49,11 @@ class ReconstructConfig:
                              "drop reconstruct.mode=independent (or use reconstruct.objective=mlp)")
         if self.revert_margin < 0:
             raise ValueError("reconstruct.revert_margin must be >= 0 (a share of the criterion gap, e.g. 0.05)")
+        if self.blockwise_steps < 1 or self.blockwise_eval_every < 1:
+            raise ValueError("reconstruct.blockwise_steps and reconstruct.blockwise_eval_every must be >= 1 "
+                             "(e.g. 60 and 10)")
+        if not self.blockwise_lr > 0:
+            raise ValueError("reconstruct.blockwise_lr must be > 0 (an Adam learning rate, e.g. 0.001)")
         if self.num_samples is not None and self.num_samples < 1:
             raise ValueError("reconstruct.num_samples must be >= 1 (or null for the data config's)")
 

@@ -8,7 +8,9 @@ injected: ``layer_stack.run_layer``), so one pass per layer suffices:
 * ``independent``: every layer sees the original network's activations;
 * ``sequential``: every layer sees the activations of the already pruned and refit prefix (the inputs it will
   actually get), and is fit to reproduce its full MLP on them, so the fit is not made on inputs that no
-  longer occur.
+  longer occur;
+* ``blockwise``: ``sequential``, then a few label-free Adam steps per block (``blockwise``), kept only when
+  the end-to-end criterion agrees.
 
 Guard rails: the calibration batches are split into fit and held-out batches; the damping is chosen per layer
 by held-out error, and a layer whose held-out error would not drop stays plainly sliced. Then the end-to-end
@@ -38,6 +40,7 @@ from ..layer_stack import run_layer
 from ..plan import PrunePlan
 from ..selection import CRITERIA, CriterionConfig, CriterionEvaluator, build_criterion
 from ..slicing import slice_stack
+from .blockwise import BlockwiseRefiner, RefinementReport
 from .config import ReconstructConfig
 from .gram import refit_output_projection
 from .layers import (
@@ -90,6 +93,7 @@ class ReconstructionReport:
     wall_time_s: float
     objective: str = "mlp"
     attention: list[LayerReport] = field(default_factory=list)  # residual: the attention output projections
+    refinement: RefinementReport | None = None  # mode=blockwise
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +101,15 @@ class ReconstructionReport:
     def summary(self) -> str:
         """One line for the command line."""
         name = self.mode if self.objective == "mlp" else f"{self.mode}, {self.objective} objective"
+        refined = self.refinement is not None and self.refinement.kept
+        if self.refinement is not None:
+            blocks = self.refinement.blocks
+            moved = sum(b.best_step > 0 for b in blocks)
+            also = (f"{moved}/{len(blocks)} blocks refined" if refined
+                    else f"refinement reverted ({self.refinement.fallback})")
+            return (f"reconstruction ({name}): closed form {self.fidelity['closed_form']:.4f}, {also}; held-out "
+                    f"embedding cosine to the original {self.fidelity['sliced']:.4f} (sliced) -> "
+                    f"{self.fidelity['reconstructed']:.4f}")
         if self.kept == "sliced":
             return f"reconstruction ({name}): returned plainly sliced ({self.fallback})"
         refit = sum(r.status == "reconstructed" for r in self.layers)
@@ -128,6 +141,13 @@ class ReconstructionReport:
                 "objective": self.objective,
                 "attention_outputs_reconstructed": [r.layer for r in self.attention if r.status == "reconstructed"],
             }),
+            **({} if self.refinement is None else {"refinement": {
+                "steps": self.refinement.steps, "lr": self.refinement.lr, "kept": self.refinement.kept,
+                "fallback": self.refinement.fallback,
+                "blocks": {str(b.layer): {"best_step": b.best_step, "heldout_error": [b.error_start, b.error_refined]}
+                           for b in self.refinement.blocks},
+                "wall_time_s": self.refinement.wall_time_s,
+            }}),
         }
 
 
@@ -225,7 +245,7 @@ class _Refitter(_RefitWalk):
             if index == 0:
                 self.tokens = (int(gram_fit[-1, -1]), int(gram_heldout[-1, -1]))
             reports.append(self.refit_layer(index, gram_fit, gram_heldout))
-            if self.config.mode == "sequential":
+            if self.config.mode != "independent":  # sequential, blockwise
                 outputs = [run_layer(self.pruned, index, b, h) for b, h in zip(self.batches, inputs)]
             inputs = outputs
         return reports
@@ -423,6 +443,24 @@ def reconstruct_stack(
         if kept == "sliced":
             values["reconstructed"] = values["sliced"]
         refit_cosine = _mean_cosine(pruned_stack, heldout, reference, accelerator) if kept != "sliced" else sliced_cosine
+        fidelity = {"sliced": sliced_cosine, "reconstructed": refit_cosine}  # the returned model's
+        refinement = None
+        if config.mode == "blockwise":
+            refiner = BlockwiseRefiner(stack, pruned_stack, plan, fit, heldout, config, accelerator)
+            refinement = refiner.run(progress)
+            values["closed_form"], fidelity["closed_form"] = values["reconstructed"], refit_cosine
+            refined = evaluate()
+            original = values["original"]
+            if not config.end_to_end_check or abs(refined - original) <= abs(values["closed_form"] - original):
+                values["reconstructed"] = refined
+                fidelity["reconstructed"] = _mean_cosine(pruned_stack, heldout, reference, accelerator)
+                kept = "reconstructed"
+            else:
+                refiner.restore()
+                refinement.kept = False
+                refinement.fallback = (f"held-out criterion {refined:.6g} is further from the original's "
+                                       f"{original:.6g} than the closed form's {values['closed_form']:.6g}")
+                logger.warning("reconstruct: blockwise refinement reverted: %s", refinement.fallback)
     counts = [sum(len(next(iter(model_inputs(b).values()))) for b in part) for part in (fit, heldout)]
     samples = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=next(model.parameters()).device), accelerator)
     report = ReconstructionReport(
@@ -430,8 +468,8 @@ def reconstruct_stack(
         samples_fit=int(samples[0]), samples_heldout=int(samples[1]),
         tokens_fit=refitter.tokens[0], tokens_heldout=refitter.tokens[1],
         criterion={"name": _criterion_name(criterion), **values},
-        fidelity={"sliced": sliced_cosine, "reconstructed": refit_cosine},  # the returned model's
-        layers=layers, wall_time_s=round(time.time() - started, 2), objective=config.objective, attention=attention,
+        fidelity=fidelity, layers=layers, wall_time_s=round(time.time() - started, 2), objective=config.objective,
+        attention=attention, refinement=refinement,
     )
     pruned.config.amp_pruning["reconstruction"] = report.provenance()
     return pruned_stack, report
