@@ -24,6 +24,8 @@ Each plan is evaluated as
   reconstructed-residual  the same with reconstruct.objective=residual (every residual-stream writer from the
                  first pruned MLP on refit to the unpruned stream), with --objectives residual (or mlp,residual);
                  for amp-refit it starts from the searched widths plainly sliced
+  reconstructed-blockwise  the per-MLP closed form then reconstruct.mode=blockwise (Adam steps per block to
+                 the unpruned block outputs), with --objectives blockwise
   distilled      `amp-hf distill` (a subprocess, as a user runs it) from the sliced checkpoint, at the
                  --distill-targets only (default 40%); --no-distill skips it
 Also, with --search-cost: one plain and one reconstruction-aware adaptive search at the same ΔE, side by
@@ -245,13 +247,16 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
                 if objective == "mlp" and method == "amp-refit" and widths_from is not None:
                     continue  # its reconstructed row is the searched model, not a refit of the slice
                 started = time.time()
-                rebuilt, report = reconstruct(model, plan, scoring, ReconstructConfig(enabled=True, objective=objective),
+                # "blockwise": the per-MLP closed form, then reconstruct.mode=blockwise's Adam steps per block
+                recipe = {"objective": "mlp", "mode": "blockwise"} if objective == "blockwise" else {"objective": objective}
+                rebuilt, report = reconstruct(model, plan, scoring, ReconstructConfig(enabled=True, **recipe),
                                               criterion=criterion)
                 variant = "reconstructed" if objective == "mlp" else f"reconstructed-{objective}"
                 provenance = report.provenance()
                 rows.append({**common, "variant": variant, "seconds": round(time.time() - started, 1),
                              "refit_layers": provenance["layers_reconstructed"], "kept": report.kept,
                              "attention_refit": provenance.get("attention_outputs_reconstructed"),
+                             "refinement_kept": (provenance.get("refinement") or {}).get("kept"),
                              **judge(rebuilt.eval())})
                 if objective == "mlp" and method == setup["distill_steps_method"]:
                     starts["sliced", target], starts["reconstructed", target] = (sliced, plan), (rebuilt.eval(), plan)
@@ -330,13 +335,16 @@ def model_section(block: dict) -> list[str]:
     targets = sorted({r["target"] for r in rows})
     methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: METHOD_ORDER.index(m)
                      if m in METHOD_ORDER else len(METHOD_ORDER))
-    variants = [v for v in ("sliced", "reconstructed", "reconstructed-residual") if any(r["variant"] == v for r in rows)]
+    variants = [v for v in ("sliced", "reconstructed", "reconstructed-residual", "reconstructed-blockwise")
+                if any(r["variant"] == v for r in rows)]
     lines = [f"## {block['model']}", "",
              "Unpruned: " + ", ".join(f"{k} {_pct(v)}%" for k, v in teacher.items() if k != "cosine") + ".", ""]
     for variant in variants:
         title = {"sliced": "No fine-tuning, plain slicing", "reconstructed": "No fine-tuning, with reconstruction",
                  "reconstructed-residual": "No fine-tuning, with residual-stream reconstruction "
-                                           "(reconstruct.objective=residual)"}
+                                           "(reconstruct.objective=residual)",
+                 "reconstructed-blockwise": "No fine-tuning, per-MLP closed form + blockwise Adam refinement "
+                                            "(reconstruct.mode=blockwise)"}
         lines += [f"### {title[variant]}", "",
                   "| method | " + " | ".join(f"{m} @ {t:.0%}" for t in targets for m in metrics) + " |",
                   "|---|" + "---|" * (len(targets) * len(metrics))]
@@ -490,8 +498,9 @@ def main():
     parser.add_argument("--no-distill", dest="distill", action="store_false", help="skip the distilled rows")
     parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
                         help="skip the reconstructed rows")
-    parser.add_argument("--objectives", default="mlp",
-                        help="comma list of reconstruct.objective values for the reconstructed rows: mlp, residual")
+    parser.add_argument("--objectives", default="mlp",  # also "blockwise": mode=blockwise after the mlp closed form
+                        help="comma list of recipes for the reconstructed rows: mlp, residual (reconstruct.objective), "
+                             "blockwise (mlp + reconstruct.mode=blockwise)")
     parser.add_argument("--widths-from", help="a benchmarks.json whose sliced rows give the widths (no search)")
     parser.add_argument("--quick", action="store_true", help="few samples (smoke run)")
     parser.add_argument("--methods", help="comma list: run only these methods (e.g. amp,amp-refit)")
