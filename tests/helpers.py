@@ -226,3 +226,42 @@ def assert_sentence_transformers_onnx_layout_matches(checkpoint: Path, data, ato
             features = module(features)
         embeddings.append(features["sentence_embedding"])
     torch.testing.assert_close(torch.cat(embeddings), amp_hf_embeddings(checkpoint, data), atol=atol, rtol=0)
+
+
+def block_outputs(model, batches) -> list[list]:
+    """Per layer, per batch: the layer's output (padding tokens dropped)."""
+    import torch
+
+    import amp_hf
+
+    stack = amp_hf.resolve(model)
+    outputs: list[list] = [[] for _ in stack.layers]
+    for batch in batches:
+        mask = batch.get("attention_mask")
+        handles = [layer.register_forward_hook(
+            lambda module, args, output, index=index, mask=mask: outputs[index].append(
+                (output[0] if isinstance(output, tuple) else output)[mask.bool()] if mask is not None else
+                (output[0] if isinstance(output, tuple) else output)))
+            for index, layer in enumerate(stack.layers)]  # fmt: skip
+        with torch.no_grad():
+            stack.backbone(**batch)
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def objective_block_errors(model, plan, batches, fresh, objectives=("mlp", "residual")):
+    """Reconstruct ``plan`` once per objective (no end-to-end fallback) on ``batches``; per objective, per layer:
+    the summed squared error of the layer's outputs to the unpruned model's on ``fresh`` batches. Also returns the
+    last objective's model and report."""
+    from amp_hf.reconstruct import ReconstructConfig, reconstruct
+
+    unpruned = block_outputs(model, fresh)
+    errors = {}
+    for objective in objectives:
+        pruned, report = reconstruct(model, plan, batches,
+                                     ReconstructConfig(enabled=True, end_to_end_check=False, objective=objective))
+        assert report.objective == objective and report.kept == "reconstructed"
+        errors[objective] = [sum(float(((mine - theirs) ** 2).sum()) for mine, theirs in zip(layer, reference))
+                             for layer, reference in zip(block_outputs(pruned, fresh), unpruned)]
+    return errors, pruned, report

@@ -421,3 +421,58 @@ def test_ce_criterion_reads_the_timm_classifier_head():
     with torch.no_grad():
         expected = F.cross_entropy(model.timm_model(batch["pixel_values"]), batch["labels"])
         torch.testing.assert_close(criterion(amp_hf.resolve(model), batch), expected)
+
+
+# -- reconstruct.objective=residual: where timm's blocks write into the residual stream --------------------------
+
+
+def half_magnitude_plan(model) -> amp_hf.PrunePlan:
+    from amp_hf.selection import magnitude_scores
+
+    widths = [w // 2 for w in amp_hf.get_adapter(model).widths(model)]
+    return amp_hf.PrunePlan.from_scores(magnitude_scores(model), widths, "magnitude", {})
+
+
+def pixel_batches(count: int, first_seed: int = 0) -> list[dict]:
+    return [{"pixel_values": sample_pixels(batch_size=8, seed=seed)} for seed in range(first_seed, first_seed + count)]
+
+
+def eva02_with_layer_scale():
+    """EvaBlock with init_values: LayerScale as the gamma_1 / gamma_2 parameters (not modules)."""
+    torch.manual_seed(0)
+    args = {**SIZE, "init_values": 0.5}
+    return wrap_timm(timm.create_model("eva02_tiny_patch14_224", pretrained=False, **args).eval(), model_args=args)
+
+
+@pytest.mark.parametrize("case, scale", [("vit_mlp", "ls1"), ("vit_registers", "ls1"), ("eva02_swiglu_norm", None),
+                                         ("eva02_layer_scale", "gamma_1")])  # fmt: skip
+def test_residual_objective_refits_timm_attention_and_mlp_outputs(case, scale):
+    model = eva02_with_layer_scale() if case == "eva02_layer_scale" else wrap_timm(build_timm(case), model_args=SIZE)
+    from helpers import objective_block_errors
+
+    layer = amp_hf.resolve(model).layers[1]
+    attention, mlp = amp_hf.get_adapter(model).residual_writers(layer)
+    assert (attention.projection, attention.stream, attention.scale) == ("attn.proj", "norm2", scale)
+    assert mlp.projection is None and (mlp.scale is None) == (scale is None)
+    # 24 batches of 8: with fewer tokens per fit the held-out damping choice keeps the tiny blocks near their start
+    errors, pruned, report = objective_block_errors(model, half_magnitude_plan(model), pixel_batches(24),
+                                                    pixel_batches(3, first_seed=100))
+    if case == "eva02_swiglu_norm":
+        # the inner LayerNorm over the hidden width renormalises the kept neurons: the per-MLP objective fits on the
+        # unpruned activations' subset, the residual one on what the pruned fc2 really reads, so it is closer
+        assert errors["residual"][0] < errors["mlp"][0], errors
+    else:  # nothing pruned upstream of layer 0: both objectives fit the same target on the same inputs
+        assert errors["residual"][0] == pytest.approx(errors["mlp"][0], rel=1e-3)
+    assert errors["residual"][1] < 0.98 * errors["mlp"][1], errors  # block 1 absorbs block 0's drift
+    assert report.attention[0].reason == "no pruned MLP before it"
+    assert report.attention[1].error_sliced is not None  # layer 1's attention output was fit (kept if it helped)
+
+
+def test_residual_objective_is_refused_for_timm_post_norm_blocks():
+    from amp_hf.errors import ConfigError
+    from amp_hf.reconstruct import ReconstructConfig, reconstruct
+
+    model = wrap_timm(build_timm("eva02_post_norm"), model_args=SIZE)
+    with pytest.raises(ConfigError, match=r"layout that fits layer 0 \(EvaBlockPostNorm\)"):
+        reconstruct(model, half_magnitude_plan(model), pixel_batches(2),
+                    ReconstructConfig(enabled=True, objective="residual"))

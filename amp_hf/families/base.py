@@ -79,28 +79,54 @@ class ResidualWriter:
 
     ``projection``: its path in the layer (None: the MLP's output projection, the neuron map's ``columns``).
     ``stream``: the module whose input is the stream right after that addition (post-norm layers: the sum
-    before the norm); None: the layer's output. ``scale``: a module that multiplies the projection's output
-    channel-wise before the addition (LayerScale), if any. ``normalized``: ``stream`` is a per-token norm
-    (a post-norm layer's LayerNorm), so a token's error counts as that norm's output sees it: divided by the
-    token's standard deviation over channels.
+    before the norm); None: the layer's output. ``scale``: what multiplies the projection's output
+    channel-wise before the addition (LayerScale), if any: a module (applied to ones) or a parameter (timm
+    ``EvaBlock.gamma_1``); the layout does not fit a layer where it is None. ``normalized``: ``stream`` is a
+    per-token norm (a post-norm layer's LayerNorm), so a token's error counts as that norm's output sees it:
+    divided by the token's standard deviation over channels. ``layer_types``: the layer classes (by name) the
+    writer applies to, () any; ``identities``: modules between the projection and the addition that must be
+    ``nn.Identity`` for the write to stay linear (open_clip's optional ``ln_attn``).
     """
 
     projection: str | None
     stream: str | None
     scale: str | None = None
     normalized: bool = False
+    layer_types: tuple[str, ...] = ()
+    identities: tuple[str, ...] = ()
 
     def matches(self, layer: nn.Module) -> bool:
+        if self.layer_types and type(layer).__name__ not in self.layer_types:
+            return False
         if self.projection is not None and not isinstance(_submodule(layer, self.projection), nn.Linear):
             return False
-        return all(_submodule(layer, path) is not None for path in (self.stream, self.scale) if path is not None)
+        if not all(isinstance(_submodule(layer, path), nn.Identity) for path in self.identities):
+            return False
+        if self.scale is not None and self.scale_of(layer) is None:
+            return False
+        return self.stream is None or _submodule(layer, self.stream) is not None
+
+    def scale_of(self, layer: nn.Module) -> nn.Module | torch.Tensor | None:
+        """The writer's LayerScale in ``layer``: a module, a tensor, or None (no scale, or absent)."""
+        if self.scale is None:
+            return None
+        scale = layer_attribute(layer, self.scale)
+        return scale if isinstance(scale, (nn.Module, torch.Tensor)) else None
+
+
+def layer_attribute(layer: nn.Module, path: str) -> nn.Module | torch.Tensor | None:
+    """The module, parameter or buffer at dotted ``path`` in ``layer`` (None where absent or set to None)."""
+    value = layer
+    for part in path.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
 
 
 def _submodule(layer: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return layer.get_submodule(path)
-    except AttributeError:
-        return None
+    value = layer_attribute(layer, path)
+    return value if isinstance(value, nn.Module) else None
 
 
 @dataclass(frozen=True)

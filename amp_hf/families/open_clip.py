@@ -28,8 +28,9 @@ from ..models.modeling_amp_open_clip import (
     OpenCLIPProcessor,
     OpenCLIPVisionTower,
 )
-from .base import FamilyAdapter, ModelClass
+from .base import FamilyAdapter, ModelClass, ResidualWriter
 from .io_spec import open_clip_spec
+from .timm import TIMM_RESIDUAL_LAYOUTS
 
 _OPEN_CLIP_HUB = "hf-hub:"  # how open_clip names a Hub model: hf-hub:org/name
 OPEN_CLIP_WEIGHT_FILES = (
@@ -186,6 +187,21 @@ class OpenCLIPFamilyAdapter(FamilyAdapter):
         )
 
 
+# Where open_clip's blocks write into the residual stream (``reconstruct.objective=residual``): x + ls_1(attention),
+# then x + ls_2(mlp(ln_2(x))). ResidualAttentionBlock's nn.MultiheadAttention applies out_proj inside
+# F.multi_head_attention_forward, not as a module call, so its input cannot be recorded: only the MLP output is
+# refit there (it still absorbs the drift of everything upstream). CustomResidualAttentionBlock calls its
+# out_proj, which is linear into the stream unless scale_attn puts ln_attn after it. timm trunks (EVA02): timm's.
+OPEN_CLIP_RESIDUAL_LAYOUTS: tuple[tuple[ResidualWriter, ...], ...] = (
+    (ResidualWriter(None, None, "ls_2", layer_types=("ResidualAttentionBlock",)),),
+    (ResidualWriter("attn.out_proj", "ln_2", "ls_1", layer_types=("CustomResidualAttentionBlock",),
+                    identities=("ln_attn",)),
+     ResidualWriter(None, None, "ls_2", layer_types=("CustomResidualAttentionBlock",))),
+    (ResidualWriter(None, None, "ls_2", layer_types=("CustomResidualAttentionBlock",)),),
+    *TIMM_RESIDUAL_LAYOUTS,
+)
+
+
 OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     name="open_clip",
     backbone_class=OpenCLIPVisionTower,
@@ -196,6 +212,7 @@ OPEN_CLIP_ADAPTER = OpenCLIPFamilyAdapter(
     image_text=True,
     processor_in_config=True,
     summary="cls",  # open_clip image sequences start with the class token
+    residual_layouts=OPEN_CLIP_RESIDUAL_LAYOUTS,
     notes="open_clip CLIP / CustomTextCLIP (native or timm-trunk image tower) through the amp_open_clip wrapper; "
     "image tower pruned, text tower untouched; embedding: the pooled image feature before the projection",
 )

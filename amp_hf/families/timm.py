@@ -39,7 +39,7 @@ from ..models.modeling_amp_timm_wrapper import (
     timm_blocks,
     timm_image_size,
 )
-from .base import FamilyAdapter, ModelClass
+from .base import FamilyAdapter, ModelClass, ResidualWriter
 from .io_spec import POOLED, backbone_spec, classifier_spec
 
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -228,6 +228,21 @@ class TimmFamilyAdapter(FamilyAdapter):
         )
 
 
+# Where timm's pre-norm blocks write into the residual stream (``reconstruct.objective=residual``):
+# Block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))) (ls: LayerScale, or Identity without
+# init_values); EvaBlock: the same with optional gamma_1 / gamma_2 parameters. The post-norm blocks (ResPostBlock,
+# EvaBlockPostNorm: x + norm1(attn(x))) normalise a writer's output before the addition, which no linear correction
+# of it can follow: no layout, so the residual objective is refused there.
+TIMM_RESIDUAL_LAYOUTS: tuple[tuple[ResidualWriter, ...], ...] = (
+    (ResidualWriter("attn.proj", "norm2", "ls1", layer_types=("Block",)),
+     ResidualWriter(None, None, "ls2", layer_types=("Block",))),
+    (ResidualWriter("attn.proj", "norm2", "gamma_1", layer_types=("EvaBlock",)),
+     ResidualWriter(None, None, "gamma_2", layer_types=("EvaBlock",))),
+    (ResidualWriter("attn.proj", "norm2", layer_types=("EvaBlock",)),  # without init_values: no gamma
+     ResidualWriter(None, None, layer_types=("EvaBlock",))),
+)
+
+
 def _pooled(outputs, batch) -> torch.Tensor:
     return outputs.pooler_output
 
@@ -241,6 +256,7 @@ TIMM_ADAPTER = TimmFamilyAdapter(
     ),
     modality="image",
     pool=_pooled,
+    residual_layouts=TIMM_RESIDUAL_LAYOUTS,
     processor_in_config=True,  # TimmWrapperImageProcessor reads pretrained_cfg from config.json
     # distillation compared the token mean before the family facts moved onto the adapter (timm's pre-logits
     # feature is the CLS token or the token average, depending on the model's global_pool)

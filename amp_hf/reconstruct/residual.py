@@ -65,12 +65,14 @@ def run_block(stack: MlpStack, index: int, batch: dict, hidden: torch.Tensor | N
 
 
 def channel_scale(stack: MlpStack, index: int, writer: ResidualWriter, like: torch.Tensor) -> torch.Tensor | None:
-    """γ of the writer's LayerScale (its module applied to ones), or None."""
+    """γ of the writer's LayerScale (its module applied to ones, or the parameter itself), or None."""
     if writer.scale is None:
         return None
-    module = stack.layers[index].get_submodule(writer.scale)
+    scale = writer.scale_of(stack.layers[index])
     with torch.no_grad():
-        return module(torch.ones(like.shape[-1], dtype=like.dtype, device=like.device))
+        if isinstance(scale, torch.Tensor):
+            return scale.detach().to(like.device, like.dtype).expand(like.shape[-1])
+        return scale(torch.ones(like.shape[-1], dtype=like.dtype, device=like.device))
 
 
 class WriterStatistics:
