@@ -26,6 +26,8 @@ Each plan is evaluated as
                  for amp-refit it starts from the searched widths plainly sliced
   reconstructed-blockwise  the per-MLP closed form then reconstruct.mode=blockwise (Adam steps per block to
                  the unpruned block outputs), with --objectives blockwise
+  reconstructed-residual-blockwise  the residual objective then blockwise refinement, its end-to-end check on
+                 the held-out embedding cosine (reconstruct.blockwise_guard=fidelity), --objectives residual-blockwise
   distilled      `amp-hf distill` (a subprocess, as a user runs it) from the sliced checkpoint, at the
                  --distill-targets only (default 40%); --no-distill skips it
 Also, with --search-cost: one plain and one reconstruction-aware adaptive search at the same ΔE, side by
@@ -196,8 +198,12 @@ def distill_steps(starts: dict, teacher_id: str, processor, setup: dict, judge, 
     decay scale with it) and judge it; the fewest S reaching 99% of the unpruned kNN@20 is reported."""
     results = []
     batch = setup["distill_steps_batch"]
+    too_many = [n for n in options.distill_steps if batch * n > setup["knn_bank"]]
+    if too_many:  # one epoch of S batches must fit in the train split (the kNN bank's size is a lower bound)
+        raise SystemExit(f"--distill-steps {too_many}: at most {setup['knn_bank'] // batch} steps of batch {batch}")
     chosen = [(key, value) for key, value in starts.items() if key[1] in options.distill_targets]
-    for (start, target), (student_model, plan) in sorted(chosen, key=lambda item: (item[0][1], item[0][0])):
+    for (start, target), (student_model, plan, method, start_seconds) in sorted(
+            chosen, key=lambda item: (item[0][1], item[0][0])):
         student = work / f"start-{start}-{target}"
         amp_hf.save_pruned(student_model, student, plan, processor=processor, overwrite=True)
         curve = [{"steps": 0, **judge(student_model)}]
@@ -209,8 +215,22 @@ def distill_steps(starts: dict, teacher_id: str, processor, setup: dict, judge, 
             log(f"  distill {start} {target:.0%} {steps} steps: knn@20={curve[-1]['knn@20']:.4f}")
         goal = 0.99 * judge.teacher["knn@20"]
         reached = next((point["steps"] for point in curve if point["knn@20"] >= goal), None)
-        results.append({"start": start, "target": target, "curve": curve, "steps_to_99": reached})
+        results.append({"start": start, "method": method, "start_seconds": start_seconds, "target": target,
+                        "curve": curve, "steps_to_99": reached})
     return results
+
+
+# --objectives: the ReconstructConfig of each reconstructed-row recipe
+RECIPES = {
+    "mlp": {"objective": "mlp"},
+    "residual": {"objective": "residual"},
+    "blockwise": {"objective": "mlp", "mode": "blockwise"},  # the per-MLP closed form, then Adam steps per block
+    "residual-blockwise": {"objective": "residual", "mode": "blockwise", "blockwise_guard": "fidelity"},
+}
+
+
+def _start_key(entry: dict) -> tuple:
+    return entry["start"], entry.get("method", "amp"), entry["target"]
 
 
 def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: Path, log) -> dict:
@@ -227,19 +247,22 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
     plans, selection_seconds, projections, taylor = make_plans(model, scoring, setup, targets, log, methods, widths_from)
     criterion = build_criterion(CRITERION)
     rows = []
-    starts = {}  # (start, target) -> (model, plan): the distillation-steps starts
+    starts = {}  # (start, target) -> (model, plan, method, its recovery's seconds): the distillation-steps starts
+    starts_method = options.distill_starts_method or setup["distill_steps_method"]
     mlp_before = amp_hf.model_stats(model)["params_mlp"]
     for (method, target), plan in plans.items():
         common = {"method": method, "target": target, "widths": plan.widths}
         sliced = amp_hf.slice_model(model, plan).eval()
         common["mlp_reduction"] = 1 - amp_hf.model_stats(sliced)["params_mlp"] / mlp_before
         rows.append({**common, "variant": "sliced", **judge(sliced)})
+        if method == starts_method:
+            starts["sliced", target] = (sliced, plan, method, 0.0)
         if (method, target) in projections:  # the searched model itself: no reconstruction after the search
             searched = amp_hf.slice_model(model, plan).eval()
             refit = install_search_refit(searched, *projections[method, target])
             rows.append({**common, "variant": "reconstructed", "seconds": 0.0, "kept": refit["kept"],
                          "refit_layers": refit["layers_reconstructed"], **judge(searched)})
-            starts["reconstruction-searched", target] = (searched, plan)
+            starts["reconstruction-searched", target] = (searched, plan, method, 0.0)
         if options.reconstruct:
             for objective in options.objectives:
                 if objective == "mlp" and (method, target) in projections:
@@ -247,8 +270,7 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
                 if objective == "mlp" and method == "amp-refit" and widths_from is not None:
                     continue  # its reconstructed row is the searched model, not a refit of the slice
                 started = time.time()
-                # "blockwise": the per-MLP closed form, then reconstruct.mode=blockwise's Adam steps per block
-                recipe = {"objective": "mlp", "mode": "blockwise"} if objective == "blockwise" else {"objective": objective}
+                recipe = RECIPES[objective]
                 rebuilt, report = reconstruct(model, plan, scoring, ReconstructConfig(enabled=True, **recipe),
                                               criterion=criterion)
                 variant = "reconstructed" if objective == "mlp" else f"reconstructed-{objective}"
@@ -258,8 +280,8 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
                              "attention_refit": provenance.get("attention_outputs_reconstructed"),
                              "refinement_kept": (provenance.get("refinement") or {}).get("kept"),
                              **judge(rebuilt.eval())})
-                if objective == "mlp" and method == setup["distill_steps_method"]:
-                    starts["sliced", target], starts["reconstructed", target] = (sliced, plan), (rebuilt.eval(), plan)
+                if method == starts_method:
+                    starts[variant, target] = (rebuilt.eval(), plan, method, rows[-1]["seconds"])
         if options.distill and target in options.distill_targets:
             student, output = work / f"{method}-{target}", work / f"{method}-{target}-distilled"
             amp_hf.save_pruned(sliced, student, plan, processor=processor, overwrite=True)
@@ -335,7 +357,8 @@ def model_section(block: dict) -> list[str]:
     targets = sorted({r["target"] for r in rows})
     methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: METHOD_ORDER.index(m)
                      if m in METHOD_ORDER else len(METHOD_ORDER))
-    variants = [v for v in ("sliced", "reconstructed", "reconstructed-residual", "reconstructed-blockwise")
+    variants = [v for v in ("sliced", "reconstructed", "reconstructed-residual", "reconstructed-blockwise",
+                            "reconstructed-residual-blockwise")
                 if any(r["variant"] == v for r in rows)]
     lines = [f"## {block['model']}", "",
              "Unpruned: " + ", ".join(f"{k} {_pct(v)}%" for k, v in teacher.items() if k != "cosine") + ".", ""]
@@ -344,7 +367,10 @@ def model_section(block: dict) -> list[str]:
                  "reconstructed-residual": "No fine-tuning, with residual-stream reconstruction "
                                            "(reconstruct.objective=residual)",
                  "reconstructed-blockwise": "No fine-tuning, per-MLP closed form + blockwise Adam refinement "
-                                            "(reconstruct.mode=blockwise)"}
+                                            "(reconstruct.mode=blockwise)",
+                 "reconstructed-residual-blockwise": "No fine-tuning, residual objective + blockwise refinement, "
+                                                     "fidelity guard (reconstruct.objective=residual, mode=blockwise, "
+                                                     "blockwise_guard=fidelity)"}
         lines += [f"### {title[variant]}", "",
                   "| method | " + " | ".join(f"{m} @ {t:.0%}" for t in targets for m in metrics) + " |",
                   "|---|" + "---|" * (len(targets) * len(metrics))]
@@ -443,24 +469,31 @@ def model_section(block: dict) -> list[str]:
     if steps:
         lines += ["### Distillation steps to 99% of the unpruned kNN@20", "",
                   f"`amp-hf distill --config configs/{block['distill']['config']}` for S optimiser steps (one epoch "
-                  "of S batches, so warmup and decay scale with S) from three starts of the same method: its sliced "
-                  "plan, that plan reconstructed, and the amp-refit search's model. kNN@20 after S steps:", ""]
-        counts = [point["steps"] for point in steps[0]["curve"]]
-        lines += ["| start | target | " + " | ".join(f"S={n}" for n in counts) + " | steps to 99% |",
-                  "|---|---|" + "---|" * len(counts) + "---|"]
+                  "of S batches, so warmup and decay scale with S) from several starts at one method's widths: its "
+                  "plain slice, that slice reconstructed (per-MLP closed form; `-residual`: the residual objective; "
+                  "`-blockwise`: the closed form + blockwise refinement), and the amp-refit search's model. kNN@20 "
+                  "after S steps:", ""]
+        counts = sorted({point["steps"] for entry in steps for point in entry["curve"]})
+
+        def curve_cells(entry, metric):
+            by_steps = {point["steps"]: point[metric] for point in entry["curve"]}
+            return " | ".join(_pct(by_steps[n]) if n in by_steps else "" for n in counts)
+
+        header = "| start | widths of | target | " + " | ".join(f"S={n}" for n in counts)
+        lines += [header + " | steps to 99% |", "|---|---|---|" + "---|" * len(counts) + "---|"]
         for entry in steps:
             reached = entry["steps_to_99"]
-            lines.append(f"| {entry['start']} | {entry['target']:.0%} | "
-                         + " | ".join(_pct(point["knn@20"]) for point in entry["curve"])
-                         + f" | {reached if reached is not None else f'> {counts[-1]}'} |")
+            last = max(point["steps"] for point in entry["curve"])
+            lines.append(f"| {entry['start']} | {entry.get('method', 'amp')} | {entry['target']:.0%} | "
+                         + curve_cells(entry, "knn@20") + f" | {reached if reached is not None else f'> {last}'} |")
         # kNN@20 moves by less than its sampling error here, so the embedding's fidelity tells the starts apart
         lines += ["", "Mean cosine to the unpruned embedding after S steps (the same runs):", "",
-                  "| start | target | " + " | ".join(f"S={n}" for n in counts) + " |",
-                  "|---|---|" + "---|" * len(counts)]
+                  header + " |", "|---|---|---|" + "---|" * len(counts)]
         for entry in steps:
-            lines.append(f"| {entry['start']} | {entry['target']:.0%} | "
-                         + " | ".join(_pct(point["cosine"]) for point in entry["curve"]) + " |")
+            lines.append(f"| {entry['start']} | {entry.get('method', 'amp')} | {entry['target']:.0%} | "
+                         + curve_cells(entry, "cosine") + " |")
         lines.append("")
+        lines += _training_free_vs_distillation(steps)
     lines += ["Achieved MLP-parameter reductions and AMP widths:", ""]
     for row in rows:
         if row["method"].startswith("amp") and row["variant"] == "sliced":
@@ -468,6 +501,31 @@ def model_section(block: dict) -> list[str]:
                          f"widths {row['widths']}")
     lines += ["", "Selection wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in block["selection_seconds"].items()),
               ""]
+    return lines
+
+
+def _training_free_vs_distillation(steps: list) -> list[str]:
+    """For every training-free start with a recovery time (e.g. blockwise refinement): the distillation steps
+    (and seconds) from the same widths' plain slice that first reach its fidelity without any fine-tuning."""
+    lines = []
+    for entry in steps:
+        if not entry.get("start_seconds") or entry["start"] == "sliced":
+            continue
+        sliced = next((e for e in steps if e["start"] == "sliced" and e.get("method") == entry.get("method")
+                       and e["target"] == entry["target"]), None)
+        if sliced is None:
+            continue
+        goal = entry["curve"][0]["cosine"]
+        match = next((point for point in sliced["curve"] if point["cosine"] >= goal), None)
+        last = sliced["curve"][-1]
+        reached = (f"S={match['steps']} ({match.get('seconds', 0):.0f} s)" if match else
+                   f"not within S={last['steps']} ({last.get('seconds', 0):.0f} s: {_pct(last['cosine'])})")
+        lines.append(f"- {entry['start']} at {entry['target']:.0%} ({entry.get('method', 'amp')} widths): cosine "
+                     f"{_pct(goal)} in {entry['start_seconds']:.0f} s without fine-tuning; distillation from the plain "
+                     f"slice reaches it at {reached}.")
+    if lines:
+        lines = ["Training-free recovery against distillation from the plain slice (wall time on the same "
+                 "machine):", "", *lines, ""]
     return lines
 
 
@@ -500,7 +558,8 @@ def main():
                         help="skip the reconstructed rows")
     parser.add_argument("--objectives", default="mlp",  # also "blockwise": mode=blockwise after the mlp closed form
                         help="comma list of recipes for the reconstructed rows: mlp, residual (reconstruct.objective), "
-                             "blockwise (mlp + reconstruct.mode=blockwise)")
+                             "blockwise (mlp + reconstruct.mode=blockwise), residual-blockwise (residual + "
+                             "blockwise, blockwise_guard=fidelity)")
     parser.add_argument("--widths-from", help="a benchmarks.json whose sliced rows give the widths (no search)")
     parser.add_argument("--quick", action="store_true", help="few samples (smoke run)")
     parser.add_argument("--methods", help="comma list: run only these methods (e.g. amp,amp-refit)")
@@ -510,6 +569,9 @@ def main():
                         help="the target whose amp-refit ΔE the timed searches use")
     parser.add_argument("--distill-steps", default="",
                         help="comma list of distillation step counts for the steps-to-99%%-kNN rows (e.g. 5,10,20,40)")
+    parser.add_argument("--distill-starts-method",
+                        help="the method whose sliced / reconstructed models start the distillation-steps runs "
+                        "(default: amp for MiniLM, amp-change for the ViT)")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks"))
     parser.add_argument("--update", action="store_true",
                         help="keep the other models' results already in <output>.json (run models separately)")
@@ -520,6 +582,9 @@ def main():
         output.with_suffix(".md").write_text(markdown(json.loads(output.with_suffix(".json").read_text())))
         return
     args.objectives = args.objectives.split(",")
+    unknown = [o for o in args.objectives if o not in RECIPES]
+    if unknown:
+        parser.error(f"--objectives {','.join(unknown)}: choose from {', '.join(RECIPES)}")
     args.distill_targets = [float(t) for t in args.distill_targets.split(",")]
     args.distill_steps = [int(n) for n in args.distill_steps.split(",") if n]
     targets = [float(t) for t in args.targets.split(",")]
@@ -566,9 +631,14 @@ def main():
                                      if (r["method"], r["target"], r["variant"]) not in measured] + block["rows"]
                     block["selection_seconds"] = {**old["selection_seconds"], **block["selection_seconds"]}
                     block["runs"] = old.get("runs", [old["run"]]) + [block["run"]]
-                    for key in ("search_cost", "distill_steps"):
-                        if key not in block and key in old:
-                            block[key] = old[key]
+                    if "search_cost" not in block and "search_cost" in old:
+                        block["search_cost"] = old["search_cost"]
+                    # the (start, method, target) curves this run replaces; the rest stay
+                    new_steps = block.get("distill_steps", [])
+                    measured_steps = {_start_key(entry) for entry in new_steps}
+                    kept_steps = [e for e in old.get("distill_steps", []) if _start_key(e) not in measured_steps]
+                    if kept_steps or new_steps:
+                        block["distill_steps"] = kept_steps + new_steps
         kept = [b for key, b in previous.items() if key not in names]
         blocks = sorted(kept + blocks, key=lambda b: ["minilm", "vit"].index(b["key"]))
     report = {"models": blocks}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import prune_one_and_two_processes
+from helpers import block_outputs, objective_block_errors, prune_one_and_two_processes
 from safetensors.torch import load_file
 from tiny_models import build, sample_inputs
 
@@ -207,36 +207,12 @@ def test_sequential_swiglu_brings_the_embedding_back_toward_the_original():
     assert 1 - cosine["reconstructed"] < 0.9 * (1 - cosine["sliced"]), cosine
 
 
-def block_outputs(model, batches) -> list[list[torch.Tensor]]:
-    """Per layer, per batch: the layer's output (padding tokens dropped)."""
-    stack = amp_hf.resolve(model)
-    outputs: list[list[torch.Tensor]] = [[] for _ in stack.layers]
-    for batch in batches:
-        mask = batch.get("attention_mask")
-        handles = [layer.register_forward_hook(
-            lambda module, args, output, index=index, mask=mask: outputs[index].append(
-                (output[0] if isinstance(output, tuple) else output)[mask.bool()] if mask is not None else
-                (output[0] if isinstance(output, tuple) else output)))
-            for index, layer in enumerate(stack.layers)]
-        with torch.no_grad():
-            stack.backbone(**batch)
-        for handle in handles:
-            handle.remove()
-    return outputs
-
-
 @pytest.mark.parametrize("family", ["bert", "vit"])
 def test_residual_objective_brings_block_outputs_closer_than_the_mlp_objective(family):
     model = build(family).eval()
     plan = magnitude_plan(model)
-    batches, fresh = batches_for(model, 6), batches_for(model, 3, first_seed=100)
-    unpruned = block_outputs(model, fresh)
-    errors = {}
-    for objective in ("mlp", "residual"):
-        pruned, report = reconstruct(model, plan, batches, ReconstructConfig(**RAW, objective=objective))
-        assert report.objective == objective and report.kept == "reconstructed"
-        errors[objective] = [sum(float(((mine - theirs) ** 2).sum()) for mine, theirs in zip(layer, reference))
-                             for layer, reference in zip(block_outputs(pruned, fresh), unpruned)]
+    errors, pruned, report = objective_block_errors(model, plan, batches_for(model, 6),
+                                                    batches_for(model, 3, first_seed=100))
     # layer 0 has nothing pruned upstream: both objectives fit the same target (W_D h_D) on the same inputs,
     # up to the float32 rounding of the residual's stream difference
     assert errors["residual"][0] == pytest.approx(errors["mlp"][0], rel=1e-3)
@@ -282,6 +258,30 @@ def test_blockwise_refinement_brings_block_outputs_closer_than_the_closed_form(f
     assert set(provenance["refinement"]["blocks"]) == {str(b.layer) for b in refinement.blocks}
 
 
+@pytest.mark.parametrize("guard", ["criterion", "fidelity"])
+def test_blockwise_guard_keeps_the_refinement_only_when_its_metric_is_no_worse(guard):
+    model = build("vit").eval()
+    plan, batches = magnitude_plan(model), batches_for(model, 6)
+    closed_form, _ = reconstruct(model, plan, batches, ReconstructConfig(enabled=True, objective="residual"))
+    config = ReconstructConfig(enabled=True, objective="residual", mode="blockwise", blockwise_guard=guard,
+                               blockwise_steps=20, blockwise_eval_every=5)
+    refined, report = reconstruct(model, plan, batches, config)
+    refinement, criterion, fidelity = report.refinement, report.criterion, report.fidelity
+    if guard == "fidelity":
+        no_worse = refinement.fidelity >= fidelity["closed_form"]
+    else:
+        no_worse = abs(refinement.criterion - criterion["original"]) <= abs(criterion["closed_form"] - criterion["original"])
+    assert refinement.guard == guard and refinement.kept == no_worse
+    if refinement.kept:
+        assert fidelity["reconstructed"] == refinement.fidelity and criterion["reconstructed"] == refinement.criterion
+    else:  # the closed form's model, bit for bit
+        for (name, mine), theirs in zip(refined.state_dict().items(), closed_form.state_dict().values()):
+            assert torch.equal(mine, theirs), name
+    assert fidelity["reconstructed"] >= fidelity["closed_form"] or guard == "criterion"
+    recorded = refined.config.amp_pruning["reconstruction"]["refinement"]
+    assert recorded["guard"] == guard and recorded["refined"]["fidelity"] == pytest.approx(refinement.fidelity)
+
+
 def test_blockwise_blocks_the_steps_do_not_help_come_back_unchanged():
     model = build("vit").eval()
     plan, batches = magnitude_plan(model), batches_for(model, 4)
@@ -301,7 +301,7 @@ def test_residual_objective_is_refused_where_a_family_declares_no_layout():
 
     model = build("vit")
     stack = amp_hf.resolve(model)
-    # a family without residual_layouts (as timm and open_clip today), before any compute
+    # a family without residual_layouts, before any compute
     bare = dataclasses.replace(stack, adapter=dataclasses.replace(stack.adapter, residual_layouts=()))
     with pytest.raises(ConfigError, match="declares no residual-stream layout .* use reconstruct.objective=mlp"):
         reconstruct(bare, magnitude_plan(model), batches_for(model, 2), ReconstructConfig(**RAW, objective="residual"))
@@ -424,6 +424,7 @@ def test_residual_objective_conflicts_fail_with_the_fix(vit_checkpoint, tmp_path
     ("reconstruct.heldout_fraction=1.5", "heldout_fraction must be in \\(0, 1\\)"),
     ("reconstruct.mode=greedy", "reconstruct.mode must be one of"),
     ("reconstruct.blockwise_lr=0", r"reconstruct.blockwise_lr must be > 0 \(an Adam learning rate"),
+    ("reconstruct.blockwise_guard=loss", "reconstruct.blockwise_guard must be one of"),
     ("reconstruct.num_samples=16", r"reconstruct.num_samples=16 gives 1 whole calibration batch\(es\) of 16, but the "
                                   r"reconstruction needs at least 2"),
 ])

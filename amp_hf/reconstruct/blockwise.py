@@ -51,6 +51,9 @@ class RefinementReport:
     wall_time_s: float
     kept: bool = True  # False: the end-to-end check returned the closed-form model
     fallback: str | None = None
+    guard: str = "criterion"  # what that check compared (reconstruct.blockwise_guard)
+    criterion: float | None = None  # the refined model's held-out criterion and embedding cosine to the original
+    fidelity: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,6 +34,10 @@ class ReconstructConfig:
     blockwise_steps: int = 60
     blockwise_lr: float = 1e-3
     blockwise_eval_every: int = 10
+    # What the end-to-end check of the refinement compares with the closed form's model on the held-out batches:
+    # criterion: AMP's label-free criterion must be no further from the original's; fidelity: the mean cosine of
+    # the embedding to the original's must be no lower (the refinement's own goal, also label-free)
+    blockwise_guard: Literal["criterion", "fidelity"] = "criterion"
 
     def __post_init__(self):
         if not 0 < self.heldout_fraction < 1:
@@ -52,6 +56,8 @@ class ReconstructConfig:
         if self.blockwise_steps < 1 or self.blockwise_eval_every < 1:
             raise ValueError("reconstruct.blockwise_steps and reconstruct.blockwise_eval_every must be >= 1 "
                              "(e.g. 60 and 10)")
+        if self.blockwise_guard not in ("criterion", "fidelity"):
+            raise ValueError(f"reconstruct.blockwise_guard must be criterion or fidelity, not {self.blockwise_guard!r}")
         if not self.blockwise_lr > 0:
             raise ValueError("reconstruct.blockwise_lr must be > 0 (an Adam learning rate, e.g. 0.001)")
         if self.num_samples is not None and self.num_samples < 1:

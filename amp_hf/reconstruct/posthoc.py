@@ -143,7 +143,8 @@ class ReconstructionReport:
             }),
             **({} if self.refinement is None else {"refinement": {
                 "steps": self.refinement.steps, "lr": self.refinement.lr, "kept": self.refinement.kept,
-                "fallback": self.refinement.fallback,
+                "fallback": self.refinement.fallback, "guard": self.refinement.guard,
+                "refined": {"criterion": self.refinement.criterion, "fidelity": self.refinement.fidelity},
                 "blocks": {str(b.layer): {"best_step": b.best_step, "heldout_error": [b.error_start, b.error_refined]}
                            for b in self.refinement.blocks},
                 "wall_time_s": self.refinement.wall_time_s,
@@ -449,17 +450,24 @@ def reconstruct_stack(
             refiner = BlockwiseRefiner(stack, pruned_stack, plan, fit, heldout, config, accelerator)
             refinement = refiner.run(progress)
             values["closed_form"], fidelity["closed_form"] = values["reconstructed"], refit_cosine
-            refined = evaluate()
+            refinement.guard = config.blockwise_guard
+            refinement.criterion = refined = evaluate()
+            refinement.fidelity = refined_cosine = _mean_cosine(pruned_stack, heldout, reference, accelerator)
             original = values["original"]
-            if not config.end_to_end_check or abs(refined - original) <= abs(values["closed_form"] - original):
-                values["reconstructed"] = refined
-                fidelity["reconstructed"] = _mean_cosine(pruned_stack, heldout, reference, accelerator)
+            if config.blockwise_guard == "fidelity":
+                worse = refined_cosine < refit_cosine
+                why = (f"held-out embedding cosine to the original {refined_cosine:.6g} is below the closed "
+                       f"form's {refit_cosine:.6g}")
+            else:
+                worse = abs(refined - original) > abs(values["closed_form"] - original)
+                why = (f"held-out criterion {refined:.6g} is further from the original's {original:.6g} than "
+                       f"the closed form's {values['closed_form']:.6g}")
+            if not config.end_to_end_check or not worse:
+                values["reconstructed"], fidelity["reconstructed"] = refined, refined_cosine
                 kept = "reconstructed"
             else:
                 refiner.restore()
-                refinement.kept = False
-                refinement.fallback = (f"held-out criterion {refined:.6g} is further from the original's "
-                                       f"{original:.6g} than the closed form's {values['closed_form']:.6g}")
+                refinement.kept, refinement.fallback = False, why
                 logger.warning("reconstruct: blockwise refinement reverted: %s", refinement.fallback)
     counts = [sum(len(next(iter(model_inputs(b).values()))) for b in part) for part in (fit, heldout)]
     samples = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=next(model.parameters()).device), accelerator)
