@@ -29,6 +29,7 @@ from .loading import load_model, resolve_model_path
 from .plan import PrunePlan
 from .pruning_config import OVERWRITE, PruneConfig, ScoringConfig, config_inputs, prepare_prune_output  # noqa: F401 (re-exported)
 from .reconstruct import SearchRefit, check_residual_writers, install_search_refit, reconstruct_stack, search_refit_summary
+from .reconstruct.layers import ProjectionGramCollector, gram_bytes, split_heldout
 from .selection import (
     SCORING_METHODS,
     CriterionEvaluator,
@@ -62,6 +63,9 @@ class PruneRun:
     processor: object
     accelerator: object
     _criterion: object = field(default=None, init=False, repr=False)
+    _calibration: list | None = field(default=None, init=False, repr=False)
+    # search.reconstruct: every layer's Gram statistics, collected during Taylor scoring (see compute_scores)
+    scoring_grams: list | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def start(cls, config: PruneConfig, accelerator) -> PruneRun:
@@ -83,6 +87,24 @@ class PruneRun:
             self._criterion = build_criterion(self.config.criterion)
             self._criterion.prepare(self.stack, self.processor)
         return self._criterion
+
+    def calibration_batches(self) -> list[dict]:
+        """The reconstruction's calibration batches (``reconstruct.data`` / ``num_samples``, default the scoring
+        data), loaded once per run."""
+        if self._calibration is None:
+            data = self.config.reconstruct.calibration_data(self.config.scoring.data)
+            self._calibration = list(self.loader(data, shuffle=True))
+        return self._calibration
+
+    def gram_statistics_from_scoring(self) -> bool:
+        """Whether Taylor scoring's own pass can collect the search refit's Gram statistics: the refit's
+        calibration batches are the scoring batches (no separate reconstruct.data, num_samples or max_batches),
+        scored in float32 (the refit's statistics are float32 activations), and every layer's statistics fit in
+        ``search.cache_gb`` (as for the search's own one-pass collection)."""
+        config = self.config
+        return (config.search.reconstruct and self.method.needs_data and config.scoring.precision == "fp32"
+                and config.reconstruct.data is None and config.reconstruct.num_samples is None
+                and config.scoring.max_batches is None and gram_bytes(self.stack) <= config.search.cache_gb * 2**30)
 
     def loader(self, data: DataConfig, shuffle: bool):
         dataset = prepare_dataset(data, self.processor, self.stack.adapter, self.model)
@@ -116,10 +138,20 @@ def compute_scores(run: PruneRun) -> NeuronScores:
     inputs = ScoringInputs(run.stack, seed=config.seed, dgmr=config.dgmr, accelerator=run.accelerator,
                            max_batches=config.scoring.max_batches, rank_all=config.search.reconstruct,
                            precision=config.scoring.precision)
+    collector = None
     if run.method.needs_data:
         inputs.criterion = run.criterion
         inputs.loader = lambda: run.loader(config.scoring.data, shuffle=True)
+        if run.gram_statistics_from_scoring():
+            # one pass instead of two: the scoring batches are the calibration batches, so the Taylor pass
+            # also accumulates every layer's Gram statistics for search.reconstruct
+            calibration = run.calibration_batches()
+            fit, heldout = split_heldout(calibration, config.reconstruct.heldout_fraction)
+            collector = ProjectionGramCollector(run.stack, [True] * len(fit) + [False] * len(heldout))
+            inputs.loader, inputs.on_activations = (lambda: calibration), collector
     scores = run.method(inputs)
+    if collector is not None:
+        run.scoring_grams = collector.grams(run.accelerator)
     if run.method.needs_data:
         scores.metadata.update(
             criterion=config.criterion.name, temperature=config.criterion.temperature,
@@ -228,9 +260,11 @@ def allocate(run: PruneRun, scores: NeuronScores) -> tuple[PrunePlan, dict]:
     refit = None
     if search.reconstruct:  # the refit's statistics: the reconstruction's calibration data, as reconstruct.* sets
         data = config.reconstruct.calibration_data(config.scoring.data)
-        calibration = list(run.loader(data, shuffle=True))
-        refit = SearchRefit(model, evaluator, config.reconstruct, search.cache_gb, calibration)
+        refit = SearchRefit(model, evaluator, config.reconstruct, search.cache_gb, run.calibration_batches(),
+                            grams=run.scoring_grams)
         details["reconstruct_data"] = f"{data.source}:{data.split}"
+        # where the refit's Gram statistics came from: Taylor scoring's pass, or a pass of the search's own
+        details["reconstruct_statistics"] = "scoring pass" if run.scoring_grams is not None else "own pass"
     if search.allocation == "adaptive":
         result = adaptive_search(stack, scores.abs, evaluator, search.delta_e * scale, search.steps,
                                  search.round_to, progress=progress, acceptance=search.acceptance, refit=refit)

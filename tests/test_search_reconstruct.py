@@ -123,6 +123,33 @@ def test_one_pass_statistics_search_exactly_like_the_per_layer_path(name, caplog
                     torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_statistics_collected_by_the_taylor_pass_search_like_the_refit_pass(name):
+    from amp_hf.reconstruct.layers import ProjectionGramCollector, split_heldout
+
+    model, batches, criterion, _ = setup(name)
+    calibration = text_batches(5, seed=1) if name == "bert" else image_batches(model, 5, seed=1)
+    fit, heldout = split_heldout(calibration, ReconstructConfig().heldout_fraction)
+    collector = ProjectionGramCollector(model, [True] * len(fit) + [False] * len(heldout))
+    scores = taylor_scores(model, calibration, criterion, on_activations=collector).abs
+    for mine, theirs in zip(scores, taylor_scores(model, calibration, criterion).abs):  # collecting changes nothing
+        assert torch.equal(mine, theirs)
+    grams = collector.grams()
+    runs = {}
+    for path, given in (("refit pass", None), ("taylor pass", grams)):
+        evaluator = CriterionEvaluator(model, criterion, batches)
+        refit = SearchRefit(model, evaluator, ReconstructConfig(enabled=True), batches=calibration, grams=given)
+        runs[path] = refit, adaptive_search(model, scores, evaluator, 0.002, progress=False, refit=refit)
+    (own, result), (_, other) = runs["refit pass"], runs["taylor pass"]
+    assert result.projections and other.widths == result.widths and other.kept == result.kept
+    assert other.final_entropy == pytest.approx(result.final_entropy, rel=1e-6)
+    for layer, pair in enumerate(grams):  # the same activations, from a forward pass that also keeps the graph
+        for mine, theirs in zip(pair, own._grams[layer]):
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="the pass covered 0 of the split's 5 batches"):
+        ProjectionGramCollector(model, [True] * 4 + [False]).grams()
+
+
 def test_keeping_every_neuron_is_the_identity():
     model, batches, criterion, scores = setup("vit")
     evaluator = CriterionEvaluator(model, criterion, batches)
@@ -175,6 +202,8 @@ def test_saved_model_is_the_searched_model(vit_checkpoint, tmp_path, capsys):
     provenance = json.loads((output / "config.json").read_text())["amp_pruning"]
     assert provenance["reconstruct"] is True and provenance["reconstruction"]["mode"] == "in_search"
     assert provenance["reconstruction"]["layers_reconstructed"]  # the search really refit something
+    # the calibration batches are the scoring batches: the Taylor pass collected the refit's statistics
+    assert report["details"]["reconstruct_statistics"] == "scoring pass"
     assert report["widths"] != report["original_widths"]
 
     saved = amp_hf.load_model(str(output)).eval()
@@ -208,6 +237,7 @@ def test_dgmr_search_chooses_prefixes_of_its_gram_schmidt_order(vit_checkpoint, 
         assert set(kept) == set(order[: len(kept)])  # a prefix of DGMR's pick order
     report = json.loads((output / "prune_report.json").read_text())
     assert report["method"] == "dgmr" and report["reconstruction"]["mode"] == "in_search"
+    assert report["details"]["reconstruct_statistics"] == "own pass"  # DGMR runs no Taylor pass to collect them
 
 
 @pytest.mark.parametrize("override, message", [
@@ -228,6 +258,7 @@ def test_two_processes_search_like_one(vit_checkpoint, tmp_path):
     prune_one_and_two_processes(main, args, tmp_path)
     reports = [json.loads((tmp_path / name / "prune_report.json").read_text()) for name in ("one", "two")]
     assert reports[1]["widths"] == reports[0]["widths"] and reports[1]["num_processes"] == 2
+    assert [r["details"]["reconstruct_statistics"] for r in reports] == ["scoring pass"] * 2
     assert reports[1]["reconstruction"]["layers_reconstructed"] == reports[0]["reconstruction"]["layers_reconstructed"]
     assert reports[1]["details"]["final_entropy"] == pytest.approx(reports[0]["details"]["final_entropy"], rel=1e-6)
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))

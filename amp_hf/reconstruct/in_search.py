@@ -34,7 +34,9 @@ class SearchRefit:
     its Gram statistics are the original activations' (as in ``mode=independent``), fit on the calibration
     ``batches`` (default: the evaluator's search batches) minus the held-out ones (``heldout_fraction``); the
     damping is chosen on the held-out ones at the layer's first candidate (the middle width) and every
-    candidate is then one small solve. When every layer's statistics fit in ``memory_gb`` (``gram_bytes``),
+    candidate is then one small solve. ``grams``: every layer's statistics, collected already from ``batches``
+    (Taylor scoring's pass collects them when its batches are the calibration batches). Otherwise, when every
+    layer's statistics fit in ``memory_gb`` (``gram_bytes``),
     they are all collected in one pass of the original model at the first ``prepare``; otherwise each layer's
     are collected when it is prepared, from cached layer inputs (``one_pass=False`` forces that path). The
     statistics and solves are kept for the budget mode's repeated searches (within ``memory_gb``) and are
@@ -45,7 +47,8 @@ class SearchRefit:
 
     def __init__(self, model: nn.Module | MlpStack, evaluator: CriterionEvaluator,
                  config: ReconstructConfig | None = None, memory_gb: float = 4.0,
-                 batches: Sequence[dict] | None = None, one_pass: bool = True):
+                 batches: Sequence[dict] | None = None, one_pass: bool = True,
+                 grams: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.stack, self.evaluator = resolve(model), evaluator
         self.config = config or ReconstructConfig(enabled=True)
         # Where the layer inputs come from: the evaluator's own cache, or a cache of the calibration batches
@@ -56,7 +59,11 @@ class SearchRefit:
         self.is_fit = [True] * len(fit) + [False] * len(heldout)
         self.guard = self.config.end_to_end_check
         self.memory = memory_gb * 2**30
-        self._grams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # every layer's statistics already collected from ``batches`` with the same split (e.g. during Taylor
+        # scoring: ``ProjectionGramCollector``), or collected here
+        self._grams: dict[int, tuple[torch.Tensor, torch.Tensor]] = dict(enumerate(grams or ()))
+        if grams is not None and len(self._grams) != len(self.stack.layers):
+            raise ValueError(f"grams: {len(self._grams)} layers' statistics for {len(self.stack.layers)} layers")
         self._refits: dict[int, ProjectionRefit] = {}  # per layer: what every candidate's solve shares
         self._solutions: dict[tuple[int, tuple[int, ...]], tuple[tuple | None, RefitResult]] = {}
         self._cache_tried = False

@@ -78,6 +78,38 @@ def gram_bytes(model: nn.Module | MlpStack) -> int:
     return sum(2 * (neuron_map.output(layer).in_features + 1) ** 2 * 8 for layer, neuron_map in stack.mlps())
 
 
+class ProjectionGramCollector:
+    """Every layer's fit and held-out Gram matrices of its output projection's input, accumulated from a pass that
+    runs anyway: called with (step, batch, activations) for the ``step``-th batch, ``activations[i]`` the input of
+    layer i's output projection (what Taylor scoring records, ``taylor_scores(on_activations=...)``), ``is_fit``
+    the batches' fit / held-out split. ``grams`` all-reduces them as ``all_projection_grams`` returns them."""
+
+    def __init__(self, model: nn.Module | MlpStack, is_fit: Sequence[bool], layers: int | None = None):
+        stack = resolve(model)
+        self.mlps = stack.mlps()[: len(stack.layers) if layers is None else layers]
+        self.is_fit = list(is_fit)
+        device = next(stack.model.parameters()).device
+        self.sums = [{True: new_gram(neuron_map.output(layer).in_features, device),
+                      False: new_gram(neuron_map.output(layer).in_features, device)} for layer, neuron_map in self.mlps]
+        self.batches = 0
+
+    @torch.no_grad()
+    def add(self, index: int, batch: dict, fit: bool, hidden: torch.Tensor) -> None:
+        accumulate_gram(self.sums[index][fit], hidden.detach(), token_mask(batch, hidden))
+
+    def __call__(self, step: int, batch: dict, activations: Sequence[torch.Tensor]) -> None:
+        if step >= len(self.is_fit):
+            raise ValueError(f"batch {step}: the fit / held-out split covers {len(self.is_fit)} batches")
+        for index in range(len(self.sums)):
+            self.add(index, batch, self.is_fit[step], activations[index])
+        self.batches = max(self.batches, step + 1)
+
+    def grams(self, accelerator=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.batches != len(self.is_fit):
+            raise ValueError(f"the pass covered {self.batches} of the split's {len(self.is_fit)} batches")
+        return [tuple(all_reduce_sum(pair[k], accelerator).cpu() for k in (True, False)) for pair in self.sums]
+
+
 @torch.no_grad()
 def all_projection_grams(model: nn.Module | MlpStack, batches: Sequence[dict], is_fit: Sequence[bool],
                          accelerator=None, layers: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,29 +119,26 @@ def all_projection_grams(model: nn.Module | MlpStack, batches: Sequence[dict], i
     order); memory is ``gram_bytes``.
     """
     stack = resolve(model)
-    mlps = stack.mlps()[: len(stack.layers) if layers is None else layers]
-    device = next(stack.model.parameters()).device
-    grams = [{True: new_gram(neuron_map.output(layer).in_features, device),
-              False: new_gram(neuron_map.output(layer).in_features, device)} for layer, neuron_map in mlps]
+    collector = ProjectionGramCollector(stack, is_fit, layers)
     current: dict = {}  # the batch going through, and whether it is a fit batch
 
-    def collector(index):
+    def hook_of(index):
         def hook(module, args):
-            hidden = args[0]
-            accumulate_gram(grams[index][current["fit"]], hidden, token_mask(current["batch"], hidden))
+            collector.add(index, current["batch"], current["fit"], args[0])
 
         return hook
 
-    handles = [neuron_map.output(layer).register_forward_pre_hook(collector(index))
-               for index, (layer, neuron_map) in enumerate(mlps)]
+    handles = [neuron_map.output(layer).register_forward_pre_hook(hook_of(index))
+               for index, (layer, neuron_map) in enumerate(collector.mlps)]
     try:
-        for batch, fit in zip(batches, is_fit):
+        for step, (batch, fit) in enumerate(zip(batches, is_fit)):
             current.update(batch=batch, fit=fit)
             stack.backbone(**model_inputs(batch))
+            collector.batches = step + 1
     finally:
         for handle in handles:
             handle.remove()
-    return [tuple(all_reduce_sum(pair[k], accelerator).cpu() for k in (True, False)) for pair in grams]
+    return collector.grams(accelerator)
 
 
 def corrected_projection(original: nn.Linear, kept: Sequence[int], delta: torch.Tensor):

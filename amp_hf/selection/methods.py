@@ -32,6 +32,7 @@ class ScoringInputs:
     max_batches: int | None = None
     rank_all: bool = False  # a method with its own width ranks every neuron instead (the search picks widths)
     precision: str = "fp32"  # scoring.precision: autocast dtype of the Taylor passes
+    on_activations: Callable | None = None  # taylor_scores(on_activations=...): a Taylor pass's activations, reused
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ SCORING_METHODS: dict[str, ScoringMethod] = {
     method.name: method
     for method in (
         ScoringMethod("amp", True, lambda run: taylor_scores(run.stack, run.loader(), run.criterion, run.accelerator,
-                                                             run.max_batches, run.precision)),
+                                                             run.max_batches, run.precision, run.on_activations)),
         ScoringMethod("dgmr", False, _dgmr, own_width=_dgmr_width),
         ScoringMethod("magnitude", False, lambda run: magnitude_scores(run.stack)),
         ScoringMethod("random", False, lambda run: random_scores(run.stack, run.seed)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,8 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=None,
-                  max_batches: int | None = None, precision: str = "fp32") -> NeuronScores:
+                  max_batches: int | None = None, precision: str = "fp32",
+                  on_activations: Callable[[int, dict, list[torch.Tensor]], None] | None = None) -> NeuronScores:
     """Accumulate Taylor importances over ``loader`` (prepared with ``split_batches=True`` under accelerate).
 
     ``precision`` ``bf16`` / ``fp16`` runs the passes under autocast: the weights stay as they are (no second
@@ -101,6 +103,10 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
 
     The criterion's local value is weighted by local/global batch size, so the gradients equal those of the
     global-batch criterion whatever the number of processes (1-process and N-process scores agree).
+
+    ``on_activations(step, batch, activations)``: called after each batch's forward pass with every layer's
+    output-projection input (e.g. to accumulate the reconstruction's Gram statistics from this pass instead of
+    a second one).
     """
     stack = resolve(model)
     model = stack.model
@@ -127,6 +133,8 @@ def taylor_scores(model: nn.Module | MlpStack, loader, criterion, accelerator=No
             with autocast():
                 loss = criterion(stack, batch) / world  # equal shards: local/global = 1/world
             ordered = [activations[i] for i in range(len(widths))]
+            if on_activations is not None:
+                on_activations(step, batch, ordered)
             grads = torch.autograd.grad(loss, ordered)
             for index, (a, g) in enumerate(zip(ordered, grads)):
                 contribution = (a.detach().double() * g.double()).flatten(1, -2).sum(dim=1)  # Σ over tokens -> [B, H]
