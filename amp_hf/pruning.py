@@ -315,6 +315,11 @@ def slice_and_reconstruct(run: PruneRun, plan: PrunePlan, amp_pruning: dict,
     """The pruned model, resolved: plainly sliced, or (``reconstruct.enabled``) with refit output projections,
     or (``search.reconstruct``) with the output projections the search refit."""
     config = run.config
+    if search_info is not None and "output_projections" in search_info and config.reconstruct.enabled:
+        # reconstruct.mode=blockwise after search.reconstruct: the search chose the widths with its refit; the
+        # shipped model is the sequential closed form + blockwise refinement of those widths
+        search_info.pop("output_projections")
+        search_info.pop("search_refit")
     if search_info is not None and "output_projections" in search_info:
         pruned = slice_stack(run.stack, plan, amp_pruning)
         refit = install_search_refit(pruned, search_info.pop("output_projections"), search_info.pop("search_refit"))
@@ -322,8 +327,7 @@ def slice_and_reconstruct(run: PruneRun, plan: PrunePlan, amp_pruning: dict,
     if not config.reconstruct.enabled:
         return slice_stack(run.stack, plan, amp_pruning), None
     data = config.reconstruct.calibration_data(config.scoring.data)
-    batches = list(run.loader(data, shuffle=True))
-    pruned, report = reconstruct_stack(run.stack, plan, batches, config.reconstruct, run.accelerator, run.criterion,
+    pruned, report = reconstruct_stack(run.stack, plan, run.calibration_batches(), config.reconstruct, run.accelerator, run.criterion,
                                        amp_pruning)
     pruned.model.config.amp_pruning["reconstruction"]["data"] = f"{data.source}:{data.split}"
     return pruned, {"summary": report.summary(), **report.to_dict()}

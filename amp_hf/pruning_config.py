@@ -58,9 +58,10 @@ class PruneConfig:
         if own_width and self.search.allocation != "adaptive" and not self.search.reconstruct:
             raise ValueError(f"method {self.method} has its own uniform width (dgmr.ratio / dgmr.width): drop "
                              "search.allocation (or set search.reconstruct=true to search its Gram-Schmidt prefixes)")
-        if self.search.reconstruct and self.reconstruct.enabled:
+        if self.search.reconstruct and self.reconstruct.enabled and self.reconstruct.mode != "blockwise":
             raise ValueError("search.reconstruct=true already refits every layer inside the search (the saved "
-                             "model is the searched one): drop reconstruct.enabled")
+                             "model is the searched one): drop reconstruct.enabled, or set reconstruct.mode=blockwise "
+                             "to refine the searched widths afterwards")
         if self.search.reconstruct and self.reconstruct.objective == "residual":
             raise ValueError("search.reconstruct refits each candidate's own MLP output projection "
                              "(reconstruct.objective=mlp); the residual objective refits the sliced model: use "

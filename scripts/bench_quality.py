@@ -518,11 +518,12 @@ def _training_free_vs_distillation(steps: list) -> list[str]:
         goal = entry["curve"][0]["cosine"]
         match = next((point for point in sliced["curve"] if point["cosine"] >= goal), None)
         last = sliced["curve"][-1]
-        reached = (f"S={match['steps']} ({match.get('seconds', 0):.0f} s)" if match else
-                   f"not within S={last['steps']} ({last.get('seconds', 0):.0f} s: {_pct(last['cosine'])})")
+        reached = (f"reaches it at S={match['steps']} ({match.get('seconds', 0):.0f} s)" if match else
+                   f"does not reach it within S={last['steps']} ({last.get('seconds', 0):.0f} s: "
+                   f"{_pct(last['cosine'])})")
         lines.append(f"- {entry['start']} at {entry['target']:.0%} ({entry.get('method', 'amp')} widths): cosine "
                      f"{_pct(goal)} in {entry['start_seconds']:.0f} s without fine-tuning; distillation from the plain "
-                     f"slice reaches it at {reached}.")
+                     f"slice {reached}.")
     if lines:
         lines = ["Training-free recovery against distillation from the plain slice (wall time on the same "
                  "machine):", "", *lines, ""]

@@ -221,6 +221,20 @@ def test_saved_model_is_the_searched_model(vit_checkpoint, tmp_path, capsys):
     assert CriterionEvaluator(plain, criterion, batches).evaluate() != pytest.approx(value, rel=1e-5)
 
 
+def test_blockwise_refinement_of_the_searched_widths(vit_checkpoint, tmp_path):
+    """search.reconstruct picks the widths; reconstruct.mode=blockwise then ships the sequential closed form +
+    blockwise steps of exactly those widths (the recipe docs/benchmarks.md measures as amp-refit + blockwise)."""
+    searched, refined = tmp_path / "searched", tmp_path / "refined"
+    assert main([*PRUNE, f"model={vit_checkpoint}", f"output={searched}"]) == 0
+    assert main([*PRUNE, f"model={vit_checkpoint}", f"output={refined}", "reconstruct.enabled=true",
+                 "reconstruct.mode=blockwise", "reconstruct.blockwise_steps=4", "reconstruct.blockwise_eval_every=2"]) == 0
+    plans = [amp_hf.PrunePlan.load(path) for path in (searched, refined)]
+    assert plans[1].widths == plans[0].widths and plans[1].kept == plans[0].kept
+    provenance = json.loads((refined / "config.json").read_text())["amp_pruning"]["reconstruction"]
+    assert provenance["mode"] == "blockwise" and provenance["refinement"]["steps"] == 4
+    assert json.loads((refined / "prune_report.json").read_text())["details"]["reconstruct"] is True
+
+
 def test_dgmr_search_chooses_prefixes_of_its_gram_schmidt_order(vit_checkpoint, tmp_path):
     from amp_hf.selection import dgmr_scores
 
@@ -242,7 +256,7 @@ def test_dgmr_search_chooses_prefixes_of_its_gram_schmidt_order(vit_checkpoint, 
 
 @pytest.mark.parametrize("override, message", [
     ("search.allocation=uniform", "use reconstruct.enabled=true"),
-    ("reconstruct.enabled=true", "drop reconstruct.enabled"),
+    ("reconstruct.enabled=true", "drop reconstruct.enabled, or set reconstruct.mode=blockwise"),
 ])
 def test_search_reconstruct_conflicts_fail_with_the_fix(vit_checkpoint, tmp_path, capsys, override, message):
     args = [*PRUNE, f"model={vit_checkpoint}", f"output={tmp_path / 'never'}", override,
