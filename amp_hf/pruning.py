@@ -98,12 +98,12 @@ class PruneRun:
 
     def gram_statistics_from_scoring(self) -> bool:
         """Whether Taylor scoring's own pass can collect the search refit's Gram statistics: the refit's
-        calibration batches are the scoring batches (no separate reconstruct.data, num_samples or max_batches),
+        calibration batches are the scoring batches (the same data config, no scoring.max_batches),
         scored in float32 (the refit's statistics are float32 activations), and every layer's statistics fit in
         ``search.cache_gb`` (as for the search's own one-pass collection)."""
         config = self.config
         return (config.search.reconstruct and self.method.needs_data and config.scoring.precision == "fp32"
-                and config.reconstruct.data is None and config.reconstruct.num_samples is None
+                and config.reconstruct.calibration_data(config.scoring.data) == config.scoring.data
                 and config.scoring.max_batches is None and gram_bytes(self.stack) <= config.search.cache_gb * 2**30)
 
     def loader(self, data: DataConfig, shuffle: bool):
@@ -315,15 +315,14 @@ def slice_and_reconstruct(run: PruneRun, plan: PrunePlan, amp_pruning: dict,
     """The pruned model, resolved: plainly sliced, or (``reconstruct.enabled``) with refit output projections,
     or (``search.reconstruct``) with the output projections the search refit."""
     config = run.config
-    if search_info is not None and "output_projections" in search_info and config.reconstruct.enabled:
+    if search_info is not None and "output_projections" in search_info:
+        projections, layers = search_info.pop("output_projections"), search_info.pop("search_refit")
+        if not config.reconstruct.enabled:  # the shipped model is the searched one
+            pruned = slice_stack(run.stack, plan, amp_pruning)
+            refit = install_search_refit(pruned, projections, layers)
+            return pruned, {"summary": search_refit_summary(refit), **refit}
         # reconstruct.mode=blockwise after search.reconstruct: the search chose the widths with its refit; the
         # shipped model is the sequential closed form + blockwise refinement of those widths
-        search_info.pop("output_projections")
-        search_info.pop("search_refit")
-    if search_info is not None and "output_projections" in search_info:
-        pruned = slice_stack(run.stack, plan, amp_pruning)
-        refit = install_search_refit(pruned, search_info.pop("output_projections"), search_info.pop("search_refit"))
-        return pruned, {"summary": search_refit_summary(refit), **refit}
     if not config.reconstruct.enabled:
         return slice_stack(run.stack, plan, amp_pruning), None
     data = config.reconstruct.calibration_data(config.scoring.data)

@@ -247,6 +247,7 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
     plans, selection_seconds, projections, taylor = make_plans(model, scoring, setup, targets, log, methods, widths_from)
     criterion = build_criterion(CRITERION)
     rows = []
+    progress_file = Path(f"{options.output}.partial-{setup['key']}.json")
     starts = {}  # (start, target) -> (model, plan, method, its recovery's seconds): the distillation-steps starts
     starts_method = options.distill_starts_method or setup["distill_steps_method"]
     mlp_before = amp_hf.model_stats(model)["params_mlp"]
@@ -288,8 +289,8 @@ def run_model(name: str, teacher_id: str, setup: dict, targets, options, work: P
             seconds = distill(setup["distill_config"], teacher_id, student, output, 1, setup["distill_overrides"])
             rows.append({**common, "variant": "distilled", "seconds": seconds, "final_loss": final_loss(output),
                          **judge(amp_hf.load_model(str(output)).eval())})
-        # progress on disk, so a run stopped later still leaves its measured rows
-        Path(f"{options.output}.partial-{setup['key']}.json").write_text(json.dumps(rows, indent=1, default=str))
+        # progress on disk, so a run stopped later still leaves its measured rows (removed once the report has them)
+        progress_file.write_text(json.dumps(rows, indent=1, default=str))
         for row in rows[-4:]:
             if row["method"] == method and row["target"] == target:
                 log(f"  {method:15s} {target:.0%} {row['variant']:13s}: "
@@ -646,6 +647,8 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     output.with_suffix(".md").write_text(markdown(report))
+    for key in names:  # the report holds every row this run measured now
+        Path(f"{args.output}.partial-{key}.json").unlink(missing_ok=True)
     print(markdown(report))
 
 

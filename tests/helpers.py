@@ -250,6 +250,22 @@ def block_outputs(model, batches) -> list[list]:
     return outputs
 
 
+def magnitude_plan(model, keep: float = 0.5):
+    """Every layer keeps its ``keep`` share of the neurons with the largest magnitude scores."""
+    import amp_hf
+    from amp_hf.selection import magnitude_scores
+
+    widths = [max(1, int(keep * w)) for w in amp_hf.get_adapter(model).widths(model)]
+    return amp_hf.PrunePlan.from_scores(magnitude_scores(model), widths, "magnitude", {})
+
+
+def block_errors(model, reference: list[list], batches) -> list[float]:
+    """Per layer: the summed squared error of ``model``'s layer outputs on ``batches`` to ``reference``
+    (``block_outputs`` of the unpruned model on the same batches)."""
+    return [sum(float(((mine - theirs) ** 2).sum()) for mine, theirs in zip(layer, unpruned))
+            for layer, unpruned in zip(block_outputs(model, batches), reference)]
+
+
 def objective_block_errors(model, plan, batches, fresh, objectives=("mlp", "residual")):
     """Reconstruct ``plan`` once per objective (no end-to-end fallback) on ``batches``; per objective, per layer:
     the summed squared error of the layer's outputs to the unpruned model's on ``fresh`` batches. Also returns the
@@ -262,6 +278,5 @@ def objective_block_errors(model, plan, batches, fresh, objectives=("mlp", "resi
         pruned, report = reconstruct(model, plan, batches,
                                      ReconstructConfig(enabled=True, end_to_end_check=False, objective=objective))
         assert report.objective == objective and report.kept == "reconstructed"
-        errors[objective] = [sum(float(((mine - theirs) ** 2).sum()) for mine, theirs in zip(layer, reference))
-                             for layer, reference in zip(block_outputs(pruned, fresh), unpruned)]
+        errors[objective] = block_errors(pruned, unpruned, fresh)
     return errors, pruned, report

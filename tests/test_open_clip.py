@@ -301,15 +301,10 @@ def test_distillation_recovers_from_the_open_clip_teacher(tmp_path):
 
 
 def test_residual_objective_on_open_clip_towers():
-    from helpers import objective_block_errors
+    from helpers import magnitude_plan, objective_block_errors
 
     from amp_hf.errors import ConfigError
     from amp_hf.reconstruct import ReconstructConfig, reconstruct
-    from amp_hf.selection import magnitude_scores
-
-    def half_plan(model):
-        widths = [w // 2 for w in amp_hf.get_adapter(model).widths(model)]
-        return amp_hf.PrunePlan.from_scores(magnitude_scores(model), widths, "magnitude", {})
 
     def pixels(count, first_seed=0):
         return [{"pixel_values": torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))}
@@ -320,7 +315,7 @@ def test_residual_objective_on_open_clip_towers():
         writers = amp_hf.get_adapter(model).residual_writers(amp_hf.resolve(model).layers[1])
         # nn.MultiheadAttention's out_proj runs inside F.multi_head_attention_forward: the MLP output only
         assert [w.projection for w in writers] == (["attn.proj", None] if attention_refit else [None]), name
-        errors, pruned, report = objective_block_errors(model, half_plan(model), pixels(24), pixels(3, first_seed=100))
+        errors, pruned, report = objective_block_errors(model, magnitude_plan(model), pixels(24), pixels(3, first_seed=100))
         if attention_refit:  # EVA02-L's SwiGLU norm renormalises the kept neurons: only the residual fit sees that
             assert errors["residual"][0] < errors["mlp"][0], (name, errors)
         else:
@@ -330,4 +325,4 @@ def test_residual_objective_on_open_clip_towers():
         assert any(r.status == "reconstructed" for r in report.attention) == attention_refit, name
     post_norm = wrapped("eva02_e")  # EvaBlockPostNorm normalises each writer's output before the addition
     with pytest.raises(ConfigError, match=r"layout that fits layer 0 \(EvaBlockPostNorm\)"):
-        reconstruct(post_norm, half_plan(post_norm), pixels(2), ReconstructConfig(enabled=True, objective="residual"))
+        reconstruct(post_norm, magnitude_plan(post_norm), pixels(2), ReconstructConfig(enabled=True, objective="residual"))

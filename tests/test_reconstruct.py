@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import block_outputs, objective_block_errors, prune_one_and_two_processes
+from helpers import block_errors, block_outputs, magnitude_plan, objective_block_errors, prune_one_and_two_processes
 from safetensors.torch import load_file
 from tiny_models import build, sample_inputs
 
 import amp_hf
 from amp_hf.cli import main
-from amp_hf.plan import PrunePlan
 from amp_hf.reconstruct import ReconstructConfig, reconstruct
 from amp_hf.reconstruct.blockwise import trainable_parameters
 from amp_hf.reconstruct.gram import (
@@ -27,9 +26,7 @@ from amp_hf.reconstruct.gram import (
     new_gram,
     refit_output_projection,
 )
-from amp_hf.selection import magnitude_scores
 
-HALF = 0.5
 RAW = {"enabled": True, "end_to_end_check": False}  # the refit itself, without the whole-model fallback
 
 
@@ -45,11 +42,6 @@ def batches_for(model, count: int, batch_size: int = 8, first_seed: int = 0) -> 
         inputs = sample_inputs(model, batch_size=batch_size, seed=seed)
         batches.append({"pixel_values": inputs["pixel_values"]} if image else inputs)
     return batches
-
-
-def magnitude_plan(model, keep: float = HALF):
-    widths = [max(1, int(keep * w)) for w in amp_hf.get_adapter(model).widths(model)]
-    return PrunePlan.from_scores(magnitude_scores(model), widths, "magnitude", {})
 
 
 # -- the closed form ----------------------------------------------------------------------------------------
@@ -237,8 +229,7 @@ def test_blockwise_refinement_brings_block_outputs_closer_than_the_closed_form(f
     for mode in ("sequential", "blockwise"):
         config = ReconstructConfig(**RAW, objective=objective, mode=mode, blockwise_steps=20, blockwise_eval_every=5)
         models[mode], report = reconstruct(model, plan, batches, config)
-        errors[mode] = [sum(float(((mine - theirs) ** 2).sum()) for mine, theirs in zip(layer, reference))
-                        for layer, reference in zip(block_outputs(models[mode], fresh), unpruned)]
+        errors[mode] = block_errors(models[mode], unpruned, fresh)
     refinement = report.refinement
     assert refinement.kept and [b.layer for b in refinement.blocks] == list(range(len(plan.kept)))
     assert all(b.error_refined <= b.error_start for b in refinement.blocks)

@@ -426,13 +426,6 @@ def test_ce_criterion_reads_the_timm_classifier_head():
 # -- reconstruct.objective=residual: where timm's blocks write into the residual stream --------------------------
 
 
-def half_magnitude_plan(model) -> amp_hf.PrunePlan:
-    from amp_hf.selection import magnitude_scores
-
-    widths = [w // 2 for w in amp_hf.get_adapter(model).widths(model)]
-    return amp_hf.PrunePlan.from_scores(magnitude_scores(model), widths, "magnitude", {})
-
-
 def pixel_batches(count: int, first_seed: int = 0) -> list[dict]:
     return [{"pixel_values": sample_pixels(batch_size=8, seed=seed)} for seed in range(first_seed, first_seed + count)]
 
@@ -448,14 +441,14 @@ def eva02_with_layer_scale():
                                          ("eva02_layer_scale", "gamma_1")])  # fmt: skip
 def test_residual_objective_refits_timm_attention_and_mlp_outputs(case, scale):
     model = eva02_with_layer_scale() if case == "eva02_layer_scale" else wrap_timm(build_timm(case), model_args=SIZE)
-    from helpers import objective_block_errors
+    from helpers import magnitude_plan, objective_block_errors
 
     layer = amp_hf.resolve(model).layers[1]
     attention, mlp = amp_hf.get_adapter(model).residual_writers(layer)
     assert (attention.projection, attention.stream, attention.scale) == ("attn.proj", "norm2", scale)
     assert mlp.projection is None and (mlp.scale is None) == (scale is None)
     # 24 batches of 8: with fewer tokens per fit the held-out damping choice keeps the tiny blocks near their start
-    errors, pruned, report = objective_block_errors(model, half_magnitude_plan(model), pixel_batches(24),
+    errors, pruned, report = objective_block_errors(model, magnitude_plan(model), pixel_batches(24),
                                                     pixel_batches(3, first_seed=100))
     if case == "eva02_swiglu_norm":
         # the inner LayerNorm over the hidden width renormalises the kept neurons: the per-MLP objective fits on the
@@ -469,10 +462,12 @@ def test_residual_objective_refits_timm_attention_and_mlp_outputs(case, scale):
 
 
 def test_residual_objective_is_refused_for_timm_post_norm_blocks():
+    from helpers import magnitude_plan
+
     from amp_hf.errors import ConfigError
     from amp_hf.reconstruct import ReconstructConfig, reconstruct
 
     model = wrap_timm(build_timm("eva02_post_norm"), model_args=SIZE)
     with pytest.raises(ConfigError, match=r"layout that fits layer 0 \(EvaBlockPostNorm\)"):
-        reconstruct(model, half_magnitude_plan(model), pixel_batches(2),
+        reconstruct(model, magnitude_plan(model), pixel_batches(2),
                     ReconstructConfig(enabled=True, objective="residual"))
